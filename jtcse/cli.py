@@ -1,0 +1,247 @@
+"""The ``jtcse`` command line: one sub-command per pipeline stage, arguments mirroring dvc.yaml's deps/outs."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+log = logging.getLogger("jtcse")
+
+
+def _settings(args):
+    from jtcse.config import load_settings
+
+    return load_settings(args.params)
+
+
+def _add_params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
+
+
+def _add_run_args(p: argparse.ArgumentParser, output_help: str) -> None:
+    _add_params(p)
+    p.add_argument("--output", required=True, help=output_help)
+    p.add_argument("--checkpoint-dir", help="resumable checkpoints (default: checkpoints/<output name>)")
+    p.add_argument("--metrics-dir", help="train.csv / eval.csv / summary.json for DVC plots and metrics")
+    p.add_argument("--no-resume", action="store_true", help="start from scratch even if checkpoints exist")
+
+
+def _checkpoint_dir(args) -> Path:
+    return Path(args.checkpoint_dir) if args.checkpoint_dir else Path("checkpoints") / Path(args.output).name
+
+
+def cmd_train_tower(args) -> None:
+    from jtcse.training.stages import train_tower
+
+    result = train_tower(_settings(args), which=args.tower, output=args.output, checkpoint_dir=_checkpoint_dir(args),
+                         metrics_dir=args.metrics_dir, init=args.init, resume=not args.no_resume)
+    print(f"tower {args.tower}: STS-B dev {result.initial_metric:.2f} -> best {result.best_metric:.2f} "
+          f"(step {result.best_step}) in {result.seconds / 60:.1f} min; saved to {args.output}")
+
+
+def cmd_train(args) -> None:
+    from jtcse.training.stages import train_twin
+
+    result = train_twin(_settings(args), tower_a=args.tower_a, tower_b=args.tower_b, output=args.output,
+                        checkpoint_dir=_checkpoint_dir(args), metrics_dir=args.metrics_dir, resume=not args.no_resume)
+    print(f"jtcse twin: STS-B dev {result.initial_metric:.2f} -> best {result.best_metric:.2f} "
+          f"(step {result.best_step}) in {result.seconds / 60:.1f} min; saved to {args.output}")
+
+
+def cmd_distill(args) -> None:
+    from jtcse.training.stages import distill_twin
+
+    result = distill_twin(_settings(args), twin=args.twin, output=args.output, checkpoint_dir=_checkpoint_dir(args),
+                          metrics_dir=args.metrics_dir, resume=not args.no_resume)
+    print(f"jtcse-d: STS-B dev {result.initial_metric:.2f} -> best {result.best_metric:.2f} "
+          f"(step {result.best_step}) in {result.seconds / 60:.1f} min; saved to {args.output}")
+
+
+def cmd_evaluate(args) -> None:
+    from jtcse.api import load
+    from jtcse.encoding import TowerEncoder, TwinEncoder
+    from jtcse.evaluation.sts import STS_TASKS, STSEvaluator, format_table
+    from jtcse.io import atomic_write_json, atomic_write_text
+
+    started = time.perf_counter()
+    encoder = load(args.model, pooling=args.pooling, device=args.device, max_length=args.max_length)
+    if args.model_b:
+        if not isinstance(encoder, TowerEncoder):
+            raise SystemExit(f"--model-b: {args.model} is not a single tower")
+        other = TowerEncoder.from_pretrained(args.model_b, args.pooling, args.max_length, args.device)
+        encoder = TwinEncoder(encoder, other, args.combine)
+    evaluator = STSEvaluator(args.data_dir, STS_TASKS, batch_size=args.batch_size, show_progress=True)
+    results = {k: round(v, 4) for k, v in evaluator(encoder).items()}
+    name = args.name or Path(args.model).name
+    print(format_table({name: results}))
+    log.info("evaluated %s in %.1f s", name, time.perf_counter() - started)
+    atomic_write_json(args.output, results)
+    log.info("metrics -> %s", args.output)
+    if args.plot_data:
+        rows = [f"{task},{results[task]}" for task in (*STS_TASKS, "avg")]
+        atomic_write_text(args.plot_data, "task,spearman\n" + "\n".join(rows) + "\n")
+
+
+def cmd_encode(args) -> None:
+    import numpy as np
+
+    from jtcse.api import load
+    from jtcse.data import DataError
+
+    path = Path(args.input)
+    lines = []
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                lines.append(raw.decode("utf-8").rstrip("\r\n"))
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({err.reason})") from None
+    encoder = load(args.model, pooling=args.pooling, device=args.device)
+    vectors = encoder.encode(lines, batch_size=args.batch_size, normalize=args.normalize, show_progress=True)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.npy")
+    np.save(tmp, vectors)
+    os.replace(tmp, out)
+    print(f"{len(lines)} sentences -> {out} {vectors.shape}")
+
+
+def cmd_similarity(args) -> None:
+    from jtcse.api import load
+
+    encoder = load(args.model, pooling=args.pooling, device=args.device)
+    a, b = encoder.encode([args.sentence_a, args.sentence_b], normalize=True)
+    print(f"{float(a @ b):.4f}")
+
+
+def cmd_validate(args) -> None:
+    from jtcse.validation import validate_data
+
+    settings = _settings(args)
+    started = time.perf_counter()
+    validate_data(Path(args.data_dir), corpus=Path(args.corpus or settings.data.corpus), docs_dir=args.docs_dir,
+                  report=args.report, min_words=settings.validate_data.min_words,
+                  max_words=settings.validate_data.max_words)
+    print(f"data valid ({time.perf_counter() - started:.1f} s); report -> {args.report}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jtcse", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="great-expectations gate over the STS files and the corpus")
+    _add_params(p)
+    p.add_argument("--data-dir", default="data", help="the DVC-tracked data folder")
+    p.add_argument("--corpus", help="corpus file (default: data.corpus)")
+    p.add_argument("--docs-dir", help="write Data Docs HTML here")
+    p.add_argument("--report", help="write a JSON summary here")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("train-tower", help="stage 1: unsupervised SimCSE on one tower")
+    _add_run_args(p, "folder for the best tower (HF format)")
+    p.add_argument("--tower", choices=["a", "b"], required=True, help="which tower (picks pretrain.seed_a / seed_b)")
+    p.add_argument("--init", help="start from this checkpoint instead of model.base")
+    p.set_defaults(func=cmd_train_tower)
+
+    p = sub.add_parser("train", help="stage 2: joint JTCSE training of the twin")
+    _add_run_args(p, "folder for the best twin (tower_a/, tower_b/, twin.json)")
+    p.add_argument("--tower-a", required=True, help="stage-1 tower A")
+    p.add_argument("--tower-b", required=True, help="stage-1 tower B")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="stage 3: distil the twin into one tower (JTCSE-D)")
+    _add_run_args(p, "folder for the best student tower (HF format)")
+    p.add_argument("--twin", required=True, help="trained twin folder")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("evaluate", help="seven-task STS evaluation (Spearman x 100)")
+    p.add_argument("--model", required=True, help="tower, twin folder, package, or any HF / sentence-transformers model")
+    p.add_argument("--model-b", help="second tower: evaluate --model and --model-b as a twin")
+    p.add_argument("--pooling", choices=["cls", "mean"], default=None, help="tower pooling (default: cls, or the model's own)")
+    p.add_argument("--combine", choices=["sum", "concat"], default="sum", help="how a twin's vectors combine")
+    p.add_argument("--data-dir", default="data/sts", help="folder of the STS TSV files")
+    p.add_argument("--output", required=True, help="JSON file of the seven scores and their average")
+    p.add_argument("--plot-data", help="also write task,spearman CSV (DVC bar plot)")
+    p.add_argument("--name", help="row name in the printed table")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("encode", help="encode a text file (one sentence per line) to a .npy matrix")
+    p.add_argument("--model", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--pooling", choices=["cls", "mean"], default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--normalize", action="store_true", help="unit-length vectors")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("similarity", help="cosine similarity of two sentences")
+    p.add_argument("sentence_a")
+    p.add_argument("sentence_b")
+    p.add_argument("--model", required=True)
+    p.add_argument("--pooling", choices=["cls", "mean"], default=None)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_similarity)
+
+    for register in _extensions():
+        register(sub)
+    return parser
+
+
+def _extensions():
+    """Sub-commands that live with their feature modules (tuning, packaging)."""
+    found = []
+    for module_name in ("jtcse.packaging", "jtcse.tuning"):
+        try:
+            module = __import__(module_name, fromlist=["register_cli"])
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue
+        found.append(module.register_cli)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from jtcse.config import ConfigError
+    from jtcse.data import DataError
+
+    known = (ConfigError, DataError, FileNotFoundError, ValueError)
+    try:
+        from jtcse.validation import DataValidationError
+        known = (*known, DataValidationError)
+    except ModuleNotFoundError:
+        pass
+    try:
+        from jtcse.api import IntegrityError
+        known = (*known, IntegrityError)
+    except ModuleNotFoundError:
+        pass
+    try:
+        args.func(args)
+    except known as err:
+        print(f"jtcse {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""STS evaluation as SimCSE's SentEval fork does it (the protocol behind the published JTCSE numbers).
+
+Cosine similarity of the two sentences' vectors against the gold score, Spearman x 100. STS12-16 use the
+"all" aggregation: every subset of a year is concatenated and one Spearman is taken over the whole, which is
+not the mean of per-subset Spearmans (subsets have different score distributions). STS-B and SICK-R use their
+test splits; model selection uses STS-B dev.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from jtcse.data import STSPairs, read_sts
+from jtcse.encoding import Encoder
+
+STS_TASKS: dict[str, str] = {
+    "sts12": "sts12.test.tsv",
+    "sts13": "sts13.test.tsv",
+    "sts14": "sts14.test.tsv",
+    "sts15": "sts15.test.tsv",
+    "sts16": "sts16.test.tsv",
+    "stsb": "stsb.test.tsv",
+    "sickr": "sickr.test.tsv",
+}
+DEV_TASKS: dict[str, str] = {"stsb_dev": "stsb.dev.tsv"}
+
+
+def cosine_scores(emb1: np.ndarray, emb2: np.ndarray) -> np.ndarray:
+    emb1 = emb1 / np.clip(np.linalg.norm(emb1, axis=1, keepdims=True), 1e-12, None)
+    emb2 = emb2 / np.clip(np.linalg.norm(emb2, axis=1, keepdims=True), 1e-12, None)
+    return (emb1 * emb2).sum(axis=1)
+
+
+def spearman100(predicted: np.ndarray, gold: np.ndarray) -> float:
+    return float(spearmanr(predicted, gold).statistic * 100.0)
+
+
+class STSEvaluator:
+    """Evaluates an :class:`Encoder` on a set of STS files; returns named metrics with one primary metric.
+
+    Every distinct sentence across all tasks is encoded once.
+    """
+
+    def __init__(self, data_dir: str | Path, tasks: dict[str, str] | None = None, batch_size: int = 128,
+                 primary_metric: str | None = None, show_progress: bool = False):
+        self.data_dir = Path(data_dir)
+        self.tasks = dict(tasks or STS_TASKS)
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        missing = [f for f in self.tasks.values() if not (self.data_dir / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.data_dir}: missing STS file(s) {', '.join(missing)}")
+        self.pairs: dict[str, STSPairs] = {t: read_sts(self.data_dir / f) for t, f in self.tasks.items()}
+        self.primary_metric = primary_metric or ("avg" if len(self.tasks) > 1 else next(iter(self.tasks)))
+        self.subset_means: dict[str, float] = {}
+
+    def __call__(self, encoder: Encoder) -> dict[str, float]:
+        sentences = sorted({s for p in self.pairs.values() for s in (*p.sentence1, *p.sentence2)})
+        vectors = encoder.encode(sentences, batch_size=self.batch_size, show_progress=self.show_progress)
+        index = {s: i for i, s in enumerate(sentences)}
+        results: dict[str, float] = {}
+        for task, pairs in self.pairs.items():
+            predicted = cosine_scores(vectors[[index[s] for s in pairs.sentence1]],
+                                      vectors[[index[s] for s in pairs.sentence2]])
+            results[task] = self.score_task(predicted, pairs)
+            self.subset_means[task] = self.subset_mean(predicted, pairs)
+        if len(self.tasks) > 1:
+            results["avg"] = float(np.mean([results[t] for t in self.tasks]))
+        return results
+
+    @staticmethod
+    def score_task(predicted: np.ndarray, pairs: STSPairs) -> float:
+        """The "all" aggregation: one Spearman over the concatenation of every subset."""
+        return spearman100(predicted, np.asarray(pairs.scores))
+
+    @staticmethod
+    def subset_mean(predicted: np.ndarray, pairs: STSPairs) -> float:
+        """Mean of per-subset Spearmans (reported for reference only; not the protocol's number)."""
+        subsets = np.asarray(pairs.subsets)
+        gold = np.asarray(pairs.scores)
+        return float(np.mean([spearman100(predicted[subsets == s], gold[subsets == s]) for s in np.unique(subsets)]))
+
+
+def format_table(results: dict[str, dict[str, float]] | dict[str, float], title: str = "model") -> str:
+    """A markdown table: one row per model, one column per task (Spearman x 100)."""
+    rows = results if results and isinstance(next(iter(results.values())), dict) else {title: results}
+    columns = [t for t in (*STS_TASKS, "avg") if any(t in r for r in rows.values())]
+    header = "| model | " + " | ".join(columns) + " |"
+    line = "|---|" + "---:|" * len(columns)
+    body = ["| " + name + " | " + " | ".join(f"{r[c]:.2f}" if c in r else "" for c in columns) + " |"
+            for name, r in rows.items()]
+    return "\n".join([header, line, *body])
+

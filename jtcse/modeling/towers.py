@@ -1,0 +1,82 @@
+"""Loading an encoder tower from any Hugging Face / sentence-transformers directory, and pooling."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from jtcse.config import resolve_model_path
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("cls", "mean")
+
+
+def transformer_dir(path: str) -> str:
+    """The folder holding the HF weights: a sentence-transformers package may keep them in a sub-folder."""
+    modules = Path(path) / "modules.json"
+    if modules.is_file():
+        for module in json.loads(modules.read_text(encoding="utf-8")):
+            if module.get("type", "").endswith("models.Transformer") and module.get("path"):
+                return str(Path(path) / module["path"])
+    return path
+
+
+def load_tower(
+    name_or_path: str,
+    *,
+    dropout: float | None = None,
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load encoder and tokenizer, safetensors only (weights a user hands us are never unpickled)."""
+    path = transformer_dir(resolve_model_path(name_or_path))
+    if os.path.isdir(path) is False and os.path.sep in path:
+        raise FileNotFoundError(f"model {name_or_path!r}: directory {path} does not exist")
+    config_kwargs = {}
+    if dropout is not None:
+        config_kwargs = {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **config_kwargs)
+    model, loading = AutoModel.from_pretrained(
+        path,
+        config=config,
+        use_safetensors=True,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+        output_loading_info=True,
+    )
+    missing = [k for k in loading.get("missing_keys", []) if not k.startswith("pooler.")]
+    if missing:
+        raise ValueError(f"model {name_or_path!r}: checkpoint lacks weights {missing[:5]}; is it an encoder of this architecture?")
+    if any(k.startswith("pooler.") for k in loading.get("missing_keys", [])):
+        # A randomly initialised pooler would feed noise into the modulus term: better to have none.
+        log.warning("model %s has no trained pooler weights; pooler disabled", name_or_path)
+        model.pooler = None
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Sentence vector of each row: the first token's state, or the mean over real tokens."""
+    if pooling == "cls":
+        return last_hidden[:, 0]
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
+        return (last_hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+def pooler_of(model: nn.Module) -> nn.Module | None:
+    return getattr(model, "pooler", None)
+
+
+def save_tower(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> None:
+    """Save a plain HF encoder directory (safetensors), loadable with AutoModel and by `jtcse evaluate`."""
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)

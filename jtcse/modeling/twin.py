@@ -1,0 +1,162 @@
+"""Two towers run in lockstep, with the cross-attention bridge of JTCSE between them.
+
+The bridge reuses the stock transformers layers: forward hooks on each bridged layer's ``query``, ``key`` and
+``value`` projections capture what the layer computes anyway, and the cross context ``P_A V_B`` goes through
+tower A's own attention output block (dense, dropout, residual, LayerNorm). No transformers code is copied or
+patched, and the bridge adds no parameters, so exported towers stay plain encoders.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from jtcse.modeling.towers import pool, pooler_of
+
+
+def bridged_layer_indices(num_hidden_layers: int, num_ca_layers: int) -> list[int]:
+    """Equally spaced bridged layers ending at the last one (12 layers, 6 bridged -> 1, 3, 5, 7, 9, 11)."""
+    if num_ca_layers == 0:
+        return []
+    if num_ca_layers < 0 or num_hidden_layers % num_ca_layers:
+        raise ValueError(
+            f"train.cross_attention.num_layers={num_ca_layers} must divide the tower's layer count "
+            f"{num_hidden_layers} (allowed: {[d for d in range(1, num_hidden_layers + 1) if num_hidden_layers % d == 0]}, or 0)"
+        )
+    stride = num_hidden_layers // num_ca_layers
+    return [stride * (k + 1) - 1 for k in range(num_ca_layers)]
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if layers is None or not all(_has_bert_attention(layer) for layer in layers):
+        raise TypeError(
+            f"{type(model).__name__}: cross-attention needs a BERT/RoBERTa-style encoder "
+            "(encoder.layer[i].attention.self.query/key/value and attention.output)"
+        )
+    return layers
+
+
+def _has_bert_attention(layer: nn.Module) -> bool:
+    attention = getattr(layer, "attention", None)
+    sa = getattr(attention, "self", None)
+    return all(hasattr(sa, n) for n in ("query", "key", "value", "num_attention_heads")) and hasattr(attention, "output")
+
+
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, L) 0/1 padding mask -> (B, 1, 1, L) additive mask, as both eager and SDPA attention accept."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+@contextmanager
+def capture_projections(layer: nn.Module):
+    """Record the outputs of a layer's query/key/value projections during one forward call."""
+    sa = layer.attention.self
+    captured: dict[str, torch.Tensor] = {}
+    handles = [
+        getattr(sa, name).register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+        for name in ("query", "key", "value")
+    ]
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def cross_attention_output(
+    layer: nn.Module, query: torch.Tensor, key: torch.Tensor, other_value: torch.Tensor,
+    layer_input: torch.Tensor, mask: torch.Tensor,
+) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d) + mask) V_other, then this layer's attention output block with its own residual."""
+    sa = layer.attention.self
+    batch, length, _ = query.shape
+    heads, head_dim = sa.num_attention_heads, sa.attention_head_size
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, length, heads, head_dim).transpose(1, 2)
+
+    scores = split(query) @ split(key).transpose(-1, -2) / head_dim**0.5 + mask.to(query.dtype)
+    probs = torch.softmax(scores.float(), dim=-1).to(other_value.dtype)
+    probs = sa.dropout(probs)
+    context = (probs @ split(other_value)).transpose(1, 2).reshape(batch, length, heads * head_dim)
+    return layer.attention.output(context, layer_input)
+
+
+@dataclass
+class TowerOutput:
+    """What the losses need from one tower for a batch of 2N rows."""
+
+    embedding: torch.Tensor  # h: pooled last-layer states
+    pooler: torch.Tensor | None  # p: BERT pooler output tanh(W h_cls + b), when the checkpoint has a pooler
+    cross: torch.Tensor | None  # c: pooled cross-attention output of the last bridged layer
+
+
+class BridgedTwin(nn.Module):
+    """Tower A and tower B run layer by layer so each bridged layer can see the other tower's values."""
+
+    def __init__(self, tower_a: nn.Module, tower_b: nn.Module, *, num_ca_layers: int, mode: str = "side",
+                 mix_gate: float = 0.1, pooling: str = "cls"):
+        super().__init__()
+        if mode not in ("side", "mix"):
+            raise ValueError(f"train.cross_attention.mode must be 'side' or 'mix', got {mode!r}")
+        self.tower_a, self.tower_b = tower_a, tower_b
+        n_a, n_b = tower_a.config.num_hidden_layers, tower_b.config.num_hidden_layers
+        if num_ca_layers and (n_a != n_b or tower_a.config.hidden_size != tower_b.config.hidden_size):
+            raise ValueError("cross-attention needs two towers of the same shape (layers and hidden size)")
+        if num_ca_layers:
+            encoder_layers(tower_a), encoder_layers(tower_b)
+        self.bridged = bridged_layer_indices(n_a, num_ca_layers)
+        self.mode, self.mix_gate, self.pooling = mode, mix_gate, pooling
+
+    def _cross_layers(self) -> set[int]:
+        # In 'side' mode only the last bridged layer's cross output is used: computing the others is waste.
+        if self.mode == "mix":
+            return set(self.bridged)
+        return {self.bridged[-1]} if self.bridged else set()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> tuple[TowerOutput, TowerOutput]:
+        if not self.bridged:
+            return self._plain(self.tower_a, input_ids, attention_mask, token_type_ids), \
+                self._plain(self.tower_b, input_ids, attention_mask, token_type_ids)
+        emb_kwargs = {"input_ids": input_ids}
+        if token_type_ids is not None:
+            emb_kwargs["token_type_ids"] = token_type_ids
+        h_a = self.tower_a.embeddings(**emb_kwargs)
+        h_b = self.tower_b.embeddings(**emb_kwargs)
+        mask = additive_mask(attention_mask, h_a.dtype)
+        cross_at = self._cross_layers()
+        cross_a = cross_b = None
+        for i, (layer_a, layer_b) in enumerate(zip(self.tower_a.encoder.layer, self.tower_b.encoder.layer)):
+            if i not in cross_at:
+                h_a, h_b = layer_a(h_a, mask), layer_b(h_b, mask)
+                continue
+            x_a, x_b = h_a, h_b
+            with capture_projections(layer_a) as qkv_a, capture_projections(layer_b) as qkv_b:
+                h_a, h_b = layer_a(x_a, mask), layer_b(x_b, mask)
+            cross_a = cross_attention_output(layer_a, qkv_a["query"], qkv_a["key"], qkv_b["value"], x_a, mask)
+            cross_b = cross_attention_output(layer_b, qkv_b["query"], qkv_b["key"], qkv_a["value"], x_b, mask)
+            if self.mode == "mix":
+                h_a = h_a + self.mix_gate * cross_a
+                h_b = h_b + self.mix_gate * cross_b
+        return (self._finish(self.tower_a, h_a, cross_a, attention_mask),
+                self._finish(self.tower_b, h_b, cross_b, attention_mask))
+
+    def _plain(self, tower, input_ids, attention_mask, token_type_ids) -> TowerOutput:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        last = tower(**kwargs).last_hidden_state
+        return self._finish(tower, last, None, attention_mask)
+
+    def _finish(self, tower, last_hidden, cross, attention_mask) -> TowerOutput:
+        pooler = pooler_of(tower)
+        return TowerOutput(
+            embedding=pool(last_hidden, attention_mask, self.pooling),
+            pooler=pooler(last_hidden) if pooler is not None else None,
+            cross=pool(cross, attention_mask, self.pooling) if cross is not None else None,
+        )

@@ -1,0 +1,144 @@
+"""What each stage optimises: the module the trainer steps, how it is evaluated and what it ships.
+
+An objective takes a batch of raw sentences, feeds each twice (rows 2k and 2k+1 are two dropout views of
+sentence k) and returns a dict of losses whose "loss" entry is minimised.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from jtcse.encoding import Encoder, TowerEncoder, TwinEncoder
+from jtcse.losses import DistillationLoss, InfoNCELoss, JTCSELoss
+from jtcse.modeling.towers import pool, save_tower
+from jtcse.modeling.twin import BridgedTwin
+
+TWIN_MANIFEST = "twin.json"
+
+
+def tokenize_views(tokenizer, sentences: list[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
+    doubled = [s for s in sentences for _ in range(2)]
+    batch = tokenizer(doubled, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+class Objective(nn.Module):
+    loss_names: tuple[str, ...] = ()
+
+    def __init__(self, tokenizer, *, pooling: str, max_length: int, eval_max_length: int):
+        super().__init__()
+        self.tokenizer, self.pooling = tokenizer, pooling
+        self.max_length, self.eval_max_length = max_length, eval_max_length
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def views(self, sentences: list[str]) -> dict[str, torch.Tensor]:
+        return tokenize_views(self.tokenizer, sentences, self.max_length, self.device)
+
+    def dev_encoder(self) -> Encoder:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def save_model(self, directory: Path) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class SimCSEObjective(Objective):
+    """Stage 1: unsupervised SimCSE on one tower."""
+
+    loss_names = ("loss_nce",)
+
+    def __init__(self, tower, tokenizer, *, temperature: float = 0.05, pooling: str = "cls",
+                 max_length: int = 32, eval_max_length: int = 128):
+        super().__init__(tokenizer, pooling=pooling, max_length=max_length, eval_max_length=eval_max_length)
+        self.tower = tower
+        self.loss = InfoNCELoss(temperature)
+
+    def forward(self, sentences: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.views(sentences)
+        h = pool(self.tower(**batch).last_hidden_state, batch["attention_mask"], self.pooling)
+        loss = self.loss(h)
+        return {"loss": loss, "loss_nce": loss.detach()}
+
+    def dev_encoder(self) -> TowerEncoder:
+        return TowerEncoder(self.tower, self.tokenizer, self.pooling, self.eval_max_length)
+
+    def save_model(self, directory: Path) -> None:
+        save_tower(self.tower, self.tokenizer, directory)
+
+
+class JTCSEObjective(Objective):
+    """Stage 2: both towers with the cross-attention bridge and the weighted JTCSE loss."""
+
+    loss_names = ("loss_nce", "loss_icnce", "loss_tm")
+
+    def __init__(self, twin: BridgedTwin, tokenizer, loss: JTCSELoss, *, max_length: int = 32,
+                 eval_max_length: int = 128, combine: str = "sum"):
+        super().__init__(tokenizer, pooling=twin.pooling, max_length=max_length, eval_max_length=eval_max_length)
+        self.twin, self.loss, self.combine = twin, loss, combine
+
+    def forward(self, sentences: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.views(sentences)
+        out_a, out_b = self.twin(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        return self.loss(out_a, out_b)
+
+    def dev_encoder(self) -> TwinEncoder:
+        return TwinEncoder(TowerEncoder(self.twin.tower_a, self.tokenizer, self.pooling, self.eval_max_length),
+                           TowerEncoder(self.twin.tower_b, self.tokenizer, self.pooling, self.eval_max_length),
+                           self.combine)
+
+    def save_model(self, directory: Path) -> None:
+        save_twin(self.twin.tower_a, self.twin.tower_b, self.tokenizer, directory,
+                  pooling=self.pooling, combine=self.combine)
+
+
+class DistillObjective(Objective):
+    """Stage 3 (JTCSE-D): a student tower matches the frozen twin teacher's similarity rows."""
+
+    loss_names = ("loss_kl", "loss_nce")
+
+    def __init__(self, student, teacher: TwinEncoder, tokenizer, loss: DistillationLoss, *, pooling: str = "cls",
+                 max_length: int = 32, eval_max_length: int = 128):
+        super().__init__(tokenizer, pooling=pooling, max_length=max_length, eval_max_length=eval_max_length)
+        self.student, self.loss = student, loss
+        # Registered as a sub-module so .to(device) moves it; frozen and kept in eval mode (no dropout), so
+        # both views of a sentence get the same teacher vector.
+        self.teacher_towers = nn.ModuleList([teacher.tower_a.model, teacher.tower_b.model])
+        self.teacher_towers.requires_grad_(False)
+        self.teacher = teacher
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher_towers.eval()
+        return self
+
+    def forward(self, sentences: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.views(sentences)
+        with torch.no_grad():
+            a = pool(self.teacher_towers[0](**batch).last_hidden_state, batch["attention_mask"], self.teacher.tower_a.pooling)
+            b = pool(self.teacher_towers[1](**batch).last_hidden_state, batch["attention_mask"], self.teacher.tower_b.pooling)
+            teacher = a + b if self.teacher.combine == "sum" else torch.cat([a, b], -1)
+        student = pool(self.student(**batch).last_hidden_state, batch["attention_mask"], self.pooling)
+        return self.loss(student, teacher)
+
+    def dev_encoder(self) -> TowerEncoder:
+        return TowerEncoder(self.student, self.tokenizer, self.pooling, self.eval_max_length)
+
+    def save_model(self, directory: Path) -> None:
+        save_tower(self.student, self.tokenizer, directory)
+
+
+def save_twin(tower_a, tower_b, tokenizer, directory: Path, *, pooling: str, combine: str) -> None:
+    """A twin folder: tower_a/, tower_b/ (plain HF encoders) and twin.json saying how they combine."""
+    directory = Path(directory)
+    save_tower(tower_a, tokenizer, directory / "tower_a")
+    save_tower(tower_b, tokenizer, directory / "tower_b")
+    (directory / TWIN_MANIFEST).write_text(json.dumps({
+        "format": "jtcse-twin", "format_version": 1, "towers": ["tower_a", "tower_b"],
+        "pooling": pooling, "combine": combine,
+    }, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,101 @@
+"""The three training stages as plain functions; the CLI, DVC stages, Prefect flows and Optuna call these."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from jtcse.config import Settings
+from jtcse.data import read_corpus
+from jtcse.encoding import pick_device
+from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator
+from jtcse.losses import DistillationLoss, JTCSELoss
+from jtcse.modeling.towers import load_tower
+from jtcse.modeling.twin import BridgedTwin
+from jtcse.training.objectives import DistillObjective, JTCSEObjective, SimCSEObjective
+from jtcse.training.trainer import Trainer, TrainResult
+
+log = logging.getLogger(__name__)
+
+
+def _prepare(settings: Settings) -> tuple[torch.device, list[str], STSEvaluator]:
+    if settings.runtime.threads:
+        torch.set_num_threads(settings.runtime.threads)
+    device = pick_device(settings.runtime.device)
+    sentences = read_corpus(settings.data.corpus, settings.data.max_sentences)
+    dev = STSEvaluator(settings.data.sts_dir, DEV_TASKS, batch_size=settings.evaluate.batch_size)
+    return device, sentences, dev
+
+
+def _tower(settings: Settings, path: str, seed: int):
+    torch.manual_seed(seed)  # any freshly initialised weights (a missing pooler) follow the stage's seed
+    m = settings.model
+    return load_tower(path, dropout=m.dropout, attn_implementation=m.attn_implementation,
+                      trust_remote_code=m.trust_remote_code)
+
+
+def train_tower(settings: Settings, *, which: str, output: str | Path, checkpoint_dir: str | Path,
+                metrics_dir: str | Path | None = None, init: str | None = None, resume: bool = True,
+                stop_after: int | None = None) -> TrainResult:
+    """Stage 1: unsupervised SimCSE on one tower from the base checkpoint (``which`` picks the seed)."""
+    if which not in ("a", "b"):
+        raise ValueError(f"tower must be 'a' or 'b', got {which!r}")
+    p = settings.pretrain
+    seed = p.seed_a if which == "a" else p.seed_b
+    device, sentences, dev = _prepare(settings)
+    tower, tokenizer = _tower(settings, init or settings.model.base, seed)
+    objective = SimCSEObjective(tower, tokenizer, temperature=p.temperature, pooling=settings.model.pooling,
+                                max_length=settings.model.max_length,
+                                eval_max_length=settings.evaluate.max_length).to(device)
+    trainer = Trainer(objective, sentences, p, dev_evaluator=dev, output_dir=output, checkpoint_dir=checkpoint_dir,
+                      metrics_dir=metrics_dir, runtime=settings.runtime, seed=seed, desc=f"tower {which}")
+    return trainer.fit(resume=resume, stop_after=stop_after)
+
+
+def build_twin_objective(settings: Settings, tower_a: str, tower_b: str) -> JTCSEObjective:
+    t = settings.train
+    model_a, tokenizer = _tower(settings, tower_a, t.seed)
+    model_b, _ = _tower(settings, tower_b, t.seed + 1)
+    ca = t.cross_attention
+    twin = BridgedTwin(model_a, model_b, num_ca_layers=ca.num_layers, mode=ca.mode, mix_gate=ca.mix_gate,
+                       pooling=settings.model.pooling)
+    loss = JTCSELoss(w_nce=t.w_nce, w_icnce=t.w_icnce, w_tm=t.w_tm, temperature=t.temperature,
+                     icnce_direction=t.icnce_direction, modulus_on=t.modulus_on, tm_clamp=t.tm_clamp)
+    if t.modulus_on == "pooler" and (model_a.pooler is None or model_b.pooler is None):
+        raise ValueError(f"train.modulus_on is 'pooler' but {tower_a} or {tower_b} has no pooler: set train.modulus_on: embedding")
+    return JTCSEObjective(twin, tokenizer, loss, max_length=settings.model.max_length,
+                          eval_max_length=settings.evaluate.max_length, combine=t.twin_combine)
+
+
+def train_twin(settings: Settings, *, tower_a: str, tower_b: str, output: str | Path, checkpoint_dir: str | Path,
+               metrics_dir: str | Path | None = None, resume: bool = True, stop_after: int | None = None,
+               on_eval: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Stage 2: joint JTCSE training of the two stage-1 towers."""
+    device, sentences, dev = _prepare(settings)
+    objective = build_twin_objective(settings, tower_a, tower_b).to(device)
+    trainer = Trainer(objective, sentences, settings.train, dev_evaluator=dev, output_dir=output,
+                      checkpoint_dir=checkpoint_dir, metrics_dir=metrics_dir, runtime=settings.runtime, desc="jtcse")
+    return trainer.fit(resume=resume, stop_after=stop_after, on_eval=on_eval)
+
+
+def distill_twin(settings: Settings, *, twin: str | Path, output: str | Path, checkpoint_dir: str | Path,
+                 metrics_dir: str | Path | None = None, resume: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Stage 3 (JTCSE-D): distil the twin into one tower."""
+    from jtcse.api import load_twin
+
+    d = settings.distill
+    device, sentences, dev = _prepare(settings)
+    teacher = load_twin(twin, device=str(device))
+    init = {"tower_a": str(Path(twin) / "tower_a"), "tower_b": str(Path(twin) / "tower_b")}.get(d.student_init, d.student_init)
+    student, tokenizer = _tower(settings, init, d.seed)
+    loss = DistillationLoss(w_kl=d.w_kl, w_nce=d.w_nce, temperature=d.temperature,
+                            teacher_temperature=d.teacher_temperature, student_temperature=d.student_temperature)
+    objective = DistillObjective(student, teacher, tokenizer, loss, pooling=settings.model.pooling,
+                                 max_length=settings.model.max_length,
+                                 eval_max_length=settings.evaluate.max_length).to(device)
+    trainer = Trainer(objective, sentences, d, dev_evaluator=dev, output_dir=output, checkpoint_dir=checkpoint_dir,
+                      metrics_dir=metrics_dir, runtime=settings.runtime, desc="distill")
+    return trainer.fit(resume=resume, stop_after=stop_after)

@@ -1,0 +1,228 @@
+"""The training loop every stage shares: seeded, resumable, evaluated on STS-B dev, best weights kept.
+
+A checkpoint holds everything a resume needs to continue *exactly*: weights (safetensors), optimiser and
+scheduler state, RNG states and the step, which is also the data position (see ``SentenceStream``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from tqdm.auto import tqdm
+
+from jtcse.config import OptimSettings, RuntimeSettings
+from jtcse.data import SentenceStream
+from jtcse.evaluation.sts import STSEvaluator
+from jtcse.io import atomic_directory, atomic_write_json
+from jtcse.training.objectives import Objective
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "step-"
+
+
+@dataclass
+class TrainResult:
+    best_metric: float
+    best_step: int
+    initial_metric: float
+    steps: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, settings: OptimSettings) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup, total = settings.warmup_steps, settings.steps
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if settings.scheduler == "linear":
+            return max(0.0, (total - step) / max(1, total - warmup))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    if not checkpoint_dir.is_dir():
+        return None
+    found = sorted(p for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*")
+                   if (p / "trainer_state.pt").is_file() and (p / "model.safetensors").is_file())
+    return found[-1] if found else None
+
+
+class CsvLog:
+    """Append-only CSV that DVC plots can draw; on resume, rows after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.columns = path, columns
+
+    def reset(self, keep_until_step: int | None) -> None:
+        rows = []
+        if keep_until_step is not None and self.path.exists():
+            with self.path.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_until_step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, row: dict) -> None:
+        with self.path.open("a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore").writerow(row)
+
+
+class Trainer:
+    """Runs one stage's objective for ``settings.steps`` steps.
+
+    ``on_eval(step, metric)`` is called after every dev evaluation (Optuna reports and prunes there; an
+    exception it raises stops training). ``stop_after`` ends the run early after that many steps, as a
+    pre-empted job would, so a later run resumes from the last checkpoint.
+    """
+
+    def __init__(self, objective: Objective, sentences: list[str], settings: OptimSettings, *,
+                 dev_evaluator: STSEvaluator, output_dir: str | Path, checkpoint_dir: str | Path,
+                 metrics_dir: str | Path | None = None, runtime: RuntimeSettings | None = None,
+                 seed: int | None = None, desc: str = "train"):
+        self.objective, self.settings, self.dev_evaluator = objective, settings, dev_evaluator
+        self.runtime = runtime or RuntimeSettings()
+        self.seed = settings.seed if seed is None else seed
+        self.output_dir, self.checkpoint_dir = Path(output_dir), Path(checkpoint_dir)
+        self.metrics_dir = Path(metrics_dir) if metrics_dir else None
+        self.desc = desc
+        self.stream = SentenceStream(sentences, settings.batch_size, self.seed)
+        self.device = objective.device
+        self.autocast = self.device.type == "cuda" and self.runtime.bf16
+
+    def _evaluate(self) -> float:
+        self.objective.eval()
+        try:
+            return self.dev_evaluator(self.objective.dev_encoder())[self.dev_evaluator.primary_metric]
+        finally:
+            self.objective.train()
+
+    def _save_checkpoint(self, step: int, optimizer, scheduler, best: tuple[float, int], initial: float) -> None:
+        with atomic_directory(self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}") as tmp:
+            save_model(self.objective, str(tmp / "model.safetensors"))
+            torch.save({
+                "step": step, "best_metric": best[0], "best_step": best[1], "initial_metric": initial,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            }, tmp / "trainer_state.pt")
+        old = sorted(self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"))[:-self.settings.keep_checkpoints]
+        for path in old:
+            shutil.rmtree(path, ignore_errors=True)
+        log.info("checkpoint step %d -> %s", step, self.checkpoint_dir)
+
+    def _save_best(self) -> None:
+        with atomic_directory(self.output_dir) as tmp:
+            self.objective.save_model(tmp)
+
+    def fit(self, *, resume: bool = True, stop_after: int | None = None,
+            on_eval: Callable[[int, float], None] | None = None) -> TrainResult:
+        s = self.settings
+        seed_everything(self.seed, self.runtime.deterministic)
+        params = [p for p in self.objective.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        scheduler = make_scheduler(optimizer, s)
+        start, best, initial = 0, (-math.inf, 0), math.nan
+        checkpoint = latest_checkpoint(self.checkpoint_dir) if resume else None
+        if checkpoint is not None:
+            load_model(self.objective, str(checkpoint / "model.safetensors"), device=str(self.device))
+            state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            random.setstate(state["python_rng"])
+            if state["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            start, best, initial = state["step"], (state["best_metric"], state["best_step"]), state["initial_metric"]
+            log.info("resuming %s from %s (step %d)", self.desc, checkpoint, start)
+        elif self.checkpoint_dir.exists():
+            shutil.rmtree(self.checkpoint_dir)
+
+        logs = {}
+        if self.metrics_dir:
+            logs["train"] = CsvLog(self.metrics_dir / "train.csv", ["step", "loss", *self.objective.loss_names, "lr"])
+            logs["eval"] = CsvLog(self.metrics_dir / "eval.csv", ["step", self.dev_evaluator.primary_metric])
+            for csv_log in logs.values():
+                csv_log.reset(start if checkpoint is not None else None)
+
+        def record_eval(step: int, metric: float) -> None:
+            nonlocal best
+            if metric > best[0]:
+                best = (metric, step)
+                self._save_best()
+            if "eval" in logs:
+                logs["eval"].append({"step": step, self.dev_evaluator.primary_metric: round(metric, 4)})
+            if on_eval is not None:
+                on_eval(step, metric)
+
+        self.objective.train()
+        began = time.perf_counter()
+        if start == 0:
+            initial = self._evaluate()
+            log.info("%s: step 0 dev %s = %.2f", self.desc, self.dev_evaluator.primary_metric, initial)
+            record_eval(0, initial)
+
+        end = s.steps if stop_after is None else min(s.steps, start + stop_after)
+        bar = tqdm(range(start, end), initial=start, total=s.steps, desc=self.desc, unit="step", dynamic_ncols=True)
+        history: list[dict] = []
+        last_metric = best[0]
+        for step_index in bar:
+            step = step_index + 1
+            sentences = self.stream.batch(step_index)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                losses = self.objective(sentences)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if s.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            row = {"step": step, "lr": scheduler.get_last_lr()[0],
+                   **{k: v.item() for k, v in losses.items()}}
+            if not math.isfinite(row["loss"]):
+                raise FloatingPointError(f"{self.desc}: loss became {row['loss']} at step {step}; lower the learning rate")
+            history.append(row)
+            if "train" in logs:
+                logs["train"].append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+            if step % s.eval_every == 0 or step == s.steps:
+                last_metric = self._evaluate()
+                record_eval(step, last_metric)
+            if step % s.checkpoint_every == 0 or step == s.steps:
+                self._save_checkpoint(step, optimizer, scheduler, best, initial)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", dev=f"{last_metric:.2f}", best=f"{best[0]:.2f}")
+        bar.close()
+        seconds = time.perf_counter() - began
+        result = TrainResult(best_metric=best[0], best_step=best[1], initial_metric=initial,
+                             steps=end, seconds=seconds, history=history)
+        if self.metrics_dir and end == s.steps:
+            atomic_write_json(self.metrics_dir / "summary.json", {
+                f"initial_{self.dev_evaluator.primary_metric}": round(initial, 4),
+                f"best_{self.dev_evaluator.primary_metric}": round(best[0], 4),
+                "best_step": best[1], "steps": s.steps, "batch_size": s.batch_size,
+                "seconds_this_run": round(seconds, 1),
+            })
+        log.info("%s: best dev %.2f at step %d (from %.2f); model -> %s", self.desc, best[0], best[1], initial, self.output_dir)
+        return result

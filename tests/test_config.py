@@ -1,0 +1,36 @@
+import pytest
+
+from jtcse.config import ConfigError, load_settings, settings_from_dict
+from tests.conftest import REPO
+
+
+def test_repository_params_load():
+    settings = load_settings(REPO / "params.yaml")
+    assert settings.model.base == "minilm" and settings.train.cross_attention.mode == "side"
+
+
+def test_unknown_key_is_named(tmp_path):
+    (tmp_path / "p.yaml").write_text("train:\n  w_nse: 1.0\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml: train\.w_nse: Extra inputs are not permitted"):
+        load_settings(tmp_path / "p.yaml")
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"train\.cross_attention\.num_layers"):
+        settings_from_dict({"train": {"cross_attention": {"num_layers": "many"}}})
+
+
+def test_bad_choice_is_named():
+    with pytest.raises(ConfigError, match=r"model\.pooling"):
+        settings_from_dict({"model": {"pooling": "max"}})
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    (tmp_path / "p.yaml").write_text("train:\n  lr: [1\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml: line \d+ invalid YAML"):
+        load_settings(tmp_path / "p.yaml")
+
+
+def test_overrides_use_dotted_keys():
+    settings = load_settings(REPO / "params.yaml", {"train.w_tm": 0.25, "train.cross_attention.num_layers": 0})
+    assert settings.train.w_tm == 0.25 and settings.train.cross_attention.num_layers == 0
