@@ -29,7 +29,7 @@ data: env
 
 run: data
 	$(DVC) repro
-	@$(PY) -m jtcse.report metrics/base/metrics.json metrics/twin/metrics.json metrics/distilled/metrics.json
+	@cat reports/sts_table.md
 
 test: data
 	$(PY) -m pytest -q

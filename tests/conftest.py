@@ -98,3 +98,15 @@ def tiny_settings(tiny_bert, small_sts_dir, sample_corpus):
         "distill": stage,
         "evaluate": {"batch_size": 64, "max_length": 32},
     })
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One temporary Prefect server (and an isolated PREFECT_HOME) for the whole test session."""
+    home = tmp_path_factory.mktemp("prefect_home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield home

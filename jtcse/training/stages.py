@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from jtcse.config import Settings
+from jtcse.config import Settings, resolve_model_path
 from jtcse.data import read_corpus
 from jtcse.encoding import pick_device
 from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator
@@ -28,6 +28,22 @@ def _prepare(settings: Settings) -> tuple[torch.device, list[str], STSEvaluator]
     sentences = read_corpus(settings.data.corpus, settings.data.max_sentences)
     dev = STSEvaluator(settings.data.sts_dir, DEV_TASKS, batch_size=settings.evaluate.batch_size)
     return device, sentences, dev
+
+
+def fingerprint(settings: Settings, section: str, inputs: list[str]) -> dict:
+    """What a stage's checkpoints depend on: its settings and the exact weights it started from."""
+    from jtcse.api import sha256_file
+
+    digests = {}
+    for name in inputs:
+        root = Path(resolve_model_path(name))
+        files = sorted(root.rglob("*.safetensors")) if root.is_dir() else []
+        digests[name] = [sha256_file(f) for f in files] or name
+    return {
+        "stage": section,
+        "settings": {k: getattr(settings, k).model_dump(mode="json") for k in ("model", "data", "evaluate", section)},
+        "inputs": digests,
+    }
 
 
 def _tower(settings: Settings, path: str, seed: int):
@@ -51,7 +67,8 @@ def train_tower(settings: Settings, *, which: str, output: str | Path, checkpoin
                                 max_length=settings.model.max_length,
                                 eval_max_length=settings.evaluate.max_length).to(device)
     trainer = Trainer(objective, sentences, p, dev_evaluator=dev, output_dir=output, checkpoint_dir=checkpoint_dir,
-                      metrics_dir=metrics_dir, runtime=settings.runtime, seed=seed, desc=f"tower {which}")
+                      metrics_dir=metrics_dir, runtime=settings.runtime, seed=seed, desc=f"tower {which}",
+                      fingerprint=fingerprint(settings, "pretrain", [init or settings.model.base]) | {"tower": which})
     return trainer.fit(resume=resume, stop_after=stop_after)
 
 
@@ -77,7 +94,8 @@ def train_twin(settings: Settings, *, tower_a: str, tower_b: str, output: str | 
     device, sentences, dev = _prepare(settings)
     objective = build_twin_objective(settings, tower_a, tower_b).to(device)
     trainer = Trainer(objective, sentences, settings.train, dev_evaluator=dev, output_dir=output,
-                      checkpoint_dir=checkpoint_dir, metrics_dir=metrics_dir, runtime=settings.runtime, desc="jtcse")
+                      checkpoint_dir=checkpoint_dir, metrics_dir=metrics_dir, runtime=settings.runtime, desc="jtcse",
+                      fingerprint=fingerprint(settings, "train", [tower_a, tower_b]))
     return trainer.fit(resume=resume, stop_after=stop_after, on_eval=on_eval)
 
 
@@ -97,5 +115,6 @@ def distill_twin(settings: Settings, *, twin: str | Path, output: str | Path, ch
                                  max_length=settings.model.max_length,
                                  eval_max_length=settings.evaluate.max_length).to(device)
     trainer = Trainer(objective, sentences, d, dev_evaluator=dev, output_dir=output, checkpoint_dir=checkpoint_dir,
-                      metrics_dir=metrics_dir, runtime=settings.runtime, desc="distill")
+                      metrics_dir=metrics_dir, runtime=settings.runtime, desc="distill",
+                      fingerprint=fingerprint(settings, "distill", [str(twin), init]))
     return trainer.fit(resume=resume, stop_after=stop_after)

@@ -7,6 +7,7 @@ scheduler state, RNG states and the step, which is also the data position (see `
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import random
@@ -29,6 +30,7 @@ from jtcse.training.objectives import Objective
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step-"
+RUN_FILE = "run.json"  # fingerprint of the settings and inputs the checkpoints belong to
 
 
 @dataclass
@@ -102,13 +104,14 @@ class Trainer:
     def __init__(self, objective: Objective, sentences: list[str], settings: OptimSettings, *,
                  dev_evaluator: STSEvaluator, output_dir: str | Path, checkpoint_dir: str | Path,
                  metrics_dir: str | Path | None = None, runtime: RuntimeSettings | None = None,
-                 seed: int | None = None, desc: str = "train"):
+                 seed: int | None = None, desc: str = "train", fingerprint: dict | None = None):
         self.objective, self.settings, self.dev_evaluator = objective, settings, dev_evaluator
         self.runtime = runtime or RuntimeSettings()
         self.seed = settings.seed if seed is None else seed
         self.output_dir, self.checkpoint_dir = Path(output_dir), Path(checkpoint_dir)
         self.metrics_dir = Path(metrics_dir) if metrics_dir else None
         self.desc = desc
+        self.fingerprint = fingerprint or {}
         self.stream = SentenceStream(sentences, settings.batch_size, self.seed)
         self.device = objective.device
         self.autocast = self.device.type == "cuda" and self.runtime.bf16
@@ -134,6 +137,17 @@ class Trainer:
             shutil.rmtree(path, ignore_errors=True)
         log.info("checkpoint step %d -> %s", step, self.checkpoint_dir)
 
+    def _same_run(self) -> bool:
+        """Checkpoints of a run with other settings or inputs must not be resumed into this one."""
+        stored = self.checkpoint_dir / RUN_FILE
+        if not stored.is_file():
+            return False
+        same = json.loads(stored.read_text(encoding="utf-8")) == json.loads(json.dumps(self.fingerprint))
+        if not same:
+            log.warning("%s: checkpoints in %s belong to other settings or inputs; starting afresh",
+                        self.desc, self.checkpoint_dir)
+        return same
+
     def _save_best(self) -> None:
         with atomic_directory(self.output_dir) as tmp:
             self.objective.save_model(tmp)
@@ -146,7 +160,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
         scheduler = make_scheduler(optimizer, s)
         start, best, initial = 0, (-math.inf, 0), math.nan
-        checkpoint = latest_checkpoint(self.checkpoint_dir) if resume else None
+        checkpoint = latest_checkpoint(self.checkpoint_dir) if resume and self._same_run() else None
         if checkpoint is not None:
             load_model(self.objective, str(checkpoint / "model.safetensors"), device=str(self.device))
             state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
@@ -158,8 +172,9 @@ class Trainer:
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
             start, best, initial = state["step"], (state["best_metric"], state["best_step"]), state["initial_metric"]
             log.info("resuming %s from %s (step %d)", self.desc, checkpoint, start)
-        elif self.checkpoint_dir.exists():
-            shutil.rmtree(self.checkpoint_dir)
+        else:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            atomic_write_json(self.checkpoint_dir / RUN_FILE, self.fingerprint)
 
         logs = {}
         if self.metrics_dir:

@@ -1,0 +1,113 @@
+"""Scheduled retraining as a Prefect flow: pull, validate, reproduce the DVC stages, promote only a better model.
+
+A thin shell: the stages are `dvc repro` runs of dvc.yaml, and the promotion rule lives in jtcse.registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from jtcse.config import load_settings
+from jtcse.evaluation.sts import format_table
+from jtcse.provenance import data_version, git_commit
+from jtcse.registry import decide, decision_dict, promote
+
+# `jtcse` exits with 2 for bad data or bad settings: rerunning cannot fix those.
+_PERMANENT = re.compile(r"exited with (?:status |code )?2\b|ERROR: (?:failed to parse|unexpected error - .*params)")
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, message: str, transient: bool):
+        super().__init__(message)
+        self.transient = transient
+
+
+def _dvc(args: list[str], project_dir: str) -> str:
+    # Stage commands call `jtcse`: make this interpreter's environment the one they find first.
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project_dir, capture_output=True, text=True, env=env)
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        raise StageFailed(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{tail}",
+                          transient=not _PERMANENT.search(output))
+    return output
+
+
+def only_transient(task, task_run, state) -> bool:
+    """Retry a stage after a crash or a lost resource, never after bad input."""
+    exc = state.result(raise_on_failure=False)
+    return getattr(exc, "transient", True)
+
+
+@task(name="dvc-pull", retries=2, retry_delay_seconds=5, retry_condition_fn=only_transient)
+def pull_data(project_dir: str) -> str:
+    _dvc(["pull", "--quiet", "data.dvc"], project_dir)
+    return data_version(Path(project_dir) / "data.dvc")
+
+
+@task(name="validate", retries=0)  # a failed expectation is a finding, not a glitch: never retried
+def validate(project_dir: str) -> str:
+    _dvc(["repro", "--single-item", "validate"], project_dir)
+    return str(Path(project_dir) / "reports" / "validation.json")
+
+
+@task(name="stage", retry_delay_seconds=10, retry_condition_fn=only_transient, task_run_name="dvc-repro-{stage}")
+def run_stage(stage: str, project_dir: str) -> str:
+    started = time.perf_counter()
+    output = _dvc(["repro", "--single-item", stage], project_dir)
+    get_run_logger().info("%s: %s in %.1f s", stage, "up to date" if "didn't change, skipping" in output else "reproduced",
+                          time.perf_counter() - started)
+    return stage
+
+
+def _metrics(project_dir: Path, name: str) -> dict | None:
+    path = project_dir / "metrics" / name / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(project_dir: str = ".", params_file: str = "params.yaml", pull: bool = True) -> dict:
+    """Reproduce the pipeline and promote the new twin if it beats the promoted one on the chosen metric."""
+    root = Path(project_dir).resolve()
+    settings = load_settings(root / params_file).retrain
+    logger = get_run_logger()
+    data_hash = pull_data(str(root)) if pull else data_version(root / "data.dvc")
+    validate(str(root))
+    stage_task = run_stage.with_options(retries=settings.stage_retries)
+    for stage in settings.stages:
+        stage_task(stage, str(root))
+
+    new = _metrics(root, "twin")
+    if new is None:
+        raise FileNotFoundError(f"{root / 'metrics/twin/metrics.json'}: the evaluate stage wrote no metrics")
+    registry = root / settings.registry_dir
+    decision = decide(new, registry, settings.metric, settings.min_improvement)
+    entry = None
+    if decision.promote:
+        entry = promote(registry, [root / a for a in settings.promote], new, data_version=data_hash,
+                        git_commit=git_commit(root))
+    logger.info("%s: %s", "PROMOTED" if entry else "KEPT current model", decision.reason)
+
+    rows = {name: m for name in ("base", "twin", "distilled") if (m := _metrics(root, name))}
+    verdict = f"promoted as v{entry['version']}" if entry else f"kept v{decision.current_version}"
+    create_markdown_artifact(
+        key="retrain-result",
+        markdown=f"# Retrain: {verdict}\n\n{decision.reason}\n\n{format_table(rows)}\n\n"
+                 f"data `{data_hash}`, commit `{git_commit(root)}`\n",
+        description="STS results of the retrained models and the promotion decision",
+    )
+    return {"decision": decision_dict(decision), "promoted_version": entry["version"] if entry else None}
+
+
+if __name__ == "__main__":
+    retrain()
