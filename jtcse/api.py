@@ -10,6 +10,8 @@ from jtcse.encoding import Encoder, TowerEncoder, TwinEncoder
 from jtcse.training.objectives import TWIN_MANIFEST
 
 CHECKSUMS = "SHA256SUMS"
+PACKAGE_MANIFEST = "jtcse_package.json"
+DEFAULT_MAX_LENGTH = 128
 
 
 class IntegrityError(RuntimeError):
@@ -55,26 +57,50 @@ def load_twin(path: str | Path, *, device: str = "auto", max_length: int = 128, 
     return TwinEncoder(towers[0], towers[1], combine or manifest["combine"])
 
 
-def load(path: str | Path, *, pooling: str | None = None, device: str = "auto", max_length: int = 128,
+def load(path: str | Path, *, pooling: str | None = None, device: str = "auto", max_length: int | None = None,
          verify: bool = True) -> Encoder:
-    """Open a twin folder (twin.json), a package (SHA256SUMS checked) or any HF/sentence-transformers model."""
+    """Open a twin folder (twin.json), a package (SHA256SUMS checked) or any HF/sentence-transformers model.
+
+    ``max_length`` defaults to the model's own ``sentence_bert_config.json`` max_seq_length, else 128.
+    A model folder inside a package (``<package>/twin``) is checked against the package's SHA256SUMS too.
+    """
     path = Path(path)
     if verify and (path / CHECKSUMS).is_file():
         verify_checksums(path)
-    package = path / "jtcse_package.json"
+    elif verify and (path.parent / PACKAGE_MANIFEST).is_file() and (path.parent / CHECKSUMS).is_file():
+        verify_checksums(path.parent)
+    package = path / PACKAGE_MANIFEST
     if package.is_file():
         entry = json.loads(package.read_text(encoding="utf-8"))
         return load(path / entry["default"], pooling=pooling, device=device, max_length=max_length, verify=False)
     if (path / TWIN_MANIFEST).is_file():
-        return load_twin(path, device=device, max_length=max_length)
-    return TowerEncoder.from_pretrained(str(path), pooling or _saved_pooling(path), max_length, device)
+        return load_twin(path, device=device, max_length=max_length or DEFAULT_MAX_LENGTH)
+    return TowerEncoder.from_pretrained(str(path), pooling or _saved_pooling(path),
+                                        max_length or _saved_max_length(path), device)
+
+
+def _saved_max_length(path: Path) -> int:
+    """Truncation recorded by sentence-transformers' sentence_bert_config.json, else the default 128."""
+    config = path / "sentence_bert_config.json"
+    if config.is_file():
+        value = json.loads(config.read_text(encoding="utf-8")).get("max_seq_length")
+        if isinstance(value, int) and value > 0:
+            return value
+    return DEFAULT_MAX_LENGTH
 
 
 def _saved_pooling(path: Path) -> str:
-    """Pooling recorded by sentence-transformers' 1_Pooling/config.json, else the paper's CLS."""
+    """Pooling recorded by sentence-transformers' 1_Pooling/config.json (classic or v6 keys), else the paper's CLS."""
     config = path / "1_Pooling" / "config.json"
-    if config.is_file():
-        modes = json.loads(config.read_text(encoding="utf-8"))
-        if modes.get("pooling_mode_mean_tokens"):
-            return "mean"
-    return "cls"
+    if not config.is_file():
+        return "cls"
+    modes = json.loads(config.read_text(encoding="utf-8"))
+    if "pooling_mode" in modes:  # sentence-transformers >= 6 writes one key: "cls", "mean", ... (or a list)
+        mode = modes["pooling_mode"]
+        mode = mode[0] if isinstance(mode, list) and len(mode) == 1 else mode
+    else:  # classic keys: one boolean per mode
+        active = [k.removeprefix("pooling_mode_") for k, v in modes.items() if k.startswith("pooling_mode_") and v is True]
+        mode = "+".join({"cls_token": "cls", "mean_tokens": "mean"}.get(a, a) for a in active) or "cls"
+    if mode not in ("cls", "mean"):
+        raise ValueError(f"{config}: pooling {mode!r} is not supported (cls or mean); pass pooling= explicitly")
+    return mode

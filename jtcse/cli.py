@@ -197,23 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_similarity)
 
-    for register in _extensions():
-        register(sub)
+    from jtcse.packaging import register_cli as register_packaging
+    from jtcse.tuning import register_cli as register_tuning
+
+    register_packaging(sub)
+    register_tuning(sub)
     return parser
-
-
-def _extensions():
-    """Sub-commands that live with their feature modules (tuning, packaging)."""
-    found = []
-    for module_name in ("jtcse.packaging", "jtcse.tuning"):
-        try:
-            module = __import__(module_name, fromlist=["register_cli"])
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            continue
-        found.append(module.register_cli)
-    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,20 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from jtcse.api import IntegrityError
     from jtcse.config import ConfigError
     from jtcse.data import DataError
+    from jtcse.validation import DataValidationError
 
-    known = (ConfigError, DataError, FileNotFoundError, ValueError)
-    try:
-        from jtcse.validation import DataValidationError
-        known = (*known, DataValidationError)
-    except ModuleNotFoundError:
-        pass
-    try:
-        from jtcse.api import IntegrityError
-        known = (*known, IntegrityError)
-    except ModuleNotFoundError:
-        pass
+    # Bad input, bad settings or a tampered package: one line on stderr and exit status 2 (the retrain flow
+    # reads 2 as "do not retry").
+    known = (ConfigError, DataError, DataValidationError, IntegrityError, FileNotFoundError, ValueError)
     try:
         args.func(args)
     except known as err:

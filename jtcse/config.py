@@ -343,8 +343,8 @@ class TuneSettings(_Section):
     max_trial_seconds: float | None = Field(
         None, gt=0, description="Cost limit per trial, as a constraint (not a second objective): a slower trial is infeasible, "
         "TPE steers away from it and it is never reported best. null = no limit.")
-    max_failed_trials: int = Field(5, ge=1, description="Workers stop starting trials once the study holds this many failed "
-                                   "trials (a broken set-up, not a bad draw).")
+    max_failed_trials: int = Field(5, ge=1, description="A worker stops starting trials once this many of its trials failed in "
+                                   "the run (a broken set-up, not a bad draw); failed trials never count toward n_trials.")
     heartbeat_interval: int = Field(10, ge=1, description="Seconds between a running trial's heartbeats in the storage.")
     grace_period: int = Field(30, ge=2, description="Seconds without heartbeat after which a running trial counts as dead "
                               "(its worker was killed): it is marked failed and re-queued; must exceed heartbeat_interval.")

@@ -393,7 +393,7 @@ def run_worker(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: s
 
     A worker starts a trial only while finished + running trials stay below ``n_trials``; otherwise it waits
     for the running ones, so that a trial whose worker died (failed by its stale heartbeat and re-queued) is
-    picked up. It stops early once the study holds ``tune.max_failed_trials`` failed trials.
+    picked up. It stops early once ``tune.max_failed_trials`` of its own trials failed in this run.
     """
     import optuna
     from tqdm.auto import tqdm
@@ -410,7 +410,12 @@ def run_worker(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: s
     counts = trial_counts(study)
     bar = tqdm(total=tune.n_trials, initial=min(counts.finished, tune.n_trials), desc=f"tune {tune.study_name}",
                unit="trial", dynamic_ncols=True, disable=not progress)
-    ran = 0
+    ran = failed_here = 0
+
+    def count_failure(_study, frozen) -> None:
+        nonlocal failed_here
+        failed_here += frozen.state == optuna.trial.TrialState.FAIL
+
     try:
         while True:
             optuna.storages.fail_stale_trials(study)
@@ -419,14 +424,14 @@ def run_worker(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: s
             bar.set_postfix_str(str(counts))
             if counts.finished >= tune.n_trials:
                 break
-            if counts.failed >= tune.max_failed_trials:
-                log.error("study %r holds %d failed trials (tune.max_failed_trials): not starting more; see the "
-                          "errors above", tune.study_name, counts.failed)
+            if failed_here >= tune.max_failed_trials:
+                log.error("worker %d: %d of its trials failed (tune.max_failed_trials): not starting more; see the "
+                          "errors above", worker_index, failed_here)
                 break
             if counts.finished + counts.running >= tune.n_trials:
                 time.sleep(poll)  # the last trials run elsewhere; stay to retry one whose worker dies
                 continue
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[count_failure], gc_after_trial=True)
             ran += 1
     finally:
         bar.close()
@@ -623,7 +628,7 @@ def _save_figure(ax: Any, path: Path) -> None:
     figure.set_size_inches(8, 5)
     figure.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp, dpi=110)
+    figure.savefig(tmp, dpi=110, bbox_inches="tight")  # keeps a legend placed outside the axes
     plt.close(figure)
     os.replace(tmp, path)
 

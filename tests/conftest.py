@@ -92,6 +92,7 @@ def tiny_settings(tiny_bert, small_sts_dir, sample_corpus):
     stage = {"steps": 6, "batch_size": 8, "lr": 1e-3, "eval_every": 3, "checkpoint_every": 3, "keep_checkpoints": 3}
     return settings_from_dict({
         "model": {"base": str(tiny_bert), "max_length": 24, "attn_implementation": "eager"},
+        "runtime": {"threads": 1},  # a 32-wide model is all overhead: more threads only add synchronisation
         "data": {"corpus": str(sample_corpus), "sts_dir": str(small_sts_dir), "max_sentences": 200},
         "pretrain": stage,
         "train": {**stage, "cross_attention": {"num_layers": 2}},

@@ -60,6 +60,7 @@ def make_project(root: Path, tiny_model: Path, small_sts: Path) -> Path:
         params[stage].update(TINY_STAGE)
     params["train"]["cross_attention"]["num_layers"] = 2
     params["evaluate"].update(batch_size=256, max_length=48)
+    params["runtime"]["threads"] = 1
     params["package"].update(name="tiny", version="0.0.1")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / ".gitignore").write_text("/checkpoints\n/registry\n/models\n")

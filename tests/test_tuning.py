@@ -24,6 +24,7 @@ from tests.conftest import REPO
 def with_tune(settings, **tune):
     """``settings`` with a ``tune`` section for seconds-long trials (every key of ``tune`` overrides)."""
     raw = settings.model_dump(mode="json", by_alias=True)
+    raw["runtime"]["threads"] = 1  # on a shared 2-core machine one thread per process is several times faster
     raw["tune"] = {
         "n_trials": 3, "trial_steps": 4, "eval_every": 2, "heartbeat_interval": 1, "grace_period": 2,
         "pruner": {"type": "none"},
@@ -106,6 +107,10 @@ def test_study_prunes_writes_best_params_and_they_apply_to_params_yaml(tiny_sett
     summary = (out / "summary.md").read_text()
     assert f"| trials pruned | {counts.pruned} |" in summary and "## Best parameters" in summary
     assert (out / "optimization_history.png").stat().st_size > 1000
+    if counts.complete >= 2:
+        assert (out / "param_importances.png").stat().st_size > 1000
+    else:  # importances need two completed trials: skipped with a note, not an error
+        assert "Note: no parameter importances" in summary and "importance_plot" not in report.files
     assert (out / "trials.csv").read_text().count("\n") == 5
 
     params = tmp_path / "params.yaml"
@@ -134,6 +139,24 @@ def test_study_prunes_writes_best_params_and_they_apply_to_params_yaml(tiny_sett
     assert tuning.apply_best(out / "best_params.yaml", params) == {}  # applying twice changes nothing
 
 
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny_settings, tiny_bert, tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    no_pooler = tmp_path / "no_pooler"  # modulus_on: pooler needs a pooler: those draws fail for real
+    BertModel(BertConfig.from_pretrained(tiny_bert), add_pooling_layer=False).save_pretrained(no_pooler)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(no_pooler)
+    settings = with_tune(tiny_settings, storage=sqlite_url(tmp_path / "optuna.db"), n_trials=2, trial_steps=2,
+                         eval_every=1, space={"modulus_on": {"choices": ["pooler", "embedding"]},
+                                                       "cross_attention": {"num_layers": 2}})
+    report = tuning.run_study(settings, tower_a=str(no_pooler), tower_b=str(no_pooler), output_dir=tmp_path / "tune",
+                              progress=False)
+    assert report.counts.failed >= 1 and report.counts.complete == 2, report.counts
+    trials = trials_of(settings)
+    assert {t.params["modulus_on"] for t in trials if t.state.name == "FAIL"} == {"pooler"}
+    assert {t.params["modulus_on"] for t in trials if t.state.name == "COMPLETE"} == {"embedding"}
+    assert "| trials failed |" in (tmp_path / "tune" / "summary.md").read_text()
+
+
 # ------------------------------------------------------------------------------------------ kill and resume
 
 
@@ -149,7 +172,10 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
     pytest.fail(f"timed out waiting for {what}")
 
 
-def test_killed_worker_trial_is_failed_and_retried_and_a_rerun_only_runs_the_rest(tiny_settings, tiny_bert, tmp_path):
+def test_killed_worker_trial_is_failed_and_retried_and_a_rerun_only_runs_the_rest(tiny_settings, tiny_bert, tmp_path,
+                                                                                   monkeypatch):
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the killed worker's trial folder stays behind: keep it here
     settings = with_tune(tiny_settings, storage=sqlite_url(tmp_path / "optuna.db"), n_trials=3, trial_steps=6)
     tower = str(tiny_bert)
     tuning.prepare_study(settings)
@@ -180,13 +206,18 @@ def test_killed_worker_trial_is_failed_and_retried_and_a_rerun_only_runs_the_res
     assert report.counts.finished == 3
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
-    assert retries[0].params == victim.params  # the interrupted trial was rerun with the same values
+    assert retries[0].params == trials[victim.number].params  # the interrupted trial was rerun with the same values
     by_rerun = [t for t in trials if t.user_attrs.get("worker_pid") == os.getpid()]
     by_killed = [t for t in trials if t.user_attrs.get("worker_pid") == killed_pid and t.state.name == "COMPLETE"]
     assert len(by_killed) >= 1 and len(by_rerun) == 3 - len(by_killed)  # the rerun ran only the remainder
 
-    again = tuning.run_study(settings, tower_a=tower, tower_b=tower, output_dir=tmp_path / "tune", progress=False)
-    assert len(trials_of(settings)) == len(trials) and again.best_trial == report.best_trial  # nothing left to do
+    from jtcse.cli import main  # the command line reruns the finished study: nothing left to do
+
+    assert main(["tune", "--params", str(path), "--tower-a", tower, "--tower-b", tower,
+                 "--output-dir", str(tmp_path / "again")]) == 0
+    assert len(trials_of(settings)) == len(trials)
+    again = yaml.safe_load((tmp_path / "again" / "best_params.yaml").read_text())
+    assert again["_meta"]["trial"] == report.best_trial
 
 
 # ------------------------------------------------------------------------------- two workers, real PostgreSQL

@@ -111,6 +111,10 @@ class DistillObjective(Objective):
         self.teacher_towers = nn.ModuleList([teacher.tower_a.model, teacher.tower_b.model])
         self.teacher_towers.requires_grad_(False)
         self.teacher = teacher
+        # A student from another checkpoint (distill.student_init) may tokenise differently: the teacher then
+        # gets its own token ids, or its vectors would be computed from the wrong vocabulary.
+        teacher_tokenizer = teacher.tower_a.tokenizer
+        self.teacher_tokenizer = None if _same_tokenization(tokenizer, teacher_tokenizer) else teacher_tokenizer
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -119,9 +123,11 @@ class DistillObjective(Objective):
 
     def forward(self, sentences: list[str]) -> dict[str, torch.Tensor]:
         batch = self.views(sentences)
+        t_batch = batch if self.teacher_tokenizer is None else \
+            tokenize_views(self.teacher_tokenizer, sentences, self.max_length, self.device)
         with torch.no_grad():
-            a = pool(self.teacher_towers[0](**batch).last_hidden_state, batch["attention_mask"], self.teacher.tower_a.pooling)
-            b = pool(self.teacher_towers[1](**batch).last_hidden_state, batch["attention_mask"], self.teacher.tower_b.pooling)
+            a = pool(self.teacher_towers[0](**t_batch).last_hidden_state, t_batch["attention_mask"], self.teacher.tower_a.pooling)
+            b = pool(self.teacher_towers[1](**t_batch).last_hidden_state, t_batch["attention_mask"], self.teacher.tower_b.pooling)
             teacher = a + b if self.teacher.combine == "sum" else torch.cat([a, b], -1)
         student = pool(self.student(**batch).last_hidden_state, batch["attention_mask"], self.pooling)
         return self.loss(student, teacher)
@@ -131,6 +137,11 @@ class DistillObjective(Objective):
 
     def save_model(self, directory: Path) -> None:
         save_tower(self.student, self.tokenizer, directory)
+
+
+def _same_tokenization(a, b) -> bool:
+    probe = "Tokenizers differ in Case, accents (café) and rare-words: 1234!"
+    return a is b or (a.get_vocab() == b.get_vocab() and a(probe)["input_ids"] == b(probe)["input_ids"])
 
 
 def save_twin(tower_a, tower_b, tokenizer, directory: Path, *, pooling: str, combine: str) -> None:

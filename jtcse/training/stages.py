@@ -37,7 +37,10 @@ def fingerprint(settings: Settings, section: str, inputs: list[str]) -> dict:
     digests = {}
     for name in inputs:
         root = Path(resolve_model_path(name))
-        files = sorted(root.rglob("*.safetensors")) if root.is_dir() else []
+        # Weights and the JSON beside them (config, tokenizer, twin.json: a twin's pooling/combine change the
+        # teacher without changing any weight).
+        files = sorted(p for p in root.rglob("*") if p.suffix in (".safetensors", ".json") and p.is_file()) \
+            if root.is_dir() else []
         digests[name] = [sha256_file(f) for f in files] or name
     return {
         "stage": section,

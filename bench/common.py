@@ -1,0 +1,166 @@
+"""What the benchmark scripts share: settings with overrides, provenance, timing, atomic file output."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+
+log = logging.getLogger("bench")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parse_set(items: Iterable[str] | None) -> dict[str, Any]:
+    """``["train.w_tm=0.5", "model.base=minilm"]`` -> dotted key -> value parsed as a YAML scalar."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set expects key=value with a dotted key, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def resolve_paths(settings, root: Path):
+    """Relative data paths (and a relative model.base folder) are read against the params file's folder,
+    as DVC does, so a benchmark gives the same answer from any working directory."""
+    from jtcse.config import SYMBOLIC_MODELS
+
+    data = settings.data
+    for name in ("corpus", "sts_dir"):
+        value = Path(getattr(data, name))
+        if not value.is_absolute() and not value.exists() and (root / value).exists():
+            setattr(data, name, root / value)
+    base = settings.model.base
+    if base not in SYMBOLIC_MODELS and not Path(base).is_absolute() and (root / base).exists() and not Path(base).exists():
+        settings.model.base = str(root / base)
+    return settings
+
+
+def load_bench_settings(params: str | os.PathLike, overrides: dict[str, Any] | None = None):
+    from jtcse.config import load_settings
+
+    params = Path(params)
+    return resolve_paths(load_settings(params, overrides or {}), params.resolve().parent)
+
+
+def derive_settings(settings, overrides: dict[str, Any]):
+    """A validated copy of ``settings`` with dotted-key overrides applied."""
+    from jtcse.config import set_dotted, settings_from_dict
+
+    raw = settings.model_dump(mode="json", by_alias=True)
+    for key, value in overrides.items():
+        set_dotted(raw, key, value)
+    return settings_from_dict(raw, "benchmark overrides")
+
+
+def settings_dict(settings) -> dict:
+    return settings.model_dump(mode="json", by_alias=True)
+
+
+def environment() -> dict[str, Any]:
+    """Hardware and software the numbers were measured on, plus the git commit."""
+    import torch
+
+    from jtcse.provenance import git_commit, hardware
+
+    info: dict[str, Any] = {
+        "hardware": hardware(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": git_commit(REPO),
+        "git_dirty": _git_dirty(),
+        "load_average": _loadavg(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def _git_dirty() -> bool | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                             capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return bool(out.stdout.strip())
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return None
+
+
+def sync(device) -> None:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], Any], device=None) -> tuple[float, Any]:
+    """Wall seconds of one call (device work included: CUDA is synchronised before and after)."""
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def write_png(fig, path: Path) -> None:
+    """Save a matplotlib figure atomically (temporary file in the same folder, then rename)."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    if value is None or value != value:  # None or NaN
+        return "—"
+    return f"{value:.{digits}f}"

@@ -1,0 +1,485 @@
+"""Quality benchmark: the seven-task STS table of every model the method compares, trained under one budget.
+
+Rows (same base checkpoint, corpus, step budget and seeds for every trained row):
+
+  1  base checkpoint zero-shot, ``cls`` pooling (1a) and ``mean`` pooling (1b)
+  2  unsupervised SimCSE, one tower (tower A, ``pretrain`` settings)
+  3  plain twin ensemble: tower A + tower B of row 2's stage, sum of vectors, no joint training
+  4  TNCSE: joint twin training from the two towers WITHOUT cross-attention (train.cross_attention.num_layers 0)
+  5  JTCSE twin: the three losses + cross-attention, ``train`` settings as given
+  6  JTCSE-D: one tower distilled from row 5's twin (``distill`` settings)
+  C  optional control (``--rows control``): tower A trained ``train.steps`` more SimCSE steps, so one tower sees
+     as many steps as each tower of the twins (pretrain.steps + train.steps)
+
+Work is reused where it is the same thing: towers A and B are trained once per seed and feed rows 2-5; row 6
+distils row 5's twin. Seed ``s`` (>= 1) shifts pretrain.seed_a, pretrain.seed_b, train.seed and distill.seed by
+1000 * (s - 1), so seed 1 is exactly params.yaml. Rows in ``--repeat-rows`` (default SimCSE and JTCSE) run with
+every seed and report mean and sample std; the other trained rows use the first seed.
+
+    python bench/quality.py                                   # params.yaml, seeds 1 2 3, all rows
+    python bench/quality.py --rows 1 2 5 --seeds 1 --set train.steps=60 --reuse-dir runs/bench/quality
+
+Writes bench/results/quality.json, quality.md and quality.png (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common  # noqa: E402
+
+log = logging.getLogger("bench.quality")
+
+SEED_STRIDE = 1000
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    number: str
+    label: str
+    needs_training: bool = True
+    control: bool = False
+
+
+ROWS: tuple[Row, ...] = (
+    Row("base_cls", "1a", "base zero-shot (cls)", needs_training=False),
+    Row("base_mean", "1b", "base zero-shot (mean)", needs_training=False),
+    Row("simcse", "2", "unsup SimCSE (one tower)"),
+    Row("ensemble", "3", "SimCSE twin ensemble (A+B, no joint training)"),
+    Row("tncse", "4", "TNCSE twin (joint, no cross-attention)"),
+    Row("jtcse", "5", "JTCSE twin"),
+    Row("jtcse_d", "6", "JTCSE-D (distilled tower)"),
+    Row("simcse_long", "C", "control: SimCSE tower, pretrain+train steps", control=True),
+)
+ROW_BY_KEY = {r.key: r for r in ROWS}
+DEFAULT_ROWS = [r.key for r in ROWS if not r.control]
+ALIASES = {"1": ["base_cls", "base_mean"], "1a": ["base_cls"], "1b": ["base_mean"], "base": ["base_cls", "base_mean"],
+           "2": ["simcse"], "3": ["ensemble"], "4": ["tncse"], "5": ["jtcse"], "6": ["jtcse_d"],
+           "c": ["simcse_long"], "control": ["simcse_long"], "all": DEFAULT_ROWS}
+
+
+def select_rows(items: list[str] | None) -> list[str]:
+    if not items:
+        return list(DEFAULT_ROWS)
+    chosen: set[str] = set()
+    for item in items:
+        for part in item.replace(",", " ").split():
+            key = part.strip().lower()
+            if key in ALIASES:
+                chosen.update(ALIASES[key])
+            elif key in ROW_BY_KEY:
+                chosen.add(key)
+            else:
+                raise SystemExit(f"--rows: unknown row {part!r}; use 1-6, C or one of {', '.join(ROW_BY_KEY)}")
+    return [r.key for r in ROWS if r.key in chosen]
+
+
+def seeded_overrides(settings, seed: int) -> dict[str, int]:
+    if seed < 1:
+        raise SystemExit(f"--seeds must be positive integers (seed 1 = params.yaml), got {seed}")
+    shift = SEED_STRIDE * (seed - 1)
+    return {"pretrain.seed_a": settings.pretrain.seed_a + shift, "pretrain.seed_b": settings.pretrain.seed_b + shift,
+            "train.seed": settings.train.seed + shift, "distill.seed": settings.distill.seed + shift}
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Stage:
+    """A trained model in the work dir: where it is, how long it took (wall), what it depends on."""
+
+    name: str
+    path: Path
+    seconds: float
+    fingerprint: str
+    reused: bool
+    requires: list["Stage"] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    synthetic: bool = False  # a row made of other stages, with no training of its own (the ensemble)
+
+    def _walk(self) -> dict[str, "Stage"]:
+        found: dict[str, Stage] = {}
+
+        def walk(stage: Stage) -> None:
+            found.setdefault(stage.name, stage)
+            for dep in stage.requires:
+                walk(dep)
+
+        walk(self)
+        return found
+
+    def total_seconds(self) -> float:
+        """Wall time of every stage this model needs from the base checkpoint (shared stages counted once)."""
+        return sum(s.seconds for s in self._walk().values())
+
+    def breakdown(self) -> dict[str, float]:
+        return {name: round(s.seconds, 2) for name, s in self._walk().items() if not s.synthetic}
+
+    def reused_stages(self) -> list[str]:
+        return sorted(name for name, s in self._walk().items() if s.reused and not s.synthetic)
+
+
+class Workspace:
+    """Trains each stage at most once per seed; with a persistent work dir, finished stages are reused across
+    runs when their settings and inputs are unchanged, and an interrupted stage resumes from its checkpoint."""
+
+    def __init__(self, root: Path, base_settings):
+        self.root = root
+        self.base_settings = base_settings
+        self.cache: dict[tuple[int, str], Stage] = {}
+
+    def settings_for(self, seed: int, extra: dict[str, Any] | None = None):
+        return common.derive_settings(self.base_settings, {**seeded_overrides(self.base_settings, seed), **(extra or {})})
+
+    def _run(self, seed: int, name: str, section: str, settings, requires: list[Stage], train) -> Stage:
+        key = (seed, name)
+        if key in self.cache:
+            return self.cache[key]
+        folder = self.root / f"seed{seed}"
+        output, checkpoints, metrics = folder / name, folder / "checkpoints" / name, folder / "metrics" / name
+        marker = folder / f"{name}.done.json"
+        sections = {k: getattr(settings, k).model_dump(mode="json") for k in ("model", "data", "evaluate", "runtime", section)}
+        fingerprint = _digest({"stage": name, "settings": sections, "requires": [r.fingerprint for r in requires]})
+        if marker.is_file() and output.is_dir():
+            done = json.loads(marker.read_text(encoding="utf-8"))
+            if done.get("fingerprint") == fingerprint:
+                log.info("seed %d: reusing %s from %s (trained in %.1f s)", seed, name, output, done["seconds"])
+                stage = Stage(name, output, float(done["seconds"]), fingerprint, True, requires, done.get("summary", {}))
+                self.cache[key] = stage
+                return stage
+            log.info("seed %d: %s in %s was made with other settings or inputs; retraining", seed, name, folder)
+        from jtcse.training.trainer import latest_checkpoint
+
+        resumed = latest_checkpoint(checkpoints) is not None  # the trainer resumes only with the same fingerprint
+        log.info("seed %d: training %s -> %s%s", seed, name, output, " (a checkpoint exists)" if resumed else "")
+        started = time.perf_counter()
+        result = train(output=output, checkpoint_dir=checkpoints, metrics_dir=metrics)
+        seconds = time.perf_counter() - started
+        summary = {"best_stsb_dev": round(result.best_metric, 4), "best_step": result.best_step,
+                   "initial_stsb_dev": round(result.initial_metric, 4), "steps": result.steps,
+                   "trainer_seconds": round(result.seconds, 2), "checkpoint_found": resumed}
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the model is final: resumable state is no longer needed
+        from jtcse.io import atomic_write_json
+
+        atomic_write_json(marker, {"fingerprint": fingerprint, "seconds": round(seconds, 3), "summary": summary})
+        log.info("seed %d: %s done in %.1f s (best STS-B dev %.2f at step %d)", seed, name, seconds,
+                 result.best_metric, result.best_step)
+        stage = Stage(name, output, seconds, fingerprint, False, requires, summary)
+        self.cache[key] = stage
+        return stage
+
+    def tower(self, seed: int, which: str) -> Stage:
+        from jtcse.training.stages import train_tower
+
+        settings = self.settings_for(seed)
+        return self._run(seed, f"tower_{which}", "pretrain", settings, [],
+                         lambda **kw: train_tower(settings, which=which, **kw))
+
+    def simcse_long(self, seed: int) -> Stage:
+        """Tower A trained train.steps more SimCSE steps (pretrain settings otherwise), from its stage-1 weights."""
+        from jtcse.training.stages import train_tower
+
+        base = self.settings_for(seed)
+        settings = self.settings_for(seed, {"pretrain.steps": base.train.steps})
+        tower_a = self.tower(seed, "a")
+        return self._run(seed, "simcse_long", "pretrain", settings, [tower_a],
+                         lambda **kw: train_tower(settings, which="a", init=str(tower_a.path), **kw))
+
+    def twin(self, seed: int, cross_attention: bool) -> Stage:
+        from jtcse.training.stages import train_twin
+
+        extra = {} if cross_attention else {"train.cross_attention.num_layers": 0}
+        settings = self.settings_for(seed, extra)
+        a, b = self.tower(seed, "a"), self.tower(seed, "b")
+        name = "twin_jtcse" if cross_attention else "twin_tncse"
+        return self._run(seed, name, "train", settings, [a, b],
+                         lambda **kw: train_twin(settings, tower_a=str(a.path), tower_b=str(b.path), **kw))
+
+    def distilled(self, seed: int) -> Stage:
+        from jtcse.training.stages import distill_twin
+
+        settings = self.settings_for(seed)
+        twin = self.twin(seed, cross_attention=True)
+        return self._run(seed, "distilled", "distill", settings, [twin],
+                         lambda **kw: distill_twin(settings, twin=str(twin.path), **kw))
+
+
+def make_encoder(row: str, ws: Workspace, seed: int, settings) -> tuple[Any, Stage | None]:
+    from jtcse.api import load_twin
+    from jtcse.config import resolve_model_path
+    from jtcse.encoding import TowerEncoder, TwinEncoder
+
+    device, max_length, pooling = settings.runtime.device, settings.evaluate.max_length, settings.model.pooling
+
+    def tower(path) -> TowerEncoder:
+        return TowerEncoder.from_pretrained(str(path), pooling, max_length, device, settings.model.trust_remote_code)
+
+    if row in ("base_cls", "base_mean"):
+        base = resolve_model_path(settings.model.base)
+        return TowerEncoder.from_pretrained(base, row.split("_")[1], max_length, device, settings.model.trust_remote_code), None
+    if row == "simcse":
+        stage = ws.tower(seed, "a")
+        return tower(stage.path), stage
+    if row == "ensemble":
+        a, b = ws.tower(seed, "a"), ws.tower(seed, "b")
+        # The ensemble's "training" is both towers: a stage that depends on both, with no time of its own.
+        stage = Stage("ensemble", b.path, 0.0, _digest([a.fingerprint, b.fingerprint]), False, [a, b], synthetic=True)
+        return TwinEncoder(tower(a.path), tower(b.path), settings.train.twin_combine), stage
+    if row in ("tncse", "jtcse"):
+        stage = ws.twin(seed, cross_attention=row == "jtcse")
+        return load_twin(stage.path, device=device, max_length=max_length), stage
+    if row == "jtcse_d":
+        stage = ws.distilled(seed)
+        return tower(stage.path), stage
+    if row == "simcse_long":
+        stage = ws.simcse_long(seed)
+        return tower(stage.path), stage
+    raise KeyError(row)
+
+
+def summarise(per_seed: dict[int, dict]) -> dict[str, Any]:
+    import numpy as np
+
+    tasks = list(next(iter(per_seed.values()))["scores"])
+    mean = {t: float(np.mean([r["scores"][t] for r in per_seed.values()])) for t in tasks}
+    n = len(per_seed)
+    std = {t: (float(np.std([r["scores"][t] for r in per_seed.values()], ddof=1)) if n > 1 else None) for t in tasks}
+    timing = {}
+    for k in ("train_s", "eval_s"):
+        values = [r[k] for r in per_seed.values()]
+        timing[k] = float(np.mean(values))
+        timing[f"{k}_std"] = float(np.std(values, ddof=1)) if n > 1 else None
+    return {"mean": mean, "std": std, "n_seeds": n, **timing}
+
+
+def comparisons(rows: list[dict]) -> list[str]:
+    """One line per table row that does not beat the row above it on the average."""
+    lines = []
+    main = [r for r in rows if not r["control"]]
+    for above, row in zip(main, main[1:]):
+        a, b = row["mean"]["avg"], above["mean"]["avg"]
+        if not a > b:
+            lines.append(f"row {row['number']} ({row['label']}) does not beat row {above['number']} "
+                         f"({above['label']}) on avg ({a:.2f} vs {b:.2f})")
+    by_key = {r["key"]: r for r in rows}
+    if "simcse_long" in by_key and "jtcse" in by_key:
+        c, j = by_key["simcse_long"], by_key["jtcse"]
+        verb = "beats" if j["mean"]["avg"] > c["mean"]["avg"] else "does not beat"
+        lines.append(f"control: row 5 ({j['label']}) {verb} row C ({c['label']}) on avg "
+                     f"({j['mean']['avg']:.2f} vs {c['mean']['avg']:.2f})")
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    from jtcse.evaluation.sts import STS_TASKS
+
+    tasks = [*STS_TASKS, "avg"]
+    names = {"sts12": "STS12", "sts13": "STS13", "sts14": "STS14", "sts15": "STS15", "sts16": "STS16",
+             "stsb": "STS-B", "sickr": "SICK-R", "avg": "avg"}
+    s = report["settings"]
+    lines = [
+        "# Quality benchmark: seven-task STS (Spearman x 100)",
+        "",
+        f"Base `{s['model']['base']}`, pooling `{s['model']['pooling']}`, corpus `{s['data']['corpus']}`"
+        f"{' (first ' + str(s['data']['max_sentences']) + ')' if s['data']['max_sentences'] else ''}; "
+        f"steps: pretrain {s['pretrain']['steps']} x batch {s['pretrain']['batch_size']}, "
+        f"train {s['train']['steps']} x {s['train']['batch_size']}, distill {s['distill']['steps']} x "
+        f"{s['distill']['batch_size']}; bridged layers {s['train']['cross_attention']['num_layers']} "
+        f"({s['train']['cross_attention']['mode']}); seeds {report['seeds']}.",
+        f"Hardware: {report['environment']['hardware']}; commit `{report['environment']['git_commit'][:12]}`"
+        f"{' (uncommitted changes)' if report['environment'].get('git_dirty') else ''}; {report['environment']['created']}.",
+        "",
+        "| # | model | " + " | ".join(names[t] for t in tasks) + " | train s | eval s | seeds |",
+        "|---|---|" + "---:|" * (len(tasks) + 3),
+    ]
+    for row in report["rows"]:
+        cells = []
+        for t in tasks:
+            m, sd = row["mean"][t], row["std"][t]
+            cells.append(f"{m:.2f} ± {sd:.2f}" if sd is not None else f"{m:.2f}")
+        train = common.fmt(row["train_s"], 1) if row["trained"] else "0"
+        lines.append(f"| {row['number']} | {row['label']} | " + " | ".join(cells)
+                     + f" | {train} | {common.fmt(row['eval_s'], 1)} | {row['n_seeds']} |")
+    lines.append("")
+    verdicts = report["comparisons"]
+    lines += [f"- {v}" for v in verdicts] if verdicts else ["- every row beats the row above it on avg"]
+    for row in report["rows"]:
+        kept = [str(seed) for seed, r in row["per_seed"].items() if r["stage_summary"].get("best_step") == 0]
+        if kept:
+            lines.append(f"- row {row['number']} ({row['label']}): its last training stage kept its starting weights "
+                         f"(best STS-B dev at step 0) for seed(s) {', '.join(kept)}")
+    lines += [
+        "",
+        "Mean ± sample std over seeds where a row ran with several. *train s*: wall seconds of every training stage "
+        "the row's model needs, from the base checkpoint (shared stages counted in full for each row, reused ones at "
+        "the time they took; dev evaluations during training included); *eval s*: loading the model and the seven "
+        "tasks. Wall times on a shared machine are indicative only.",
+    ]
+    repeated = [r for r in report["rows"] if r["n_seeds"] > 1]
+    if repeated:
+        lines += ["", "## Per seed", "", "| # | model | seed | " + " | ".join(names[t] for t in tasks) + " | train s |",
+                  "|---|---|---:|" + "---:|" * (len(tasks) + 1)]
+        for row in repeated:
+            for seed, r in row["per_seed"].items():
+                lines.append(f"| {row['number']} | {row['label']} | {seed} | "
+                             + " | ".join(f"{r['scores'][t]:.2f}" for t in tasks) + f" | {r['train_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from jtcse.evaluation.sts import STS_TASKS
+
+    tasks = [*STS_TASKS, "avg"]
+    names = {"stsb": "STS-B", "sickr": "SICK-R", "avg": "avg"}
+    rows = report["rows"]
+    x = np.arange(len(tasks))
+    width = 0.84 / max(1, len(rows))
+    fig, ax = plt.subplots(figsize=(12, 5.2))
+    for i, row in enumerate(rows):
+        means = [row["mean"][t] for t in tasks]
+        errs = [row["std"][t] or 0.0 for t in tasks]
+        ax.bar(x - 0.42 + width * (i + 0.5), means, width, yerr=errs if any(errs) else None, capsize=2,
+               label=f"{row['number']} {row['label']}")
+    ax.set_xticks(x, [names.get(t, t.upper()) for t in tasks])
+    ax.set_ylabel("Spearman x 100")
+    lo = min(min(r["mean"][t] for t in tasks) for r in rows)
+    hi = max(max(r["mean"][t] + (r["std"][t] or 0.0) for t in tasks) for r in rows)
+    ax.set_ylim(max(0.0, lo - 5) if lo > 0 else lo - 5, hi + 2)
+    ax.set_title("Seven-task STS per model (mean over seeds; error bars: sample std)")
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    common.write_png(fig, path)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from jtcse.evaluation.sts import STS_TASKS, STSEvaluator
+    from jtcse.io import atomic_write_json, atomic_write_text
+
+    overrides = common.parse_set(args.set)
+    settings = common.load_bench_settings(args.params, overrides)
+    if settings.runtime.threads:
+        torch.set_num_threads(settings.runtime.threads)
+    rows = select_rows(args.rows)
+    seeds = list(dict.fromkeys(args.seeds))
+    repeat = set(select_rows(args.repeat_rows)) if args.repeat_rows else set()
+    out = Path(args.out)
+    evaluator = STSEvaluator(settings.data.sts_dir, STS_TASKS, batch_size=settings.evaluate.batch_size,
+                             show_progress=True)
+
+    tmp = None
+    if args.reuse_dir:
+        work = Path(args.reuse_dir)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="jtcse-quality-")
+        work = Path(tmp.name)
+    log.info("rows %s, seeds %s (repeated rows: %s), work dir %s", rows, seeds, sorted(repeat & set(rows)), work)
+    ws = Workspace(work, settings)
+    results: list[dict] = []
+    plan = [(row, seed) for row in rows for seed in (seeds if (row in repeat) else seeds[:1])
+            if ROW_BY_KEY[row].needs_training or seed == seeds[0]]
+    try:
+        per_row: dict[str, dict[int, dict]] = {}
+        for i, (row, seed) in enumerate(plan, start=1):
+            log.info("[%d/%d] %s, seed %d", i, len(plan), ROW_BY_KEY[row].label, seed)
+            seed_settings = ws.settings_for(seed)
+            encoder, stage = make_encoder(row, ws, seed, seed_settings)
+            started = time.perf_counter()
+            scores = evaluator(encoder)
+            eval_s = time.perf_counter() - started
+            del encoder
+            entry = {"scores": {k: round(v, 4) for k, v in scores.items()},
+                     "train_s": round(stage.total_seconds(), 2) if stage else 0.0,
+                     "train_stages_s": stage.breakdown() if stage else {},
+                     "reused_stages": stage.reused_stages() if stage else [],
+                     "eval_s": round(eval_s, 2),
+                     "stage_summary": stage.summary if stage else {},
+                     "seeds_used": seeded_overrides(settings, seed) if stage else {}}
+            log.info("%s seed %d: avg %.2f (eval %.1f s)", row, seed, scores["avg"], eval_s)
+            per_row.setdefault(row, {})[seed] = entry
+        for row in rows:
+            spec = ROW_BY_KEY[row]
+            results.append({"key": row, "number": spec.number, "label": spec.label, "control": spec.control,
+                            "trained": spec.needs_training, "per_seed": per_row[row], **summarise(per_row[row])})
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    report = {
+        "benchmark": "quality",
+        "command": " ".join(sys.argv) if __name__ == "__main__" else None,
+        "params_file": str(args.params),
+        "overrides": overrides,
+        "seeds": seeds,
+        "seed_derivation": f"seed s shifts pretrain.seed_a, pretrain.seed_b, train.seed, distill.seed by "
+                           f"{SEED_STRIDE} * (s - 1); seed 1 = the params file",
+        "repeated_rows": sorted(repeat & set(rows)),
+        "row_overrides": {"tncse": {"train.cross_attention.num_layers": 0},
+                          "simcse_long": {"pretrain.steps": settings.train.steps, "init": "tower_a"}},
+        "settings": common.settings_dict(settings),
+        "environment": common.environment(),
+        "work_dir": str(work) if args.reuse_dir else None,
+        "rows": results,
+    }
+    report["comparisons"] = comparisons(results)
+    atomic_write_json(out / "quality.json", report)
+    atomic_write_text(out / "quality.md", render_markdown(report))
+    render_plot(report, out / "quality.png")
+    log.info("wrote %s, %s, %s", out / "quality.json", out / "quality.md", out / "quality.png")
+    for line in report["comparisons"]:
+        log.info(line)
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", default=str(common.REPO / "params.yaml"), help="settings file (default: params.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, dotted key, value parsed as YAML (repeatable): --set train.steps=60")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3],
+                   help="seeds of the repeated rows; the first one is used by the others (default: 1 2 3)")
+    p.add_argument("--rows", nargs="+", help="rows to run: 1-6, C (control), or keys "
+                   f"({', '.join(ROW_BY_KEY)}); default: 1-6")
+    p.add_argument("--repeat-rows", nargs="*", default=["simcse", "jtcse"],
+                   help="rows run with every seed (default: simcse jtcse; 'all' for 1-6)")
+    p.add_argument("--out", default=str(common.RESULTS), help="results folder (default: bench/results)")
+    p.add_argument("--reuse-dir", help="persistent work dir for models: finished stages with the same settings are "
+                   "reused and interrupted ones resume (e.g. runs/bench/quality); default: a temporary dir, deleted")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    common.setup_logging(args.verbose)
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()
