@@ -31,7 +31,7 @@ def bar_chart(rows: dict[str, dict[str, float]], path: str | Path) -> None:
     ax.set_ylabel("Spearman x 100")
     low = min(min(m.get(t, 100) for t in tasks) for m in rows.values()) if rows else 0
     ax.set_ylim(max(0, low - 5), 100)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", ncol=max(1, len(rows)))
     ax.set_title("STS (cosine, Spearman x 100)")
     fig.tight_layout()
     path = Path(path)
