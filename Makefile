@@ -9,6 +9,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export GX_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
+# dvc.yaml stages call `jtcse` and `python`: the project environment must come first on PATH.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
 .PHONY: env data run test test-fast clean-runs
