@@ -17,6 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 log = logging.getLogger("jtcse")
 
+#: Sub-commands that train; with runtime.nproc_per_node > 1 they relaunch themselves under torchrun.
+TRAINING_COMMANDS = ("train-tower", "train", "distill")
+
 
 def _settings(args):
     from jtcse.config import load_settings
@@ -40,13 +43,20 @@ def _checkpoint_dir(args) -> Path:
     return Path(args.checkpoint_dir) if args.checkpoint_dir else Path("checkpoints") / Path(args.output).name
 
 
+def _report_training(name: str, result, output: str) -> None:
+    from jtcse.training import distributed
+
+    if distributed.is_main():  # under torchrun, one line for the run, not one per process
+        print(f"{name}: STS-B dev {result.initial_metric:.2f} -> best {result.best_metric:.2f} "
+              f"(step {result.best_step}) in {result.seconds / 60:.1f} min; saved to {output}")
+
+
 def cmd_train_tower(args) -> None:
     from jtcse.training.stages import train_tower
 
     result = train_tower(_settings(args), which=args.tower, output=args.output, checkpoint_dir=_checkpoint_dir(args),
                          metrics_dir=args.metrics_dir, init=args.init, resume=not args.no_resume)
-    print(f"tower {args.tower}: STS-B dev {result.initial_metric:.2f} -> best {result.best_metric:.2f} "
-          f"(step {result.best_step}) in {result.seconds / 60:.1f} min; saved to {args.output}")
+    _report_training(f"tower {args.tower}", result, args.output)
 
 
 def cmd_train(args) -> None:
@@ -54,8 +64,7 @@ def cmd_train(args) -> None:
 
     result = train_twin(_settings(args), tower_a=args.tower_a, tower_b=args.tower_b, output=args.output,
                         checkpoint_dir=_checkpoint_dir(args), metrics_dir=args.metrics_dir, resume=not args.no_resume)
-    print(f"jtcse twin: STS-B dev {result.initial_metric:.2f} -> best {result.best_metric:.2f} "
-          f"(step {result.best_step}) in {result.seconds / 60:.1f} min; saved to {args.output}")
+    _report_training("jtcse twin", result, args.output)
 
 
 def cmd_distill(args) -> None:
@@ -63,8 +72,7 @@ def cmd_distill(args) -> None:
 
     result = distill_twin(_settings(args), twin=args.twin, output=args.output, checkpoint_dir=_checkpoint_dir(args),
                           metrics_dir=args.metrics_dir, resume=not args.no_resume)
-    print(f"jtcse-d: STS-B dev {result.initial_metric:.2f} -> best {result.best_metric:.2f} "
-          f"(step {result.best_step}) in {result.seconds / 60:.1f} min; saved to {args.output}")
+    _report_training("jtcse-d", result, args.output)
 
 
 def cmd_evaluate(args) -> None:
@@ -206,9 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun, only rank 0 logs progress
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from jtcse.api import IntegrityError
     from jtcse.config import ConfigError
@@ -219,10 +229,21 @@ def main(argv: list[str] | None = None) -> int:
     # reads 2 as "do not retry").
     known = (ConfigError, DataError, DataValidationError, IntegrityError, FileNotFoundError, ValueError)
     try:
+        if args.command in TRAINING_COMMANDS:
+            from jtcse.training import distributed
+
+            nproc = _settings(args).runtime.nproc_per_node
+            if nproc > 1 and not distributed.launched_by_torchrun():
+                return distributed.relaunch(nproc, argv)
         args.func(args)
     except known as err:
         print(f"jtcse {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if args.command in TRAINING_COMMANDS:
+            from jtcse.training import distributed
+
+            distributed.shutdown()
     return 0
 
 

@@ -58,6 +58,13 @@ class RuntimeSettings(_Section):
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU, where training stays float32 and deterministic).")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null leaves torch's default.")
     deterministic: bool = Field(True, description="torch deterministic algorithms: bit-identical reruns and resumes on CPU.")
+    nproc_per_node: int = Field(
+        1, ge=1,
+        description="Training processes on this machine, one per GPU. Above 1, `jtcse train-tower/train/distill` "
+        "relaunch themselves under torchrun (DDP); batch_size stays the global batch, each process encodes "
+        "batch_size / nproc_per_node sentences and the vectors are gathered, so the in-batch negatives and the "
+        "result match one process with the whole batch. On CPU the processes use gloo (for testing).",
+    )
 
 
 class OptimSettings(_Section):
@@ -385,6 +392,15 @@ class Settings(_Section):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _batches_split_over_processes(self) -> "Settings":
+        n = self.runtime.nproc_per_node
+        for section in ("pretrain", "train", "distill"):
+            size = getattr(self, section).batch_size
+            if size % n:
+                raise ValueError(f"{section}.batch_size ({size}) must be divisible by runtime.nproc_per_node ({n})")
+        return self
+
 
 class ValidateSettings(_Section):
     min_words: int = Field(3, ge=1, description="Shortest corpus line accepted, in whitespace-separated words.")
@@ -403,8 +419,8 @@ Settings.model_rebuild()
 def _format_error(source: str, err: ValidationError) -> str:
     parts = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        parts.append(f"{key}: {e['msg']}")
+        key = ".".join(str(p) for p in e["loc"])
+        parts.append(f"{key}: {e['msg']}" if key else e["msg"].removeprefix("Value error, "))
     return f"{source}: " + "; ".join(parts)
 
 

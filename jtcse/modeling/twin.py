@@ -150,13 +150,16 @@ class BridgedTwin(nn.Module):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        last = tower(**kwargs).last_hidden_state
-        return self._finish(tower, last, None, attention_mask)
+        out = tower(**kwargs)
+        # The HF forward already ran the pooler (when the checkpoint has one): reuse it.
+        return self._finish(tower, out.last_hidden_state, None, attention_mask, getattr(out, "pooler_output", None))
 
-    def _finish(self, tower, last_hidden, cross, attention_mask) -> TowerOutput:
+    def _finish(self, tower, last_hidden, cross, attention_mask, pooled: torch.Tensor | None = None) -> TowerOutput:
         pooler = pooler_of(tower)
+        if pooled is None and pooler is not None:
+            pooled = pooler(last_hidden)
         return TowerOutput(
             embedding=pool(last_hidden, attention_mask, self.pooling),
-            pooler=pooler(last_hidden) if pooler is not None else None,
+            pooler=pooled,
             cross=pool(cross, attention_mask, self.pooling) if cross is not None else None,
         )

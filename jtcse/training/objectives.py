@@ -2,6 +2,10 @@
 
 An objective takes a batch of raw sentences, feeds each twice (rows 2k and 2k+1 are two dropout views of
 sentence k) and returns a dict of losses whose "loss" entry is minimised.
+
+Under torchrun each process gets the whole global batch, tokenises all of it (so every rank pads to the same
+length, as one process would) and encodes only its own rows; the pooled vectors are gathered back before the
+loss, so the loss sees the whole batch (see :mod:`jtcse.training.distributed`).
 """
 
 from __future__ import annotations
@@ -15,15 +19,22 @@ from torch import nn
 from jtcse.encoding import Encoder, TowerEncoder, TwinEncoder
 from jtcse.losses import DistillationLoss, InfoNCELoss, JTCSELoss
 from jtcse.modeling.towers import pool, save_tower
-from jtcse.modeling.twin import BridgedTwin
+from jtcse.modeling.twin import BridgedTwin, TowerOutput
+from jtcse.training.distributed import gather_rows, shard_rows
 
 TWIN_MANIFEST = "twin.json"
 
 
 def tokenize_views(tokenizer, sentences: list[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Token ids of this process's rows of the doubled batch (all rows outside torchrun)."""
     doubled = [s for s in sentences for _ in range(2)]
     batch = tokenizer(doubled, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    return {k: v.to(device) for k, v in batch.items()}
+    # Shard by sentence, so both views of a sentence stay in the same process.
+    return {k: shard_rows(v.view(len(sentences), 2, -1)).reshape(-1, v.shape[-1]).to(device) for k, v in batch.items()}
+
+
+def gather_output(out: TowerOutput) -> TowerOutput:
+    return TowerOutput(*(gather_rows(t) if t is not None else None for t in (out.embedding, out.pooler, out.cross)))
 
 
 class Objective(nn.Module):
@@ -61,7 +72,7 @@ class SimCSEObjective(Objective):
 
     def forward(self, sentences: list[str]) -> dict[str, torch.Tensor]:
         batch = self.views(sentences)
-        h = pool(self.tower(**batch).last_hidden_state, batch["attention_mask"], self.pooling)
+        h = gather_rows(pool(self.tower(**batch).last_hidden_state, batch["attention_mask"], self.pooling))
         loss = self.loss(h)
         return {"loss": loss, "loss_nce": loss.detach()}
 
@@ -85,7 +96,7 @@ class JTCSEObjective(Objective):
     def forward(self, sentences: list[str]) -> dict[str, torch.Tensor]:
         batch = self.views(sentences)
         out_a, out_b = self.twin(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        return self.loss(out_a, out_b)
+        return self.loss(gather_output(out_a), gather_output(out_b))
 
     def dev_encoder(self) -> TwinEncoder:
         return TwinEncoder(TowerEncoder(self.twin.tower_a, self.tokenizer, self.pooling, self.eval_max_length),
@@ -128,8 +139,8 @@ class DistillObjective(Objective):
         with torch.no_grad():
             a = pool(self.teacher_towers[0](**t_batch).last_hidden_state, t_batch["attention_mask"], self.teacher.tower_a.pooling)
             b = pool(self.teacher_towers[1](**t_batch).last_hidden_state, t_batch["attention_mask"], self.teacher.tower_b.pooling)
-            teacher = a + b if self.teacher.combine == "sum" else torch.cat([a, b], -1)
-        student = pool(self.student(**batch).last_hidden_state, batch["attention_mask"], self.pooling)
+            teacher = gather_rows(a + b if self.teacher.combine == "sum" else torch.cat([a, b], -1))
+        student = gather_rows(pool(self.student(**batch).last_hidden_state, batch["attention_mask"], self.pooling))
         return self.loss(student, teacher)
 
     def dev_encoder(self) -> TowerEncoder:

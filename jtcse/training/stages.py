@@ -15,6 +15,7 @@ from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator
 from jtcse.losses import DistillationLoss, JTCSELoss
 from jtcse.modeling.towers import load_tower
 from jtcse.modeling.twin import BridgedTwin
+from jtcse.training import distributed
 from jtcse.training.objectives import DistillObjective, JTCSEObjective, SimCSEObjective
 from jtcse.training.trainer import Trainer, TrainResult
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 def _prepare(settings: Settings) -> tuple[torch.device, list[str], STSEvaluator]:
     if settings.runtime.threads:
         torch.set_num_threads(settings.runtime.threads)
-    device = pick_device(settings.runtime.device)
+    device = distributed.setup(settings.runtime.device) or pick_device(settings.runtime.device)
     sentences = read_corpus(settings.data.corpus, settings.data.max_sentences)
     dev = STSEvaluator(settings.data.sts_dir, DEV_TASKS, batch_size=settings.evaluate.batch_size)
     return device, sentences, dev

@@ -25,12 +25,16 @@ from jtcse.config import OptimSettings, RuntimeSettings
 from jtcse.data import SentenceStream
 from jtcse.evaluation.sts import STSEvaluator
 from jtcse.io import atomic_directory, atomic_write_json
+from jtcse.training import distributed
 from jtcse.training.objectives import Objective
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step-"
 RUN_FILE = "run.json"  # fingerprint of the settings and inputs the checkpoints belong to
+#: Loss values are read back from the device (a CUDA sync) once per this many steps, and before every
+#: evaluation and checkpoint, not after every step; a non-finite loss is still reported with its step.
+SYNC_EVERY = 10
 
 
 @dataclass
@@ -46,6 +50,10 @@ class TrainResult:
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+    if distributed.world_size() > 1 and torch.cuda.is_available():
+        # Under DDP the CPU generator (random ICNCE direction) stays identical on every rank, so all ranks
+        # compute the same loss; each GPU's dropout generator is offset so the ranks draw independent masks.
+        torch.cuda.manual_seed(seed + 7919 * distributed.rank())
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -96,6 +104,9 @@ class CsvLog:
 class Trainer:
     """Runs one stage's objective for ``settings.steps`` steps.
 
+    Under torchrun (see :mod:`jtcse.training.distributed`) every process runs this loop on its slice of each
+    batch; rank 0 alone evaluates and writes models, checkpoints and logs, and the others follow its decisions.
+
     ``on_eval(step, metric)`` is called after every dev evaluation (Optuna reports and prunes there; an
     exception it raises stops training). ``stop_after`` ends the run early after that many steps, as a
     pre-empted job would, so a later run resumes from the last checkpoint.
@@ -117,13 +128,22 @@ class Trainer:
         self.autocast = self.device.type == "cuda" and self.runtime.bf16
 
     def _evaluate(self) -> float:
-        self.objective.eval()
-        try:
-            return self.dev_evaluator(self.objective.dev_encoder())[self.dev_evaluator.primary_metric]
-        finally:
-            self.objective.train()
+        metric = math.nan
+        if distributed.is_main():
+            self.objective.eval()
+            try:
+                metric = self.dev_evaluator(self.objective.dev_encoder())[self.dev_evaluator.primary_metric]
+            finally:
+                self.objective.train()
+        return distributed.broadcast_object(metric)
 
     def _save_checkpoint(self, step: int, optimizer, scheduler, best: tuple[float, int], initial: float) -> None:
+        # Each GPU's dropout generator differs under DDP: every rank's state is kept, rank 0 writes them.
+        rank_cuda_rng = distributed.all_gather_object(torch.cuda.get_rng_state()) \
+            if distributed.world_size() > 1 and torch.cuda.is_available() else []
+        if not distributed.is_main():
+            distributed.barrier()
+            return
         with atomic_directory(self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}") as tmp:
             save_model(self.objective, str(tmp / "model.safetensors"))
             torch.save({
@@ -131,11 +151,13 @@ class Trainer:
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "world_size": distributed.world_size(), "rank_cuda_rng": rank_cuda_rng,
             }, tmp / "trainer_state.pt")
         old = sorted(self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"))[:-self.settings.keep_checkpoints]
         for path in old:
             shutil.rmtree(path, ignore_errors=True)
         log.info("checkpoint step %d -> %s", step, self.checkpoint_dir)
+        distributed.barrier()
 
     def _same_run(self) -> bool:
         """Checkpoints of a run with other settings or inputs must not be resumed into this one."""
@@ -149,8 +171,10 @@ class Trainer:
         return same
 
     def _save_best(self) -> None:
-        with atomic_directory(self.output_dir) as tmp:
-            self.objective.save_model(tmp)
+        if distributed.is_main():
+            with atomic_directory(self.output_dir) as tmp:
+                self.objective.save_model(tmp)
+        distributed.barrier()
 
     def fit(self, *, resume: bool = True, stop_after: int | None = None,
             on_eval: Callable[[int, float], None] | None = None) -> TrainResult:
@@ -160,7 +184,9 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
         scheduler = make_scheduler(optimizer, s)
         start, best, initial = 0, (-math.inf, 0), math.nan
-        checkpoint = latest_checkpoint(self.checkpoint_dir) if resume and self._same_run() else None
+        main = distributed.is_main()
+        checkpoint = latest_checkpoint(self.checkpoint_dir) if main and resume and self._same_run() else None
+        checkpoint = distributed.broadcast_object(checkpoint)
         if checkpoint is not None:
             load_model(self.objective, str(checkpoint / "model.safetensors"), device=str(self.device))
             state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
@@ -170,14 +196,18 @@ class Trainer:
             random.setstate(state["python_rng"])
             if state["cuda_rng"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
+            if state.get("rank_cuda_rng") and state.get("world_size") == distributed.world_size():
+                torch.cuda.set_rng_state(state["rank_cuda_rng"][distributed.rank()])
             start, best, initial = state["step"], (state["best_metric"], state["best_step"]), state["initial_metric"]
             log.info("resuming %s from %s (step %d)", self.desc, checkpoint, start)
-        else:
+        elif main:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
             atomic_write_json(self.checkpoint_dir / RUN_FILE, self.fingerprint)
+        distributed.barrier()
+        model = distributed.wrap(self.objective, self.device)
 
         logs = {}
-        if self.metrics_dir:
+        if self.metrics_dir and main:
             logs["train"] = CsvLog(self.metrics_dir / "train.csv", ["step", "loss", *self.objective.loss_names, "lr"])
             logs["eval"] = CsvLog(self.metrics_dir / "eval.csv", ["step", self.dev_evaluator.primary_metric])
             for csv_log in logs.values():
@@ -201,38 +231,58 @@ class Trainer:
             record_eval(0, initial)
 
         end = s.steps if stop_after is None else min(s.steps, start + stop_after)
-        bar = tqdm(range(start, end), initial=start, total=s.steps, desc=self.desc, unit="step", dynamic_ncols=True)
+        bar = tqdm(range(start, end), initial=start, total=s.steps, desc=self.desc, unit="step", dynamic_ncols=True,
+                   disable=not main)
         history: list[dict] = []
         last_metric = best[0]
+        pending: list[tuple[int, float, dict[str, torch.Tensor]]] = []  # steps whose losses are still on the device
+
+        def show() -> None:
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", dev=f"{last_metric:.2f}", best=f"{best[0]:.2f}")
+
+        def flush() -> None:
+            if not pending:
+                return
+            names = list(pending[0][2])
+            values = torch.stack([torch.stack([losses[k].float() for k in names]) for *_, losses in pending]).tolist()
+            for (step, lr, _), row_values in zip(pending, values):
+                row = {"step": step, "lr": lr, **dict(zip(names, row_values))}
+                if not math.isfinite(row["loss"]):
+                    raise FloatingPointError(f"{self.desc}: loss became {row['loss']} at step {step}; lower the learning rate or check the temperature")
+                history.append(row)
+                if "train" in logs:
+                    logs["train"].append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+            pending.clear()
+            show()
+
         for step_index in bar:
             step = step_index + 1
             sentences = self.stream.batch(step_index)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                losses = self.objective(sentences)
+                losses = model(sentences)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if s.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            row = {"step": step, "lr": scheduler.get_last_lr()[0],
-                   **{k: v.item() for k, v in losses.items()}}
-            if not math.isfinite(row["loss"]):
-                raise FloatingPointError(f"{self.desc}: loss became {row['loss']} at step {step}; lower the learning rate")
-            history.append(row)
-            if "train" in logs:
-                logs["train"].append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
-            if step % s.eval_every == 0 or step == s.steps:
+            pending.append((step, scheduler.get_last_lr()[0], {k: v.detach() for k, v in losses.items()}))
+            evaluate = step % s.eval_every == 0 or step == s.steps
+            checkpoint_now = step % s.checkpoint_every == 0 or step == s.steps
+            if evaluate or checkpoint_now or step % SYNC_EVERY == 0:
+                flush()
+            if evaluate:
                 last_metric = self._evaluate()
                 record_eval(step, last_metric)
-            if step % s.checkpoint_every == 0 or step == s.steps:
+                show()
+            if checkpoint_now:
                 self._save_checkpoint(step, optimizer, scheduler, best, initial)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", dev=f"{last_metric:.2f}", best=f"{best[0]:.2f}")
+        flush()  # a stop_after that ends between syncs
         bar.close()
         seconds = time.perf_counter() - began
         result = TrainResult(best_metric=best[0], best_step=best[1], initial_metric=initial,
                              steps=end, seconds=seconds, history=history)
-        if self.metrics_dir and end == s.steps:
+        if self.metrics_dir and main and end == s.steps:
             atomic_write_json(self.metrics_dir / "summary.json", {
                 f"initial_{self.dev_evaluator.primary_metric}": round(initial, 4),
                 f"best_{self.dev_evaluator.primary_metric}": round(best[0], 4),

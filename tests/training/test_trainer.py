@@ -74,3 +74,17 @@ def test_twin_objective_refuses_pooler_mode_without_pooler(tiny_settings, tmp_pa
     tok.save_pretrained(tmp_path / "np")
     with pytest.raises(ValueError, match="train.modulus_on"):
         build_twin_objective(tiny_settings, str(tmp_path / "np"), str(tmp_path / "np"))
+
+
+def test_non_finite_loss_stops_the_run_naming_its_step(tiny_settings, tmp_path):
+    """Losses are read back in batches of steps (no device sync per step); the first bad step is still named."""
+    import pytest
+
+    settings = tiny_settings.model_copy(deep=True)
+    settings.pretrain.temperature = 1e-39  # cosine / tau overflows float32: the very first loss is nan
+    settings.pretrain.steps = 12
+    settings.pretrain.eval_every = 12
+    settings.pretrain.checkpoint_every = 12
+    with pytest.raises(FloatingPointError, match=r"tower a: loss became nan at step 1; "):
+        train_tower(settings, which="a", output=tmp_path / "tower", checkpoint_dir=tmp_path / "ckpt")
+    assert not list((tmp_path / "ckpt").glob("step-*"))  # nothing trained on a nan is checkpointed
