@@ -154,7 +154,10 @@ class Workspace:
         folder = self.root / f"seed{seed}"
         output, checkpoints, metrics = folder / name, folder / "checkpoints" / name, folder / "metrics" / name
         marker = folder / f"{name}.done.json"
-        sections = {k: getattr(settings, k).model_dump(mode="json") for k in ("model", "data", "evaluate", "runtime", section)}
+        sections = {k: getattr(settings, k).model_dump(mode="json") for k in ("model", "data", "evaluate", section)}
+        # The benchmark trains in this process, so runtime.nproc_per_node (read only by the CLI's torchrun
+        # relaunch) changes nothing here and must not invalidate finished stages.
+        sections["runtime"] = settings.runtime.model_dump(mode="json", exclude={"nproc_per_node"})
         fingerprint = _digest({"stage": name, "settings": sections, "requires": [r.fingerprint for r in requires]})
         if marker.is_file() and output.is_dir():
             done = json.loads(marker.read_text(encoding="utf-8"))

@@ -1,7 +1,11 @@
 """The training loop every stage shares: seeded, resumable, evaluated on STS-B dev, best weights kept.
 
 A checkpoint holds everything a resume needs to continue *exactly*: weights (safetensors), optimiser and
-scheduler state, RNG states and the step, which is also the data position (see ``SentenceStream``).
+scheduler state, RNG states and the step, which is also the data position (see ``SentenceStream``), plus the
+CSV logs up to that step. The best weights so far are kept beside the checkpoints too, so a resume restores
+the output folder and the logs even when they were deleted (``dvc repro`` removes a stage's outputs before
+rerunning it). A run whose last checkpoint is its last step is finished and never resumed: rerunning it
+trains again.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step-"
 RUN_FILE = "run.json"  # fingerprint of the settings and inputs the checkpoints belong to
+BEST_DIR = "best"  # the best weights so far, the source of the output folder on resume
 #: Loss values are read back from the device (a CUDA sync) once per this many steps, and before every
 #: evaluation and checkpoint, not after every step; a non-finite loss is still reported with its step.
 SYNC_EVERY = 10
@@ -85,10 +90,12 @@ class CsvLog:
     def __init__(self, path: Path, columns: list[str]):
         self.path, self.columns = path, columns
 
-    def reset(self, keep_until_step: int | None) -> None:
+    def reset(self, keep_until_step: int | None, source: Path | None = None) -> None:
+        """Start the file afresh, or keep the rows up to a checkpoint's step (read from ``source`` if given)."""
         rows = []
-        if keep_until_step is not None and self.path.exists():
-            with self.path.open(newline="") as fh:
+        source = source if source is not None and source.is_file() else self.path
+        if keep_until_step is not None and source.exists():
+            with source.open(newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_until_step]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("w", newline="") as fh:
@@ -137,7 +144,8 @@ class Trainer:
                 self.objective.train()
         return distributed.broadcast_object(metric)
 
-    def _save_checkpoint(self, step: int, optimizer, scheduler, best: tuple[float, int], initial: float) -> None:
+    def _save_checkpoint(self, step: int, optimizer, scheduler, best: tuple[float, int], initial: float,
+                         logs: dict[str, CsvLog]) -> None:
         # Each GPU's dropout generator differs under DDP: every rank's state is kept, rank 0 writes them.
         rank_cuda_rng = distributed.all_gather_object(torch.cuda.get_rng_state()) \
             if distributed.world_size() > 1 and torch.cuda.is_available() else []
@@ -146,6 +154,9 @@ class Trainer:
             return
         with atomic_directory(self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}") as tmp:
             save_model(self.objective, str(tmp / "model.safetensors"))
+            for csv_log in logs.values():
+                if csv_log.path.is_file():
+                    shutil.copy2(csv_log.path, tmp / csv_log.path.name)
             torch.save({
                 "step": step, "best_metric": best[0], "best_step": best[1], "initial_metric": initial,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -159,21 +170,30 @@ class Trainer:
         log.info("checkpoint step %d -> %s", step, self.checkpoint_dir)
         distributed.barrier()
 
-    def _same_run(self) -> bool:
-        """Checkpoints of a run with other settings or inputs must not be resumed into this one."""
+    def _resumable_checkpoint(self) -> Path | None:
+        """The latest checkpoint of an unfinished run with the same settings and inputs, if any."""
         stored = self.checkpoint_dir / RUN_FILE
-        if not stored.is_file():
-            return False
-        same = json.loads(stored.read_text(encoding="utf-8")) == json.loads(json.dumps(self.fingerprint))
-        if not same:
+        latest = latest_checkpoint(self.checkpoint_dir)
+        if latest is None or not stored.is_file():
+            return None
+        if json.loads(stored.read_text(encoding="utf-8")) != json.loads(json.dumps(self.fingerprint)):
             log.warning("%s: checkpoints in %s belong to other settings or inputs; starting afresh",
                         self.desc, self.checkpoint_dir)
-        return same
+            return None
+        if int(latest.name.removeprefix(CHECKPOINT_PREFIX)) >= self.settings.steps:
+            log.info("%s: the run in %s had finished; training afresh", self.desc, self.checkpoint_dir)
+            return None
+        return latest
+
+    def _publish_best(self) -> None:
+        with atomic_directory(self.output_dir) as tmp:
+            shutil.copytree(self.checkpoint_dir / BEST_DIR, tmp, dirs_exist_ok=True)
 
     def _save_best(self) -> None:
         if distributed.is_main():
-            with atomic_directory(self.output_dir) as tmp:
+            with atomic_directory(self.checkpoint_dir / BEST_DIR) as tmp:
                 self.objective.save_model(tmp)
+            self._publish_best()
         distributed.barrier()
 
     def fit(self, *, resume: bool = True, stop_after: int | None = None,
@@ -185,7 +205,7 @@ class Trainer:
         scheduler = make_scheduler(optimizer, s)
         start, best, initial = 0, (-math.inf, 0), math.nan
         main = distributed.is_main()
-        checkpoint = latest_checkpoint(self.checkpoint_dir) if main and resume and self._same_run() else None
+        checkpoint = self._resumable_checkpoint() if main and resume else None
         checkpoint = distributed.broadcast_object(checkpoint)
         if checkpoint is not None:
             load_model(self.objective, str(checkpoint / "model.safetensors"), device=str(self.device))
@@ -200,6 +220,8 @@ class Trainer:
                 torch.cuda.set_rng_state(state["rank_cuda_rng"][distributed.rank()])
             start, best, initial = state["step"], (state["best_metric"], state["best_step"]), state["initial_metric"]
             log.info("resuming %s from %s (step %d)", self.desc, checkpoint, start)
+            if main and (self.checkpoint_dir / BEST_DIR).is_dir():
+                self._publish_best()
         elif main:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
             atomic_write_json(self.checkpoint_dir / RUN_FILE, self.fingerprint)
@@ -211,7 +233,8 @@ class Trainer:
             logs["train"] = CsvLog(self.metrics_dir / "train.csv", ["step", "loss", *self.objective.loss_names, "lr"])
             logs["eval"] = CsvLog(self.metrics_dir / "eval.csv", ["step", self.dev_evaluator.primary_metric])
             for csv_log in logs.values():
-                csv_log.reset(start if checkpoint is not None else None)
+                csv_log.reset(start if checkpoint is not None else None,
+                              checkpoint / csv_log.path.name if checkpoint is not None else None)
 
         def record_eval(step: int, metric: float) -> None:
             nonlocal best
@@ -276,7 +299,7 @@ class Trainer:
                 record_eval(step, last_metric)
                 show()
             if checkpoint_now:
-                self._save_checkpoint(step, optimizer, scheduler, best, initial)
+                self._save_checkpoint(step, optimizer, scheduler, best, initial, logs)
         flush()  # a stop_after that ends between syncs
         bar.close()
         seconds = time.perf_counter() - began

@@ -1,4 +1,5 @@
 import csv
+import shutil
 
 import torch
 from safetensors.torch import load_file
@@ -49,6 +50,9 @@ def test_jtcse_stop_and_resume_equals_uninterrupted_run(tiny_settings, tmp_path)
     first = train_twin(tiny_settings, output=tmp_path / "split", checkpoint_dir=tmp_path / "ck_split",
                        metrics_dir=tmp_path / "m", stop_after=3, **common)
     assert first.steps == 3
+    # dvc repro deletes a stage's outputs before it reruns the stage: the resume must restore them.
+    shutil.rmtree(tmp_path / "split")
+    shutil.rmtree(tmp_path / "m")
     second = train_twin(tiny_settings, output=tmp_path / "split", checkpoint_dir=tmp_path / "ck_split",
                         metrics_dir=tmp_path / "m", **common)
     losses = lambda hist: [(r["step"], r["loss"], r["loss_icnce"], r["loss_tm"]) for r in hist]  # noqa: E731
@@ -60,6 +64,23 @@ def test_jtcse_stop_and_resume_equals_uninterrupted_run(tiny_settings, tmp_path)
     steps = [int(r["step"]) for r in csv.DictReader((tmp_path / "m" / "train.csv").open())]
     assert steps == list(range(1, 7))  # resumed log continues without duplicates
     assert (second.best_metric, second.best_step) == (full.best_metric, full.best_step)
+    evals = [int(r["step"]) for r in csv.DictReader((tmp_path / "m" / "eval.csv").open())]
+    assert evals == [0, 3, 6]
+    best_full = load_file(str(tmp_path / "full" / "tower_a" / "model.safetensors"))
+    best_split = load_file(str(tmp_path / "split" / "tower_a" / "model.safetensors"))
+    assert all(torch.equal(best_full[k], best_split[k]) for k in best_full)
+
+
+def test_a_finished_run_is_trained_again_not_resumed(tiny_settings, tmp_path):
+    """Rerunning a finished stage (dvc repro after a code change) must train, not find nothing left to do."""
+    kwargs = dict(which="a", output=tmp_path / "tower", checkpoint_dir=tmp_path / "ckpt", metrics_dir=tmp_path / "m")
+    first = train_tower(tiny_settings, **kwargs)
+    shutil.rmtree(tmp_path / "tower")
+    again = train_tower(tiny_settings, **kwargs)
+    assert len(again.history) == len(first.history) == tiny_settings.pretrain.steps
+    assert [r["loss"] for r in again.history] == [r["loss"] for r in first.history]  # seeded: the same run
+    assert (tmp_path / "tower" / "model.safetensors").is_file()
+    assert len(list(csv.DictReader((tmp_path / "m" / "train.csv").open()))) == tiny_settings.pretrain.steps
 
 
 def test_twin_objective_refuses_pooler_mode_without_pooler(tiny_settings, tmp_path):
