@@ -307,6 +307,8 @@ def render_markdown(report: dict) -> str:
         f"({s['train']['cross_attention']['mode']}); seeds {report['seeds']}.",
         f"Hardware: {report['environment']['hardware']}; commit `{report['environment']['git_commit'][:12]}`"
         f"{' (uncommitted changes)' if report['environment'].get('git_dirty') else ''}; {report['environment']['created']}.",
+        *([f"Overrides of the params file: {', '.join(f'`{k}={v}`' for k, v in report['overrides'].items())}."]
+          if report.get("overrides") else []),
         "",
         "| # | model | " + " | ".join(names[t] for t in tasks) + " | train s | eval s | seeds |",
         "|---|---|" + "---:|" * (len(tasks) + 3),
@@ -321,7 +323,10 @@ def render_markdown(report: dict) -> str:
                      + f" | {train} | {common.fmt(row['eval_s'], 1)} | {row['n_seeds']} |")
     lines.append("")
     verdicts = report["comparisons"]
-    lines += [f"- {v}" for v in verdicts] if verdicts else ["- every row beats the row above it on avg"]
+    if verdicts:
+        lines += [f"- {v}" for v in verdicts]
+    elif sum(not r["control"] for r in report["rows"]) > 1:
+        lines.append("- every row beats the row above it on avg")
     for row in report["rows"]:
         kept = [str(seed) for seed, r in row["per_seed"].items() if r["stage_summary"].get("best_step") == 0]
         if kept:
