@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 

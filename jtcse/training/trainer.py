@@ -271,7 +271,8 @@ class Trainer:
             for (step, lr, _), row_values in zip(pending, values):
                 row = {"step": step, "lr": lr, **dict(zip(names, row_values))}
                 if not math.isfinite(row["loss"]):
-                    raise FloatingPointError(f"{self.desc}: loss became {row['loss']} at step {step}; lower the learning rate or check the temperature")
+                    raise FloatingPointError(f"{self.desc}: loss became {row['loss']} at step {step}; "
+                                             "lower the learning rate or check the temperature")
                 history.append(row)
                 if "train" in logs:
                     logs["train"].append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
