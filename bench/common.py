@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import logging
 import os
@@ -26,6 +27,14 @@ def setup_logging(verbose: bool = False) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], dict],
+            argv: list[str] | None = None) -> dict:
+    """Parse a benchmark's arguments, set up logging and run it (the shared ``main`` of the scripts)."""
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    return run(args)
 
 
 def parse_set(items: Iterable[str] | None) -> dict[str, Any]:
@@ -80,7 +89,7 @@ def environment() -> dict[str, Any]:
     """Hardware and software the numbers were measured on, plus the git commit."""
     import torch
 
-    from jtcse.provenance import git_commit, hardware
+    from jtcse.provenance import git_commit, git_dirty, hardware
 
     info: dict[str, Any] = {
         "hardware": hardware(),
@@ -94,7 +103,7 @@ def environment() -> dict[str, Any]:
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "git_commit": git_commit(REPO),
-        "git_dirty": _git_dirty(),
+        "git_dirty": git_dirty(REPO),
         "load_average": _loadavg(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -105,17 +114,6 @@ def environment() -> dict[str, Any]:
     except ImportError:  # pragma: no cover
         pass
     return info
-
-
-def _git_dirty() -> bool | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                             capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return bool(out.stdout.strip())
 
 
 def _loadavg() -> list[float] | None:

@@ -484,9 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    common.setup_logging(args.verbose)
-    return run(args)
+    return common.run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

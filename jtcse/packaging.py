@@ -403,17 +403,6 @@ def _versions() -> dict[str, str]:
     return {"jtcse": jtcse.__version__, "pytorch": torch.__version__, "transformers": transformers.__version__}
 
 
-def _git_dirty(cwd: str | Path) -> bool:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                             capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return False
-    return bool(out.stdout.strip())
-
-
 def _write_json(path: Path, payload) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
@@ -460,7 +449,7 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
                   licenses: str | Path | None = "data/licenses", repo_dir: str | Path = ".",
                   check: bool = True) -> PackageResult:
     """Build ``<output_dir>/<name>-<version>/`` and ``<name>-<version>.tar.gz`` atomically (see module doc)."""
-    from jtcse.provenance import data_version, git_commit, hardware
+    from jtcse.provenance import data_version, git_commit, git_dirty, hardware
 
     started = time.perf_counter()
     output_dir = Path(output_dir)
@@ -470,7 +459,7 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
     metrics_root = Path(metrics_root) if metrics_root is not None else Path(twin_metrics).resolve().parent.parent
     stage_seconds, total_seconds = training_time(metrics_root)
     provenance = {"data_version": data_version(data_dvc), "git_commit": git_commit(repo_dir),
-                  "git_dirty": _git_dirty(repo_dir), "hardware": hardware(), "versions": _versions()}
+                  "git_dirty": bool(git_dirty(repo_dir)), "hardware": hardware(), "versions": _versions()}
     pooling, max_seq_length = settings.model.pooling, settings.evaluate.max_length
 
     tar_tmp: Path | None = None

@@ -26,6 +26,16 @@ def git_commit(cwd: str | Path = ".") -> str:
     return out.stdout.strip()
 
 
+def git_dirty(cwd: str | Path = ".") -> bool | None:
+    """Whether tracked files differ from the commit; None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                             capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return bool(out.stdout.strip())
+
+
 def hardware() -> str:
     import torch
 
