@@ -37,6 +37,22 @@ def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace],
     return run(args)
 
 
+#: Step budgets of the quality benchmarks, applied before --set. 'make-run' is params.yaml as it is (60 steps per
+#: stage, what `make run` trains); 'long' is the larger CPU budget: 300 steps per stage, evaluated every 50.
+PROFILES: dict[str, dict[str, Any]] = {
+    "make-run": {},
+    "long": {f"{stage}.{key}": value for stage in ("pretrain", "train", "distill")
+             for key, value in (("steps", 300), ("eval_every", 50), ("checkpoint_every", 50))},
+}
+
+
+def profile_overrides(profile: str, items: Iterable[str] | None) -> dict[str, Any]:
+    """A profile's overrides, then the --set ones on top."""
+    if profile not in PROFILES:
+        raise SystemExit(f"--profile: unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    return {**PROFILES[profile], **parse_set(items)}
+
+
 def parse_set(items: Iterable[str] | None) -> dict[str, Any]:
     """``["train.w_tm=0.5", "model.base=minilm"]`` -> dotted key -> value parsed as a YAML scalar."""
     out: dict[str, Any] = {}

@@ -264,7 +264,7 @@ def _dev_evaluator(sts_dir: Path, dev_pairs: int | None, batch: int):
         lines = (Path(sts_dir) / DEV_TASKS["stsb_dev"]).read_text(encoding="utf-8").splitlines()[: dev_pairs + 1]
         (folder / DEV_TASKS["stsb_dev"]).write_text("\n".join(lines) + "\n", encoding="utf-8")
         sts_dir = folder
-    return STSEvaluator(sts_dir, DEV_TASKS, batch_size=batch)
+    return STSEvaluator(sts_dir, {"stsb_dev": DEV_TASKS["stsb_dev"]}, batch_size=batch)
 
 
 def _train(objective, sentences, *, steps: int, batch: int, lr: float, seed: int, eval_every: int, evaluator,

@@ -72,17 +72,46 @@ ALIASES = {"1": ["base_cls", "base_mean"], "1a": ["base_cls"], "1b": ["base_mean
            "c": ["simcse_long"], "control": ["simcse_long"], "all": DEFAULT_ROWS}
 
 
+#: Named bridge designs given with --design: row key -> train overrides (rows 5.1, 5.2, ... after row 5).
+DESIGNS: dict[str, dict[str, Any]] = {}
+
+
+def parse_design(item: str) -> tuple[str, dict[str, Any]]:
+    """``name:key=value,key=value``: keys that do not start with a settings section are read under train."""
+    from jtcse.config import Settings
+
+    name, sep, spec = item.partition(":")
+    if not sep or not name.strip():
+        raise SystemExit(f"--design expects name:key=value,..., got {item!r}")
+    sections = {f.alias or n for n, f in Settings.model_fields.items()}
+    overrides = common.parse_set([p for p in spec.split(",") if p.strip()])
+    return name.strip(), {(k if k.split(".")[0] in sections else f"train.{k}"): v for k, v in overrides.items()}
+
+
+def register_designs(items: list[str]) -> None:
+    """Add one JTCSE row per --design after row 5 (keys design_<name>, usable in --rows and --repeat-rows)."""
+    global ROWS, ROW_BY_KEY
+    for i, item in enumerate(items, start=1):
+        name, overrides = parse_design(item)
+        key = f"design_{name}"
+        DESIGNS[key] = overrides
+        if key not in ROW_BY_KEY:
+            at = [r.key for r in ROWS].index("jtcse") + i
+            ROWS = (*ROWS[:at], Row(key, f"5.{i}", f"JTCSE twin, {name}"), *ROWS[at:])
+            ROW_BY_KEY = {r.key: r for r in ROWS}
+
+
 def select_rows(items: list[str] | None) -> list[str]:
     if not items:
-        return list(DEFAULT_ROWS)
+        return [r.key for r in ROWS if r.key in DEFAULT_ROWS or r.key in DESIGNS]
     chosen: set[str] = set()
     for item in items:
         for part in item.replace(",", " ").split():
             key = part.strip().lower()
             if key in ALIASES:
                 chosen.update(ALIASES[key])
-            elif key in ROW_BY_KEY:
-                chosen.add(key)
+            elif key in ROW_BY_KEY or f"design_{key}" in ROW_BY_KEY:
+                chosen.add(key if key in ROW_BY_KEY else f"design_{key}")
             else:
                 raise SystemExit(f"--rows: unknown row {part!r}; use 1-6, C or one of {', '.join(ROW_BY_KEY)}")
     return [r.key for r in ROWS if r.key in chosen]
@@ -174,14 +203,14 @@ class Workspace:
         started = time.perf_counter()
         result = train(output=output, checkpoint_dir=checkpoints, metrics_dir=metrics)
         seconds = time.perf_counter() - started
-        summary = {"best_stsb_dev": round(result.best_metric, 4), "best_step": result.best_step,
-                   "initial_stsb_dev": round(result.initial_metric, 4), "steps": result.steps,
+        summary = {"dev_metric": settings.evaluate.selection, "best_dev": round(result.best_metric, 4),
+                   "best_step": result.best_step, "initial_dev": round(result.initial_metric, 4), "steps": result.steps,
                    "trainer_seconds": round(result.seconds, 2), "checkpoint_found": resumed}
         shutil.rmtree(checkpoints, ignore_errors=True)  # the model is final: resumable state is no longer needed
         from jtcse.io import atomic_write_json
 
         atomic_write_json(marker, {"fingerprint": fingerprint, "seconds": round(seconds, 3), "summary": summary})
-        log.info("seed %d: %s done in %.1f s (best STS-B dev %.2f at step %d)", seed, name, seconds,
+        log.info("seed %d: %s done in %.1f s (best dev %.2f at step %d)", seed, name, seconds,
                  result.best_metric, result.best_step)
         stage = Stage(name, output, seconds, fingerprint, False, requires, summary)
         self.cache[key] = stage
@@ -204,13 +233,18 @@ class Workspace:
         return self._run(seed, "simcse_long", "pretrain", settings, [tower_a],
                          lambda **kw: train_tower(settings, which="a", init=str(tower_a.path), **kw))
 
-    def twin(self, seed: int, cross_attention: bool) -> Stage:
+    def twin(self, seed: int, cross_attention: bool = True, *, design: dict[str, Any] | None = None,
+             name: str | None = None) -> Stage:
+        """Stage 2 from this seed's towers: the train settings, without the bridge (TNCSE), or with ``design``
+        overrides (an ablation cell or a named design row, stored under ``name``)."""
         from jtcse.training.stages import train_twin
 
-        extra = {} if cross_attention else {"train.cross_attention.num_layers": 0}
+        extra = dict(design or {})
+        if not cross_attention:
+            extra["train.cross_attention.num_layers"] = 0
         settings = self.settings_for(seed, extra)
         a, b = self.tower(seed, "a"), self.tower(seed, "b")
-        name = "twin_jtcse" if cross_attention else "twin_tncse"
+        name = name or ("twin_jtcse" if cross_attention else "twin_tncse")
         return self._run(seed, name, "train", settings, [a, b],
                          lambda **kw: train_twin(settings, tower_a=str(a.path), tower_b=str(b.path), **kw))
 
@@ -246,6 +280,10 @@ def make_encoder(row: str, ws: Workspace, seed: int, settings) -> tuple[Any, Sta
         return TwinEncoder(tower(a.path), tower(b.path), settings.train.twin_combine), stage
     if row in ("tncse", "jtcse"):
         stage = ws.twin(seed, cross_attention=row == "jtcse")
+        return load_twin(stage.path, device=device, max_length=max_length), stage
+    if row in DESIGNS:
+        # Named like bench/ablation.py's cells, so a design trained there is reused here and vice versa.
+        stage = ws.twin(seed, design=DESIGNS[row], name=f"ablation_{row.removeprefix('design_')}")
         return load_twin(stage.path, device=device, max_length=max_length), stage
     if row == "jtcse_d":
         stage = ws.distilled(seed)
@@ -331,7 +369,7 @@ def render_markdown(report: dict) -> str:
         kept = [str(seed) for seed, r in row["per_seed"].items() if r["stage_summary"].get("best_step") == 0]
         if kept:
             lines.append(f"- row {row['number']} ({row['label']}): its last training stage kept its starting weights "
-                         f"(best STS-B dev at step 0) for seed(s) {', '.join(kept)}")
+                         f"(best dev score at step 0) for seed(s) {', '.join(kept)}")
     lines += [
         "",
         "Mean ± sample std over seeds where a row ran with several. *train s*: wall seconds of every training stage "
@@ -388,10 +426,11 @@ def run(args: argparse.Namespace) -> dict:
     from jtcse.evaluation.sts import STS_TASKS, STSEvaluator
     from jtcse.io import atomic_write_json, atomic_write_text
 
-    overrides = common.parse_set(args.set)
+    overrides = common.profile_overrides(args.profile, args.set)
     settings = common.load_bench_settings(args.params, overrides)
     if settings.runtime.threads:
         torch.set_num_threads(settings.runtime.threads)
+    register_designs(args.design)
     rows = select_rows(args.rows)
     seeds = list(dict.fromkeys(args.seeds))
     repeat = set(select_rows(args.repeat_rows)) if args.repeat_rows else set()
@@ -447,7 +486,8 @@ def run(args: argparse.Namespace) -> dict:
         "seed_derivation": f"seed s shifts pretrain.seed_a, pretrain.seed_b, train.seed, distill.seed by "
                            f"{SEED_STRIDE} * (s - 1); seed 1 = the params file",
         "repeated_rows": sorted(repeat & set(rows)),
-        "row_overrides": {"tncse": {"train.cross_attention.num_layers": 0},
+        "profile": args.profile,
+        "row_overrides": {"tncse": {"train.cross_attention.num_layers": 0}, **{k: DESIGNS[k] for k in rows if k in DESIGNS},
                           "simcse_long": {"pretrain.steps": settings.train.steps, "init": "tower_a"}},
         "settings": common.settings_dict(settings),
         "environment": common.environment(),
@@ -470,6 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default=str(common.REPO / "params.yaml"), help="settings file (default: params.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, dotted key, value parsed as YAML (repeatable): --set train.steps=60")
+    p.add_argument("--profile", default="make-run", choices=list(common.PROFILES),
+                   help="step budget: make-run (params.yaml, 60 steps per stage) or long (300 steps per stage)")
+    p.add_argument("--design", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="an extra JTCSE row with these train overrides, e.g. "
+                   "stream6:cross_attention.mode=stream,cross_attention.num_layers=6 (repeatable)")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3],
                    help="seeds of the repeated rows; the first one is used by the others (default: 1 2 3)")
     p.add_argument("--rows", nargs="+", help="rows to run: 1-6, C (control), or keys "

@@ -407,7 +407,7 @@ def evaluate_stage(model: str, sts_dir: str, pooling: str, max_length: int, batc
     from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator
 
     encoder = TowerEncoder.from_pretrained(model, pooling, max_length, device)
-    return STSEvaluator(sts_dir, DEV_TASKS, batch_size=batch_size)(encoder)
+    return STSEvaluator(sts_dir, {"stsb_dev": DEV_TASKS["stsb_dev"]}, batch_size=batch_size)(encoder)
 
 
 def bench_prefect(settings, *, repeats: int, dev_pairs: int | None) -> dict[str, Any]:

@@ -94,13 +94,17 @@ class PretrainSettings(OptimSettings):
 class CrossAttentionSettings(_Section):
     num_layers: int = Field(
         3, ge=0,
-        description="Number of equally spaced bridged layers (must divide the layer count; 0 disables the bridge, "
-        "which gives the TNCSE recipe). Reference: 6 of 12.",
+        description="Number of equally spaced bridged layers, the last one always bridged (must divide the layer "
+        "count; 0 disables the bridge, which gives the TNCSE recipe). Reference: 6 of 12. In 'stream' and 'mix' "
+        "modes the bridged layers compound; in 'side' mode only the last one counts.",
     )
-    mode: Literal["side", "mix"] = Field(
-        "side",
-        description="'side': towers' streams are untouched and the last bridged layer's cross outputs feed L_icnce; "
-        "'mix': gate * cross output is also added into each tower's stream at every bridged layer.",
+    mode: Literal["stream", "side", "mix"] = Field(
+        "stream",
+        description="'stream': each tower runs a cross stream through its full layers from the first bridged layer "
+        "on, taking its own attention probabilities and the other tower's values at every bridged layer; c is the "
+        "stream's pooled final state. 'side': c is the last bridged layer's cross output after that layer's "
+        "feed-forward. 'mix': gate * cross output is also added into each tower's stream at every bridged layer "
+        "(c read before the feed-forward). stream and side leave the towers' own streams untouched.",
     )
     mix_gate: float = Field(0.1, ge=0, le=1, description="Weight of the cross output added to the stream in 'mix' mode.")
 
@@ -110,7 +114,12 @@ class TwinSettings(OptimSettings):
 
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate (paper: 1.3e-6 BERT, 1e-6 RoBERTa at Wiki1M scale).")
     w_nce: float = Field(1.0, ge=0, description="Weight of InfoNCE inside each tower (L_nce).")
-    w_icnce: float = Field(1.0, ge=0, description="Weight of the interaction InfoNCE across towers (L_icnce).")
+    w_icnce: float = Field(1.0, ge=0, description="Weight of the interaction InfoNCE across the towers' sentence vectors, ICNCE(h_A, h_B).")
+    w_cross: float = Field(
+        1.0, ge=0,
+        description="Weight of the bridge's term ICNCE(c_A, c_B) (the reference weighs it with w_icnce). 0 skips "
+        "the bridge in stream and side modes, which is then exactly TNCSE.",
+    )
     w_tm: float = Field(1.0, ge=0, description="Weight of the tensor-modulus constraint (L_tm).")
     icnce_direction: Literal["random", "symmetric"] = Field(
         "random", description="'random' flips anchor/candidate towers each step as the reference; 'symmetric' averages both directions."
@@ -121,6 +130,13 @@ class TwinSettings(OptimSettings):
     tm_clamp: float = Field(1e-4, gt=0, lt=1, description="Constant that replaces a non-positive cosine in L_tm (reference 1e-4, no gradient).")
     cross_attention: CrossAttentionSettings = Field(default_factory=CrossAttentionSettings)
     twin_combine: Literal["sum", "concat"] = Field("sum", description="How the twin's two sentence vectors are combined at inference.")
+    diagnostics: bool = Field(
+        True,
+        description="At every dev evaluation, write diagnostics.csv: each loss term's value and the gradient norm of "
+        "its weighted term over the towers' parameters (one extra forward and one backward per term, on the first "
+        "batch), the towers' mutual cosine, anisotropy and E_CLS on a fixed probe set. Training is unchanged by it.",
+    )
+    diagnostics_probe: int = Field(256, ge=2, description="Corpus sentences (the first ones) in the diagnostics probe set.")
 
 
 class DistillSettings(OptimSettings):
@@ -135,6 +151,12 @@ class DistillSettings(OptimSettings):
 
 
 class EvaluateSettings(_Section):
+    selection: Literal["stsb_dev", "dev_mean"] = Field(
+        "dev_mean",
+        description="Dev metric that keeps the best checkpoint of every training stage and scores Optuna trials: "
+        "'stsb_dev' (STS-B dev Spearman, the paper's) or 'dev_mean' (mean of STS-B dev and SICK-R dev, less prone to "
+        "overfitting one set). Test sets never select.",
+    )
     batch_size: int = Field(128, ge=1, description="Sentences per forward pass.")
     max_length: int = Field(128, ge=8, le=512, description="Truncation length when encoding STS sentences (all fit in 128 tokens).")
 
@@ -255,8 +277,7 @@ class CrossAttentionSpace(_Section):
         description="train.cross_attention.num_layers; every value must divide the towers' layer count (checked "
         "against the towers when the study starts; 1, 2, 3, 6 for the 6-layer MiniLM).",
     )
-    mode: SpaceEntry | None = Field(default_factory=lambda: SearchChoices(choices=["side", "mix"]),
-                                    description="train.cross_attention.mode: side or mix.")
+    mode: SpaceEntry | None = Field(None, description="train.cross_attention.mode (stream, side or mix); null = keep the train value.")
     mix_gate: SpaceEntry | None = Field(None, description="train.cross_attention.mix_gate (used by mode mix only); null = keep the train value.")
 
     @field_validator("*", mode="before")
@@ -278,6 +299,8 @@ class SearchSpace(_Section):
                                      description="train.w_nce, weight of InfoNCE inside each tower.")
     w_icnce: SpaceEntry | None = Field(default_factory=lambda: SearchRange(low=0.2, high=5.0, log=True),
                                        description="train.w_icnce, weight of the interaction InfoNCE across towers.")
+    w_cross: SpaceEntry | None = Field(default_factory=lambda: SearchRange(low=0.05, high=5.0, log=True),
+                                       description="train.w_cross, weight of the bridge's term ICNCE(c_A, c_B).")
     w_tm: SpaceEntry | None = Field(default_factory=lambda: SearchRange(low=0.05, high=5.0, log=True),
                                     description="train.w_tm, weight of the tensor-modulus constraint.")
     lr: SpaceEntry | None = Field(default_factory=lambda: SearchRange(low=3e-6, high=1e-4, log=True),
@@ -289,12 +312,12 @@ class SearchSpace(_Section):
     cross_attention: CrossAttentionSpace = Field(default_factory=CrossAttentionSpace,
                                                  description="train.cross_attention entries.")
 
-    @field_validator("w_nce", "w_icnce", "w_tm", "lr", "temperature", "modulus_on", mode="before")
+    @field_validator("w_nce", "w_icnce", "w_cross", "w_tm", "lr", "temperature", "modulus_on", mode="before")
     @classmethod
     def _no_lists(cls, value: Any) -> Any:
         return _refuse_list(value)
 
-    @field_validator("w_nce", "w_icnce", "w_tm", "lr", "temperature", "modulus_on", mode="after")
+    @field_validator("w_nce", "w_icnce", "w_cross", "w_tm", "lr", "temperature", "modulus_on", mode="after")
     @classmethod
     def _valid_for_train(cls, value: Any, info) -> Any:
         return _check_entry(TwinSettings, "train.", info.field_name, value)

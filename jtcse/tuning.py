@@ -2,7 +2,7 @@
 
 One *trial* trains the twin from the stage-1 towers for ``tune.trial_steps`` steps with the values it draws from
 ``tune.space`` (the loss weights, learning rate, temperature, cross-attention layout, ``modulus_on``) and
-scores the best STS-B dev Spearman it reached. Every dev evaluation is reported to Optuna, whose pruner stops
+scores the best dev Spearman (``evaluate.selection``) it reached. Every dev evaluation is reported to Optuna, whose pruner stops
 unpromising trials early.
 
 The study lives in a database (``tune.storage``: a SQLite file, or PostgreSQL for several workers), so:
@@ -58,7 +58,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METRIC_NAME = "stsb_dev_spearman"
+def metric_name(settings: Settings) -> str:
+    """The study's objective: the dev metric that also selects checkpoints (``evaluate.selection``)."""
+    return f"{settings.evaluate.selection}_spearman"
+
+
 META_KEY = "_meta"  # key of best_params.yaml that tune-apply ignores
 SETTINGS_FILE = "study_settings.yaml"  # the resolved settings the workers of a run load
 BEST_FILE = "best_params.yaml"
@@ -217,7 +221,7 @@ def make_pruner(tune: TuneSettings) -> optuna.pruners.BasePruner:
 def _space_fingerprint(settings: Settings) -> dict[str, Any]:
     tune = settings.tune
     return {"space": tune.space.model_dump(mode="json"), "trial_steps": tune.trial_steps,
-            "eval_every": tune.eval_every}
+            "eval_every": tune.eval_every, "selection": settings.evaluate.selection}
 
 
 def prepare_study(settings: Settings) -> optuna.Study:
@@ -236,7 +240,7 @@ def prepare_study(settings: Settings) -> optuna.Study:
     if stored is None:
         study.set_user_attr("setup", fingerprint)
         if not study.metric_names:
-            study.set_metric_names([METRIC_NAME])
+            study.set_metric_names([metric_name(settings)])
         log.info("study %r created in %s", tune.study_name, safe_url(tune.storage))
     else:
         if stored != fingerprint:
@@ -302,7 +306,7 @@ def suggest(trial: optuna.Trial, settings: Settings) -> dict[str, Any]:
 
 
 class TrialObjective:
-    """Train the twin with one trial's values; report every STS-B dev evaluation; return the best dev Spearman.
+    """Train the twin with one trial's values; report every dev evaluation; return the best dev Spearman.
 
     The score is the best dev Spearman among the evaluations *during training* (steps >= 1): step 0 scores the
     untrained stage-1 towers, identical in every trial, and would only mask how a trial's values fare (for the
@@ -610,10 +614,10 @@ def write_best_params(study: optuna.Study, path: str | os.PathLike, settings: Se
     path = Path(path)
     best = study.best_trial
     meta = {"study": study.study_name, "trial": best.number, "value": round(float(best.value), 4),
-            "metric": METRIC_NAME}
+            "metric": study.metric_names[0] if study.metric_names else None}
     if settings is not None:
         meta |= {"storage": safe_url(settings.tune.storage), "trial_steps": settings.tune.trial_steps}
-    header = (f"# Best trial of Optuna study {study.study_name!r}: trial {best.number}, STS-B dev Spearman "
+    header = (f"# Best trial of Optuna study {study.study_name!r}: trial {best.number}, dev Spearman "
               f"{best.value:.4f}.\n# Apply: jtcse tune-apply --best {path.as_posix()} --params params.yaml "
               f"(the {META_KEY} key is ignored)\n")
     body = yaml.safe_dump({META_KEY: meta, **best_params(study)}, sort_keys=False)
@@ -647,7 +651,7 @@ def write_plots(study: optuna.Study, output_dir: str | os.PathLike) -> tuple[dic
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if complete:
         path = output_dir / HISTORY_PLOT
-        _save_figure(ovm.plot_optimization_history(study, target_name="STS-B dev Spearman"), path)
+        _save_figure(ovm.plot_optimization_history(study, target_name="dev Spearman (evaluate.selection)"), path)
         files["history_plot"] = str(path)
     else:
         notes.append("no optimisation history: no trial completed")
@@ -658,7 +662,7 @@ def write_plots(study: optuna.Study, output_dir: str | os.PathLike) -> tuple[dic
     else:
         try:
             path = output_dir / IMPORTANCE_PLOT
-            _save_figure(ovm.plot_param_importances(study, target_name="STS-B dev Spearman"), path)
+            _save_figure(ovm.plot_param_importances(study, target_name="dev Spearman (evaluate.selection)"), path)
             files["importance_plot"] = str(path)
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
             notes.append(f"no parameter importances: {err}")
@@ -693,7 +697,7 @@ def summary_markdown(study: optuna.Study, settings: Settings, counts: TrialCount
 
     tune = settings.tune
     lines = [f"# Optuna study `{study.study_name}`", "",
-             f"Storage `{safe_url(tune.storage)}`; objective: best STS-B dev Spearman x 100 within "
+             f"Storage `{safe_url(tune.storage)}`; objective: best dev Spearman x 100 (evaluate.selection) within "
              f"{tune.trial_steps} steps (maximised); target {tune.n_trials} finished trials.", "",
              "| | |", "|---|---|"]
     try:

@@ -4,9 +4,16 @@ from jtcse.config import ConfigError, load_settings, settings_from_dict
 from tests.conftest import REPO
 
 
-def test_repository_params_load():
+def test_repository_params_load_and_agree_with_the_code_defaults():
+    """params.yaml documents the defaults: a setting left out of it must mean the same run."""
     settings = load_settings(REPO / "params.yaml")
-    assert settings.model.base == "minilm" and settings.train.cross_attention.mode == "side"
+    defaults = settings_from_dict({})
+    assert settings.model.base == "minilm"
+    for section in ("train", "evaluate"):
+        ours, theirs = getattr(settings, section).model_dump(), getattr(defaults, section).model_dump()
+        differing = {k for k in ours if ours[k] != theirs[k]} - {"steps", "batch_size", "eval_every", "checkpoint_every",
+                                                               "keep_checkpoints", "lr"}
+        assert not differing, f"params.yaml {section} differs from jtcse/config.py defaults in {differing}"
 
 
 def test_unknown_key_is_named(tmp_path):

@@ -3,7 +3,8 @@
 Cosine similarity of the two sentences' vectors against the gold score, Spearman x 100. STS12-16 use the
 "all" aggregation: every subset of a year is concatenated and one Spearman is taken over the whole, which is
 not the mean of per-subset Spearmans (subsets have different score distributions). STS-B and SICK-R use their
-test splits; model selection uses STS-B dev.
+test splits. Model selection (``evaluate.selection``) uses the dev splits only: STS-B dev as the paper, or the mean
+of STS-B dev and SICK-R dev; both are always computed and logged.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ STS_TASKS: dict[str, str] = {
     "stsb": "stsb.test.tsv",
     "sickr": "sickr.test.tsv",
 }
-DEV_TASKS: dict[str, str] = {"stsb_dev": "stsb.dev.tsv"}
+DEV_TASKS: dict[str, str] = {"stsb_dev": "stsb.dev.tsv", "sickr_dev": "sickr.dev.tsv"}
+#: Name of the dev average (the mean of every DEV_TASKS score) among a dev evaluator's metrics.
+DEV_MEAN = "dev_mean"
+SELECTION_METRICS = ("stsb_dev", DEV_MEAN)
 
 
 def cosine_scores(emb1: np.ndarray, emb2: np.ndarray) -> np.ndarray:
@@ -45,16 +49,19 @@ class STSEvaluator:
     """
 
     def __init__(self, data_dir: str | Path, tasks: dict[str, str] | None = None, batch_size: int = 128,
-                 primary_metric: str | None = None, show_progress: bool = False):
+                 primary_metric: str | None = None, show_progress: bool = False, average_name: str = "avg"):
         self.data_dir = Path(data_dir)
         self.tasks = dict(tasks or STS_TASKS)
         self.batch_size = batch_size
         self.show_progress = show_progress
+        self.average_name = average_name
         missing = [f for f in self.tasks.values() if not (self.data_dir / f).is_file()]
         if missing:
             raise FileNotFoundError(f"{self.data_dir}: missing STS file(s) {', '.join(missing)}")
         self.pairs: dict[str, STSPairs] = {t: read_sts(self.data_dir / f) for t, f in self.tasks.items()}
-        self.primary_metric = primary_metric or ("avg" if len(self.tasks) > 1 else next(iter(self.tasks)))
+        self.primary_metric = primary_metric or (average_name if len(self.tasks) > 1 else next(iter(self.tasks)))
+        if self.primary_metric not in (*self.tasks, average_name):
+            raise ValueError(f"primary metric {self.primary_metric!r} is none of {[*self.tasks, average_name]}")
         self.subset_means: dict[str, float] = {}
 
     def __call__(self, encoder: Encoder) -> dict[str, float]:
@@ -68,7 +75,7 @@ class STSEvaluator:
             results[task] = self.score_task(predicted, pairs)
             self.subset_means[task] = self.subset_mean(predicted, pairs)
         if len(self.tasks) > 1:
-            results["avg"] = float(np.mean([results[t] for t in self.tasks]))
+            results[self.average_name] = float(np.mean([results[t] for t in self.tasks]))
         return results
 
     @staticmethod
@@ -82,6 +89,14 @@ class STSEvaluator:
         subsets = np.asarray(pairs.subsets)
         gold = np.asarray(pairs.scores)
         return float(np.mean([spearman100(predicted[subsets == s], gold[subsets == s]) for s in np.unique(subsets)]))
+
+
+def dev_evaluator(data_dir: str | Path, selection: str = DEV_MEAN, batch_size: int = 128) -> STSEvaluator:
+    """The evaluator of model selection: STS-B dev alone, or every dev task with their mean as primary metric."""
+    if selection not in SELECTION_METRICS:
+        raise ValueError(f"evaluate.selection must be one of {', '.join(SELECTION_METRICS)}, got {selection!r}")
+    tasks = DEV_TASKS if selection == DEV_MEAN else {selection: DEV_TASKS[selection]}
+    return STSEvaluator(data_dir, tasks, batch_size=batch_size, primary_metric=selection, average_name=DEV_MEAN)
 
 
 def format_table(results: dict[str, dict[str, float]] | dict[str, float], title: str = "model") -> str:

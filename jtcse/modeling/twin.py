@@ -35,7 +35,7 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
     if layers is None or not all(_has_bert_attention(layer) for layer in layers):
         raise TypeError(
             f"{type(model).__name__}: cross-attention needs a BERT/RoBERTa-style encoder "
-            "(encoder.layer[i].attention.self.query/key/value and attention.output)"
+            "(encoder.layer[i].attention.self.query/key/value, attention.output and feed_forward_chunk)"
         )
     return layers
 
@@ -43,7 +43,8 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
 def _has_bert_attention(layer: nn.Module) -> bool:
     attention = getattr(layer, "attention", None)
     sa = getattr(attention, "self", None)
-    return all(hasattr(sa, n) for n in ("query", "key", "value", "num_attention_heads")) and hasattr(attention, "output")
+    return (all(hasattr(sa, n) for n in ("query", "key", "value", "num_attention_heads"))
+            and hasattr(attention, "output") and hasattr(layer, "feed_forward_chunk"))
 
 
 def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -92,17 +93,39 @@ class TowerOutput:
 
     embedding: torch.Tensor  # h: pooled last-layer states
     pooler: torch.Tensor | None  # p: BERT pooler output tanh(W h_cls + b), when the checkpoint has a pooler
-    cross: torch.Tensor | None  # c: pooled cross-attention output of the last bridged layer
+    cross: torch.Tensor | None  # c: pooled output of the bridge (see BridgedTwin's modes), None without one
+
+
+#: The bridge designs (``train.cross_attention.mode``); see :class:`BridgedTwin`.
+MODES = ("stream", "side", "mix")
 
 
 class BridgedTwin(nn.Module):
-    """Tower A and tower B run layer by layer so each bridged layer can see the other tower's values."""
+    """Tower A and tower B run layer by layer so each bridged layer can see the other tower's values.
 
-    def __init__(self, tower_a: nn.Module, tower_b: nn.Module, *, num_ca_layers: int, mode: str = "side",
+    At a bridged layer i, tower T's own attention probabilities P_T (from its main stream) weigh the other
+    tower's values V_other of that layer. What happens next is the mode:
+
+    - ``stream``: each tower also runs a *cross stream*, from the first bridged layer's input to the last layer,
+      through that tower's full layers (attention output block and feed-forward). At bridged layers the stream's
+      context is P_T V_other (residual: the stream's own state); at the layers between, the stream runs the plain
+      layer. c_T is the pooled final stream state, so it lives in the same space as h_T and every bridged layer
+      compounds into it. The main streams, and so the exported towers, are exactly the plain towers.
+    - ``side``: c_T is the last bridged layer's cross output after that layer's full block (P_T V_other through
+      the attention output block *and* the feed-forward), residual from the main stream; main streams untouched.
+      Only the last bridged layer counts, so ``num_layers`` changes nothing in this mode.
+    - ``mix``: at every bridged layer ``mix_gate * (attention output block of P_T V_other)`` is added into the
+      tower's main stream, and c_T is the last one of those (read before the feed-forward).
+
+    ``compute_cross = False`` skips the bridge where it does not touch the main streams (stream, side): the
+    forward is then exactly the two plain towers, which is what a zero weight on the cross term should cost.
+    """
+
+    def __init__(self, tower_a: nn.Module, tower_b: nn.Module, *, num_ca_layers: int, mode: str = "stream",
                  mix_gate: float = 0.1, pooling: str = "cls"):
         super().__init__()
-        if mode not in ("side", "mix"):
-            raise ValueError(f"train.cross_attention.mode must be 'side' or 'mix', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"train.cross_attention.mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.tower_a, self.tower_b = tower_a, tower_b
         n_a, n_b = tower_a.config.num_hidden_layers, tower_b.config.num_hidden_layers
         if num_ca_layers and (n_a != n_b or tower_a.config.hidden_size != tower_b.config.hidden_size):
@@ -111,16 +134,17 @@ class BridgedTwin(nn.Module):
             encoder_layers(tower_a), encoder_layers(tower_b)
         self.bridged = bridged_layer_indices(n_a, num_ca_layers)
         self.mode, self.mix_gate, self.pooling = mode, mix_gate, pooling
+        self.compute_cross = True
 
     def _cross_layers(self) -> set[int]:
         # In 'side' mode only the last bridged layer's cross output is used: computing the others is waste.
-        if self.mode == "mix":
-            return set(self.bridged)
-        return {self.bridged[-1]} if self.bridged else set()
+        if self.mode == "side":
+            return {self.bridged[-1]} if self.bridged else set()
+        return set(self.bridged)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> tuple[TowerOutput, TowerOutput]:
-        if not self.bridged:
+        if not self.bridged or (not self.compute_cross and self.mode != "mix"):
             return self._plain(self.tower_a, input_ids, attention_mask, token_type_ids), \
                 self._plain(self.tower_b, input_ids, attention_mask, token_type_ids)
         emb_kwargs = {"input_ids": input_ids}
@@ -131,18 +155,33 @@ class BridgedTwin(nn.Module):
         mask = additive_mask(attention_mask, h_a.dtype)
         cross_at = self._cross_layers()
         cross_a = cross_b = None
+        stream_a = stream_b = None  # the cross streams, from the first bridged layer on ('stream' mode)
         for i, (layer_a, layer_b) in enumerate(zip(self.tower_a.encoder.layer, self.tower_b.encoder.layer)):
+            if self.mode == "stream" and i == self.bridged[0]:
+                stream_a, stream_b = h_a, h_b
             if i not in cross_at:
                 h_a, h_b = layer_a(h_a, mask), layer_b(h_b, mask)
+                if stream_a is not None:
+                    stream_a, stream_b = layer_a(stream_a, mask), layer_b(stream_b, mask)
                 continue
             x_a, x_b = h_a, h_b
             with capture_projections(layer_a) as qkv_a, capture_projections(layer_b) as qkv_b:
                 h_a, h_b = layer_a(x_a, mask), layer_b(x_b, mask)
+            if self.mode == "stream":
+                stream_a = layer_a.feed_forward_chunk(
+                    cross_attention_output(layer_a, qkv_a["query"], qkv_a["key"], qkv_b["value"], stream_a, mask))
+                stream_b = layer_b.feed_forward_chunk(
+                    cross_attention_output(layer_b, qkv_b["query"], qkv_b["key"], qkv_a["value"], stream_b, mask))
+                continue
             cross_a = cross_attention_output(layer_a, qkv_a["query"], qkv_a["key"], qkv_b["value"], x_a, mask)
             cross_b = cross_attention_output(layer_b, qkv_b["query"], qkv_b["key"], qkv_a["value"], x_b, mask)
-            if self.mode == "mix":
+            if self.mode == "side":
+                cross_a, cross_b = layer_a.feed_forward_chunk(cross_a), layer_b.feed_forward_chunk(cross_b)
+            else:  # mix
                 h_a = h_a + self.mix_gate * cross_a
                 h_b = h_b + self.mix_gate * cross_b
+        if self.mode == "stream":
+            cross_a, cross_b = stream_a, stream_b
         return (self._finish(self.tower_a, h_a, cross_a, attention_mask),
                 self._finish(self.tower_b, h_b, cross_b, attention_mask))
 

@@ -20,6 +20,7 @@ from jtcse.encoding import Encoder, TowerEncoder, TwinEncoder
 from jtcse.losses import DistillationLoss, InfoNCELoss, JTCSELoss
 from jtcse.modeling.towers import pool, save_tower
 from jtcse.modeling.twin import BridgedTwin, TowerOutput
+from jtcse.training import diagnostics
 from jtcse.training.distributed import gather_rows, shard_rows
 
 TWIN_MANIFEST = "twin.json"
@@ -86,17 +87,62 @@ class SimCSEObjective(Objective):
 class JTCSEObjective(Objective):
     """Stage 2: both towers with the cross-attention bridge and the weighted JTCSE loss."""
 
-    loss_names = ("loss_nce", "loss_icnce", "loss_tm")
+    loss_names = ("loss_nce", "loss_icnce", "loss_cross", "loss_tm")
+    diagnostic_names = diagnostics.COLUMNS[1:]
 
     def __init__(self, twin: BridgedTwin, tokenizer, loss: JTCSELoss, *, max_length: int = 32,
                  eval_max_length: int = 128, combine: str = "sum"):
         super().__init__(tokenizer, pooling=twin.pooling, max_length=max_length, eval_max_length=eval_max_length)
         self.twin, self.loss, self.combine = twin, loss, combine
+        # A zero-weight bridge term is not computed at all where it cannot change the towers (stream, side).
+        twin.compute_cross = loss.weights["cross"] > 0
 
     def forward(self, sentences: list[str]) -> dict[str, torch.Tensor]:
         batch = self.views(sentences)
         out_a, out_b = self.twin(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         return self.loss(gather_output(out_a), gather_output(out_b))
+
+    def diagnostics(self, batch_sentences: list[str], probe_sentences: list[str]) -> dict[str, float]:
+        """Loss terms, their gradient norms and the probe-set statistics (see :mod:`jtcse.training.diagnostics`).
+
+        Single-process only (under torchrun the gathers need every rank); the RNG is forked, the gradients are
+        taken with autograd.grad (nothing accumulates in .grad), so training continues exactly as without it.
+        """
+        was_training, computed = self.training, self.twin.compute_cross
+        devices = [self.device] if self.device.type == "cuda" else []
+        row: dict[str, float] = {}
+        with torch.random.fork_rng(devices=devices):
+            try:
+                self.twin.compute_cross = bool(self.twin.bridged)  # measured even when its weight is 0
+                self.train()
+                batch = self.views(batch_sentences)
+                out_a, out_b = self.twin(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+                parts = self.loss.parts(out_a, out_b, flip=False)
+                row |= {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
+                params = [p for p in self.parameters() if p.requires_grad]
+                row |= diagnostics.gradient_norms(parts, self.loss.weights, params)
+                self.eval()
+                with torch.no_grad():
+                    row |= self._probe(probe_sentences)
+            finally:
+                self.twin.compute_cross = computed
+                self.train(was_training)
+        return row
+
+    def _probe(self, sentences: list[str]) -> dict[str, float]:
+        enc = self.tokenizer(sentences, padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt").to(self.device)
+        out_a, out_b = self.twin(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+        states = [t(**enc).last_hidden_state for t in (self.twin.tower_a, self.twin.tower_b)]
+        row = {
+            "cos_towers": float(torch.nn.functional.cosine_similarity(out_a.embedding, out_b.embedding).mean()),
+            "aniso_h": 0.5 * (diagnostics.anisotropy(out_a.embedding) + diagnostics.anisotropy(out_b.embedding)),
+            "e_cls_a": float(diagnostics.e_cls(states[0], enc["attention_mask"]).mean()),
+            "e_cls_b": float(diagnostics.e_cls(states[1], enc["attention_mask"]).mean()),
+        }
+        if out_a.cross is not None:
+            row["aniso_c"] = 0.5 * (diagnostics.anisotropy(out_a.cross) + diagnostics.anisotropy(out_b.cross))
+        return row
 
     def dev_encoder(self) -> TwinEncoder:
         return TwinEncoder(TowerEncoder(self.twin.tower_a, self.tokenizer, self.pooling, self.eval_max_length),

@@ -11,11 +11,12 @@ import torch
 from jtcse.config import Settings, resolve_model_path
 from jtcse.data import read_corpus
 from jtcse.encoding import pick_device
-from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator
+from jtcse.evaluation.sts import STSEvaluator, dev_evaluator
 from jtcse.losses import DistillationLoss, JTCSELoss
 from jtcse.modeling.towers import load_tower
 from jtcse.modeling.twin import BridgedTwin
 from jtcse.training import distributed
+from jtcse.training.diagnostics import plot_diagnostics
 from jtcse.training.objectives import DistillObjective, JTCSEObjective, SimCSEObjective
 from jtcse.training.trainer import Trainer, TrainResult
 
@@ -27,7 +28,7 @@ def _prepare(settings: Settings) -> tuple[torch.device, list[str], STSEvaluator]
         torch.set_num_threads(settings.runtime.threads)
     device = distributed.setup(settings.runtime.device) or pick_device(settings.runtime.device)
     sentences = read_corpus(settings.data.corpus, settings.data.max_sentences)
-    dev = STSEvaluator(settings.data.sts_dir, DEV_TASKS, batch_size=settings.evaluate.batch_size)
+    dev = dev_evaluator(settings.data.sts_dir, settings.evaluate.selection, batch_size=settings.evaluate.batch_size)
     return device, sentences, dev
 
 
@@ -83,7 +84,7 @@ def build_twin_objective(settings: Settings, tower_a: str, tower_b: str) -> JTCS
     ca = t.cross_attention
     twin = BridgedTwin(model_a, model_b, num_ca_layers=ca.num_layers, mode=ca.mode, mix_gate=ca.mix_gate,
                        pooling=settings.model.pooling)
-    loss = JTCSELoss(w_nce=t.w_nce, w_icnce=t.w_icnce, w_tm=t.w_tm, temperature=t.temperature,
+    loss = JTCSELoss(w_nce=t.w_nce, w_icnce=t.w_icnce, w_cross=t.w_cross, w_tm=t.w_tm, temperature=t.temperature,
                      icnce_direction=t.icnce_direction, modulus_on=t.modulus_on, tm_clamp=t.tm_clamp)
     if t.modulus_on == "pooler" and (model_a.pooler is None or model_b.pooler is None):
         raise ValueError(f"train.modulus_on is 'pooler' but {tower_a} or {tower_b} has no pooler: set train.modulus_on: embedding")
@@ -94,13 +95,19 @@ def build_twin_objective(settings: Settings, tower_a: str, tower_b: str) -> JTCS
 def train_twin(settings: Settings, *, tower_a: str, tower_b: str, output: str | Path, checkpoint_dir: str | Path,
                metrics_dir: str | Path | None = None, resume: bool = True, stop_after: int | None = None,
                on_eval: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Stage 2: joint JTCSE training of the two stage-1 towers."""
+    """Stage 2: joint JTCSE training of the two stage-1 towers (diagnostics.csv/.png beside the logs)."""
     device, sentences, dev = _prepare(settings)
     objective = build_twin_objective(settings, tower_a, tower_b).to(device)
     trainer = Trainer(objective, sentences, settings.train, dev_evaluator=dev, output_dir=output,
                       checkpoint_dir=checkpoint_dir, metrics_dir=metrics_dir, runtime=settings.runtime, desc="jtcse",
                       fingerprint=fingerprint(settings, "train", [tower_a, tower_b]))
-    return trainer.fit(resume=resume, stop_after=stop_after, on_eval=on_eval)
+    result = trainer.fit(resume=resume, stop_after=stop_after, on_eval=on_eval)
+    if metrics_dir and distributed.is_main():
+        ca = settings.train.cross_attention
+        bridge = f"{ca.mode} x {ca.num_layers}, w_cross {settings.train.w_cross}" if ca.num_layers else "no bridge"
+        plot_diagnostics(Path(metrics_dir) / "diagnostics.csv", Path(metrics_dir) / "diagnostics.png",
+                         title=f"stage 2 diagnostics ({bridge})")
+    return result
 
 
 def distill_twin(settings: Settings, *, twin: str | Path, output: str | Path, checkpoint_dir: str | Path,

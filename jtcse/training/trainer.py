@@ -134,15 +134,23 @@ class Trainer:
         self.device = objective.device
         self.autocast = self.device.type == "cuda" and self.runtime.bf16
 
-    def _evaluate(self) -> float:
-        metric = math.nan
+    def _evaluate(self) -> dict[str, float]:
+        """Every dev metric (rank 0 computes, all ranks receive); the primary one selects the best weights."""
+        metrics = {self.dev_evaluator.primary_metric: math.nan}
         if distributed.is_main():
             self.objective.eval()
             try:
-                metric = self.dev_evaluator(self.objective.dev_encoder())[self.dev_evaluator.primary_metric]
+                metrics = self.dev_evaluator(self.objective.dev_encoder())
             finally:
                 self.objective.train()
-        return distributed.broadcast_object(metric)
+        return distributed.broadcast_object(metrics)
+
+    def _diagnostics_enabled(self) -> bool:
+        wanted = getattr(self.settings, "diagnostics", False) and hasattr(self.objective, "diagnostics")
+        if wanted and distributed.world_size() > 1:
+            log.info("%s: diagnostics are single-process only; not written under torchrun", self.desc)
+            return False
+        return bool(wanted and self.metrics_dir)
 
     def _save_checkpoint(self, step: int, optimizer, scheduler, best: tuple[float, int], initial: float,
                          logs: dict[str, CsvLog]) -> None:
@@ -229,29 +237,42 @@ class Trainer:
         model = distributed.wrap(self.objective, self.device)
 
         logs = {}
+        dev_columns = list(dict.fromkeys([*self.dev_evaluator.tasks, self.dev_evaluator.primary_metric,
+                                          *([self.dev_evaluator.average_name] if len(self.dev_evaluator.tasks) > 1 else [])]))
+        diagnose = self._diagnostics_enabled()
         if self.metrics_dir and main:
             logs["train"] = CsvLog(self.metrics_dir / "train.csv", ["step", "loss", *self.objective.loss_names, "lr"])
-            logs["eval"] = CsvLog(self.metrics_dir / "eval.csv", ["step", self.dev_evaluator.primary_metric])
+            logs["eval"] = CsvLog(self.metrics_dir / "eval.csv", ["step", *dev_columns])
+            if diagnose:
+                logs["diagnostics"] = CsvLog(self.metrics_dir / "diagnostics.csv", ["step", *self.objective.diagnostic_names])
             for csv_log in logs.values():
                 csv_log.reset(start if checkpoint is not None else None,
                               checkpoint / csv_log.path.name if checkpoint is not None else None)
 
-        def record_eval(step: int, metric: float) -> None:
+        # Diagnostics look at one fixed batch and probe set, so their curves compare steps, not batches.
+        diagnostics_batch = self.stream.batch(0) if diagnose else []
+        probe = self.stream.sentences[:getattr(s, "diagnostics_probe", 0)] if diagnose else []
+
+        def record_eval(step: int, metrics: dict[str, float]) -> float:
             nonlocal best
+            metric = metrics[self.dev_evaluator.primary_metric]
             if metric > best[0]:
                 best = (metric, step)
                 self._save_best()
             if "eval" in logs:
-                logs["eval"].append({"step": step, self.dev_evaluator.primary_metric: round(metric, 4)})
+                logs["eval"].append({"step": step, **{k: round(v, 4) for k, v in metrics.items()}})
+            if "diagnostics" in logs:
+                row = self.objective.diagnostics(diagnostics_batch, probe)
+                logs["diagnostics"].append({"step": step, **{k: round(v, 6) for k, v in row.items()}})
             if on_eval is not None:
                 on_eval(step, metric)
+            return metric
 
         self.objective.train()
         began = time.perf_counter()
         if start == 0:
-            initial = self._evaluate()
+            initial = record_eval(0, self._evaluate())
             log.info("%s: step 0 dev %s = %.2f", self.desc, self.dev_evaluator.primary_metric, initial)
-            record_eval(0, initial)
 
         end = s.steps if stop_after is None else min(s.steps, start + stop_after)
         bar = tqdm(range(start, end), initial=start, total=s.steps, desc=self.desc, unit="step", dynamic_ncols=True,
@@ -296,8 +317,7 @@ class Trainer:
             if evaluate or checkpoint_now or step % SYNC_EVERY == 0:
                 flush()
             if evaluate:
-                last_metric = self._evaluate()
-                record_eval(step, last_metric)
+                last_metric = record_eval(step, self._evaluate())
                 show()
             if checkpoint_now:
                 self._save_checkpoint(step, optimizer, scheduler, best, initial, logs)

@@ -78,3 +78,55 @@ def test_speed_loss_part_agrees_and_reports_a_ratio(tmp_path):
         assert row["speedup"] > 0 and math.isfinite(row["speedup"])
         assert row["vectorised_ms"] > 0 and row["naive_ms"] > 0
     assert (tmp_path / "speed.json").is_file() and "modulus loss" in (tmp_path / "speed.md").read_text()
+
+
+def test_ablation_writes_every_cell_with_dev_test_and_diagnostics(tiny_settings, tmp_path):
+    from bench import ablation
+
+    params = _params_file(tiny_settings, tmp_path / "params.yaml")
+    out = tmp_path / "results"
+    argv = ["--params", str(params), "--seeds", "1", "--out", str(out), "--reuse-dir", str(tmp_path / "work"),
+            "--cells", "tncse", "stream2:cross_attention.mode=stream,cross_attention.num_layers=2,w_cross=0.5",
+            "--set", "data.max_sentences=64", "--set", "runtime.threads=1", "--set", "train.diagnostics_probe=8"]
+    for section in ("pretrain", "train"):
+        argv += ["--set", f"{section}.steps=2", "--set", f"{section}.eval_every=2", "--set", f"{section}.batch_size=8"]
+    report = ablation.main(argv)
+    data = json.loads((out / "ablation.json").read_text())
+    assert sorted(c["name"] for c in data["cells"]) == ["stream2", "tncse"] == sorted(c["name"] for c in report["cells"])
+    by_name = {c["name"]: c for c in data["cells"]}
+    assert by_name["stream2"]["overrides"] == {"train.cross_attention.mode": "stream",
+                                               "train.cross_attention.num_layers": 2, "train.w_cross": 0.5}
+    dev_means = [c["dev"]["dev_mean"][0] for c in data["cells"]]
+    assert dev_means == sorted(dev_means, reverse=True)  # chosen on dev: sorted by the selection metric
+    for cell in data["cells"]:
+        rec = cell["per_seed"]["1"]
+        assert set(rec["dev_at_best"]) == {"stsb_dev", "sickr_dev", "dev_mean"}
+        assert math.isfinite(cell["test"]["mean"]["avg"]) and rec["diagnostics_steps"] == [0, 2]
+    assert by_name["stream2"]["per_seed"]["1"]["diagnostics_last"]["grad_cross"] > 0
+    assert by_name["tncse"]["per_seed"]["1"]["diagnostics_first"]["loss_cross"] is None
+    md = (out / "ablation.md").read_text()
+    assert "| stream2 | stream | 2 | 0.5 |" in md and "| tncse | none | 0 |" in md
+    assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Rerun: nothing is trained or evaluated again.
+    again = ablation.main(argv)
+    assert [c["test"]["mean"] for c in again["cells"]] == [c["test"]["mean"] for c in report["cells"]]
+
+
+def test_quality_design_rows_and_profiles(tiny_settings, tmp_path):
+    from bench import common
+
+    assert common.profile_overrides("long", ["train.lr=3e-5"])["train.steps"] == 300
+    assert common.profile_overrides("long", ["train.steps=400"])["train.steps"] == 400  # --set wins
+    with pytest.raises(SystemExit, match="unknown profile"):
+        common.profile_overrides("huge", [])
+    params = _params_file(tiny_settings, tmp_path / "params.yaml")
+    argv = ["--params", str(params), "--seeds", "1", "--rows", "tncse", "side1", "--out", str(tmp_path / "r"),
+            "--design", "side1:cross_attention.mode=side,cross_attention.num_layers=1,w_cross=2",
+            "--set", "data.max_sentences=64", "--set", "runtime.threads=1", "--set", "train.diagnostics=false"]
+    for section in ("pretrain", "train"):
+        argv += ["--set", f"{section}.steps=2", "--set", f"{section}.eval_every=2", "--set", f"{section}.batch_size=8"]
+    report = quality.main(argv)
+    assert [(r["key"], r["number"]) for r in report["rows"]] == [("tncse", "4"), ("design_side1", "5.1")]
+    assert report["row_overrides"]["design_side1"] == {"train.cross_attention.mode": "side",
+                                                        "train.cross_attention.num_layers": 1, "train.w_cross": 2}
+    assert "| 5.1 | JTCSE twin, side1 |" in (tmp_path / "r" / "quality.md").read_text()

@@ -85,3 +85,19 @@ def test_cli_evaluate_writes_the_seven_tasks(tiny_bert, small_sts_dir, tmp_path,
     assert list(metrics) == ["sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr", "avg"]
     assert metrics["avg"] == pytest.approx(np.mean([metrics[k] for k in list(metrics)[:7]]), abs=1e-3)
     assert "| sts12 |" in capsys.readouterr().out
+
+
+def test_dev_selection_metrics(small_sts_dir):
+    from jtcse.evaluation.sts import DEV_MEAN, DEV_TASKS, dev_evaluator
+
+    rng = np.random.default_rng(0)
+    sentences = {s for f in DEV_TASKS.values() for p in [read_sts(small_sts_dir / f)] for s in (*p.sentence1, *p.sentence2)}
+    encoder = LookupEncoder({s: angle_vector(rng.uniform(0, 1.5)) for s in sentences})
+    both = dev_evaluator(small_sts_dir, DEV_MEAN)
+    scores = both(encoder)
+    assert both.primary_metric == "dev_mean" and set(scores) == {"stsb_dev", "sickr_dev", "dev_mean"}
+    assert scores["dev_mean"] == pytest.approx((scores["stsb_dev"] + scores["sickr_dev"]) / 2)
+    paper = dev_evaluator(small_sts_dir, "stsb_dev")
+    assert paper(encoder) == {"stsb_dev": pytest.approx(scores["stsb_dev"])}
+    with pytest.raises(ValueError, match="evaluate.selection must be one of stsb_dev, dev_mean"):
+        dev_evaluator(small_sts_dir, "sts12")

@@ -60,7 +60,7 @@ def settings_for(root: Path, sample_corpus: Path):
         "runtime": {"threads": 1},
         "distill": {"steps": 60, "batch_size": 16, "lr": 2e-3, "eval_every": 60, "checkpoint_every": 60,
                     "keep_checkpoints": 1, "student_init": str(root / "student"), "seed": 42},
-        "evaluate": {"batch_size": 128, "max_length": 32},
+        "evaluate": {"batch_size": 128, "max_length": 32, "selection": "stsb_dev"},
     })
 
 
@@ -83,7 +83,7 @@ def test_distillation_lowers_the_loss_and_moves_the_student_toward_the_teacher(s
     torch.set_num_threads(1)
     settings = settings_for(setup, sample_corpus)
     d = settings.distill
-    dev = STSEvaluator(setup / "sts", DEV_TASKS)
+    dev = STSEvaluator(setup / "sts", {"stsb_dev": DEV_TASKS["stsb_dev"]})
     pairs = dev.pairs["stsb_dev"]
     teacher = load_twin(setup / "twin", device="cpu")
     teacher_dev, teacher_scores = dev(teacher)["stsb_dev"], dev_scores(teacher, pairs)
