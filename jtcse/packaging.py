@@ -322,7 +322,8 @@ import jtcse
 
 model = jtcse.load("{name}-{version}")            # checks SHA256SUMS, opens the default (distilled) model
 twin = jtcse.load("{name}-{version}/twin")        # the twin teacher (sum of both towers' vectors)
-vectors = model.encode(["A man is playing a guitar."], batch_size=64, normalize=True)  # numpy array
+vectors = model.encode(["A man is playing a guitar."], batch_size=64, normalize_embeddings=True)  # numpy array
+print(model.similarity(vectors, vectors))         # cosine, as in sentence-transformers
 ```
 
 ```bash
@@ -381,7 +382,7 @@ Licences).
   from the training corpus (code, legal, medical, social media) is untested.
 - STS correlation says nothing about fairness: the base model and the data carry the biases of web and news
   text. Do not use the similarity scores for decisions about people.
-- Vectors are unnormalised; use cosine similarity (or `normalize=True`), not dot products or Euclidean distance.
+- Vectors are unnormalised; use cosine similarity (or `normalize_embeddings=True`), not dot products or Euclidean distance.
 - The `twin/` folder is not a sentence-transformers model (it sums two encoders); load it with `jtcse.load`.
 
 ## Licences
