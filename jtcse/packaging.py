@@ -34,7 +34,6 @@ import yaml
 from jtcse.api import CHECKSUMS, sha256_file, verify_checksums
 from jtcse.config import Settings
 from jtcse.io import atomic_directory
-from jtcse.training.objectives import TWIN_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +151,8 @@ def export_sentence_transformer(source: str | Path, target: str | Path, *, pooli
 
 def copy_twin(source: str | Path, target: str | Path) -> dict:
     """Copy a twin folder (tower_a/, tower_b/, twin.json); returns its entry for ``jtcse_package.json``."""
+    from jtcse.training.objectives import TWIN_MANIFEST
+
     source, target = Path(source), Path(target)
     manifest_path = source / TWIN_MANIFEST
     if not manifest_path.is_file():
