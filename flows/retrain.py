@@ -98,7 +98,7 @@ def retrain(project_dir: str = ".", params_file: str = "params.yaml", pull: bool
                         git_commit=git_commit(root))
     logger.info("%s: %s", "PROMOTED" if entry else "KEPT current model", decision.reason)
 
-    rows = {name: m for name in ("base", "twin", "distilled") if (m := _metrics(root, name))}
+    rows = {name: m for name in ("base", "base_mean", "twin", "distilled") if (m := _metrics(root, name))}
     verdict = f"promoted as v{entry['version']}" if entry else f"kept v{decision.current_version}"
     create_markdown_artifact(
         key="retrain-result",

@@ -153,8 +153,8 @@ class RetrainSettings(_Section):
     min_improvement: float = Field(0.0, ge=0, description="A new model is promoted only if it beats the current one by more than this.")
     registry_dir: Path = Field(Path("registry"), description="Where promoted models and registry.json live.")
     stages: list[str] = Field(
-        default_factory=lambda: ["pretrain_a", "pretrain_b", "train", "evaluate_base", "evaluate", "distill",
-                                 "evaluate_distilled", "package", "report"],
+        default_factory=lambda: ["pretrain_a", "pretrain_b", "train", "evaluate_base", "evaluate_base_mean",
+                                 "evaluate", "distill", "evaluate_distilled", "package", "report"],
         description="dvc.yaml stages the flow runs after validation, in order.",
     )
     promote: list[str] = Field(default_factory=lambda: ["models/twin", "models/distilled"],
