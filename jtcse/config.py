@@ -160,6 +160,7 @@ class RetrainSettings(_Section):
     promote: list[str] = Field(default_factory=lambda: ["models/twin", "models/distilled"],
                                description="Artifacts copied into the registry when a model is promoted.")
     stage_retries: int = Field(2, ge=0, description="Retries of a stage that failed for a transient reason (never for bad data or settings).")
+    workspace_wait_seconds: float = Field(60.0, ge=0, description="How long a retrain waits for another retrain of the same workspace to finish before it fails.")
 
 
 # --- Hyperparameter search (jtcse.tuning) -------------------------------------------------------------------
