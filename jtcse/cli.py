@@ -235,27 +235,31 @@ def cmd_similarity(args) -> None:
     given = [args.sentences != [], bool(args.pairs), bool(args.matrix)]
     if sum(given) != 1 or (args.sentences and len(args.sentences) != 2) or (args.matrix and len(args.matrix) > 2):
         raise ValueError("similarity takes two sentences, or --pairs FILE_A FILE_B, or --matrix FILE_A [FILE_B]")
+    fmt = output_format(args.output, args.format, stdout_default="csv")
     encoder = load(args.model, pooling=args.pooling, device=args.device)
-    if args.sentences:
+    if args.sentences and args.output == "-" and not args.format:
         a, b = encoder.encode(args.sentences, batch_size=args.batch_size)
         print(f"{float(encoder.similarity(a, b)[0, 0]):.4f}")
         return
-    fmt = output_format(args.output, args.format, stdout_default="csv")
-    files = args.pairs or args.matrix
-    left = read_sentences(files[0])
-    right = read_sentences(files[1]) if len(files) == 2 else left
+    pairwise = not args.matrix  # two sentences written to --output are one pair, like --pairs
+    if args.sentences:
+        left, right = [args.sentences[0]], [args.sentences[1]]
+    else:
+        files = args.pairs or args.matrix
+        left = read_sentences(files[0])
+        right = read_sentences(files[1]) if len(files) == 2 else left
     if args.pairs and len(left) != len(right):
-        raise DataError(f"--pairs: {files[0]} has {len(left)} lines but {files[1]} has {len(right)}; "
+        raise DataError(f"--pairs: {args.pairs[0]} has {len(left)} lines but {args.pairs[1]} has {len(right)}; "
                         "line i of one is compared with line i of the other")
     a = encoder.encode(left, batch_size=args.batch_size, convert_to_tensor=True)
     b = encoder.encode(right, batch_size=args.batch_size, convert_to_tensor=True) if right is not left else a
-    scores = (encoder.similarity_pairwise(a, b) if args.pairs else encoder.similarity(a, b)).cpu().numpy()
-    if args.pairs:
+    scores = (encoder.similarity_pairwise(a, b) if pairwise else encoder.similarity(a, b)).cpu().numpy()
+    if pairwise:
         write_rows(args.output, fmt, scores, [{"a": x, "b": y} for x, y in zip(left, right)], key="cosine")
     else:
         write_rows(args.output, fmt, scores, [{"sentence": x} for x in left], key="cosines")
     if args.output != "-":
-        shape = f"{len(scores)} pairs" if args.pairs else f"{scores.shape[0]} x {scores.shape[1]} matrix"
+        shape = f"{len(scores)} pairs" if pairwise else f"{scores.shape[0]} x {scores.shape[1]} matrix"
         print(f"cosine similarity of {shape} -> {args.output} ({fmt})", file=sys.stderr)
 
 

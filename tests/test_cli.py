@@ -168,6 +168,11 @@ def test_similarity_of_two_sentences_line_pairs_and_a_matrix(model, reference, t
     assert main(["similarity", SENTENCES[0], SENTENCES[3], *common]) == 0
     assert float(capsys.readouterr().out) == pytest.approx(full[0, 3], abs=1e-4)
 
+    out = tmp_path / "one.jsonl"
+    assert main(["similarity", SENTENCES[0], SENTENCES[3], "--output", str(out), *common]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (row["a"], row["b"]) == (SENTENCES[0], SENTENCES[3]) and abs(row["cosine"] - full[0, 3]) < 1e-5
+
     assert main(["similarity", "--pairs", str(left), str(right), *common]) == 0
     pairs = np.array([float(x) for x in capsys.readouterr().out.split()])
     assert np.abs(pairs - [full[0, 2], full[1, 3]]).max() < 1e-5
