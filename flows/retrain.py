@@ -5,12 +5,15 @@ A thin shell: the stages are `dvc repro` runs of dvc.yaml, and the promotion rul
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -20,6 +23,9 @@ from jtcse.config import load_settings
 from jtcse.evaluation.sts import format_table
 from jtcse.provenance import data_version, git_commit
 from jtcse.registry import decide, decision_dict, promote
+
+#: Tags of the flow and its deployment (filter runs in the UI, or attach tag-based limits).
+TAGS = ["jtcse", "retrain"]
 
 # `jtcse` exits with 2 for bad data or bad settings: rerunning cannot fix those.
 _PERMANENT = re.compile(r"exited with (?:status |code )?2\b|ERROR: (?:failed to parse|unexpected error - .*params)")
@@ -75,11 +81,58 @@ def _metrics(project_dir: Path, name: str) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def workspace_limit_name(project_dir: str | Path) -> str:
+    """One Prefect global concurrency limit per DVC workspace (its resolved path), shared by every retrain run."""
+    root = Path(project_dir).resolve()
+    digest = hashlib.sha256(str(root).encode("utf-8")).hexdigest()[:12]
+    return f"jtcse-retrain-{root.name}-{digest}"
+
+
+class WorkspaceBusy(RuntimeError):
+    """Another retrain holds this DVC workspace."""
+
+
+@contextmanager
+def workspace_slot(project_dir: str | Path, wait_seconds: float) -> Iterator[str]:
+    """Hold the workspace's only slot (limit 1, created on first use) while a retrain runs there.
+
+    Two `dvc repro` runs in one workspace would overwrite each other's outputs, so a second retrain (scheduled,
+    triggered by hand or `python -m flows.retrain`) waits at most ``wait_seconds`` for the slot, then fails.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    name = workspace_limit_name(project_dir)
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    with ExitStack() as stack:
+        try:  # only the acquisition: a TimeoutError from the run itself is not "busy"
+            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=max(wait_seconds, 0.1), strict=True))
+        except TimeoutError:
+            raise WorkspaceBusy(f"{Path(project_dir).resolve()}: another retrain holds this workspace (Prefect "
+                                f"concurrency limit {name!r}); gave up after {wait_seconds:g} s "
+                                "(retrain.workspace_wait_seconds)") from None
+        yield name
+
+
 @flow(name="retrain", log_prints=True)
 def retrain(project_dir: str = ".", params_file: str = "params.yaml", pull: bool = True) -> dict:
-    """Reproduce the pipeline and promote the new twin if it beats the promoted one on the chosen metric."""
+    """Reproduce the pipeline and promote the new twin if it beats the promoted one on the chosen metric.
+
+    Args:
+        project_dir: The jtcse project (DVC workspace) to retrain in: holds dvc.yaml, params.yaml, data.dvc.
+            Only one retrain runs in a workspace at a time.
+        params_file: Settings file, relative to project_dir; its `retrain` section picks the stages, the
+            promotion metric and the minimum improvement.
+        pull: Run `dvc pull data.dvc` first, so the run trains on the latest versioned data.
+    """
     root = Path(project_dir).resolve()
     settings = load_settings(root / params_file).retrain
+    with workspace_slot(root, settings.workspace_wait_seconds):
+        return _retrain(root, settings, pull)
+
+
+def _retrain(root: Path, settings, pull: bool) -> dict:
     logger = get_run_logger()
     data_hash = pull_data(str(root)) if pull else data_version(root / "data.dvc")
     validate(str(root))
@@ -98,7 +151,7 @@ def retrain(project_dir: str = ".", params_file: str = "params.yaml", pull: bool
                         git_commit=git_commit(root))
     logger.info("%s: %s", "PROMOTED" if entry else "KEPT current model", decision.reason)
 
-    rows = {name: m for name in ("base", "twin", "distilled") if (m := _metrics(root, name))}
+    rows = {name: m for name in ("base", "base_mean", "twin", "distilled") if (m := _metrics(root, name))}
     verdict = f"promoted as v{entry['version']}" if entry else f"kept v{decision.current_version}"
     create_markdown_artifact(
         key="retrain-result",
@@ -110,4 +163,7 @@ def retrain(project_dir: str = ".", params_file: str = "params.yaml", pull: bool
 
 
 if __name__ == "__main__":
-    retrain()
+    from prefect import tags
+
+    with tags(*TAGS):
+        retrain()

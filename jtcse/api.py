@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from jtcse.encoding import Encoder, TowerEncoder, TwinEncoder
-from jtcse.training.objectives import TWIN_MANIFEST
+if TYPE_CHECKING:  # torch and transformers load on first use: `jtcse --help` and checksum checks stay fast
+    from jtcse.encoding import Encoder, TwinEncoder
 
 CHECKSUMS = "SHA256SUMS"
 PACKAGE_MANIFEST = "jtcse_package.json"
@@ -50,6 +51,9 @@ def verify_checksums(directory: str | Path) -> None:
 
 
 def load_twin(path: str | Path, *, device: str = "auto", max_length: int = 128, combine: str | None = None) -> TwinEncoder:
+    from jtcse.encoding import TowerEncoder, TwinEncoder
+    from jtcse.training.objectives import TWIN_MANIFEST
+
     path = Path(path)
     manifest = json.loads((path / TWIN_MANIFEST).read_text(encoding="utf-8"))
     towers = [TowerEncoder.from_pretrained(str(path / name), manifest["pooling"], max_length, device)
@@ -64,6 +68,9 @@ def load(path: str | Path, *, pooling: str | None = None, device: str = "auto", 
     ``max_length`` defaults to the model's own ``sentence_bert_config.json`` max_seq_length, else 128.
     A model folder inside a package (``<package>/twin``) is checked against the package's SHA256SUMS too.
     """
+    from jtcse.encoding import TowerEncoder
+    from jtcse.training.objectives import TWIN_MANIFEST
+
     path = Path(path)
     if verify and (path / CHECKSUMS).is_file():
         verify_checksums(path)

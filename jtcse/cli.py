@@ -1,4 +1,8 @@
-"""The ``jtcse`` command line: one sub-command per pipeline stage, arguments mirroring dvc.yaml's deps/outs."""
+"""The jtcse command line: one sub-command per pipeline stage (arguments mirror dvc.yaml's deps and outs), plus
+encode and similarity for using a trained model. `jtcse COMMAND --help` describes each command."""
+
+# The module doc is the --help text: plain text, no markup. Heavy libraries (torch, transformers,
+# great-expectations) are imported inside the commands, so --help and --version answer at once.
 
 from __future__ import annotations
 
@@ -21,10 +25,36 @@ log = logging.getLogger("jtcse")
 TRAINING_COMMANDS = ("train-tower", "train", "distill")
 
 
-def _settings(args):
-    from jtcse.config import load_settings
+#: Suffixes `encode --output` and `similarity --output` understand; "-" is standard output.
+OUTPUT_FORMATS = {".npy": "npy", ".csv": "csv", ".jsonl": "jsonl"}
 
-    return load_settings(args.params)
+
+def _settings(args):
+    from jtcse.config import ConfigError, load_settings
+
+    overrides = dict(getattr(args, "set", None) or [])
+    try:
+        return load_settings(args.params, overrides=overrides)
+    except ConfigError as err:
+        if not overrides:
+            raise
+        given = " ".join(f"--set {key}=..." for key in overrides)
+        raise ConfigError(f"{err} (settings from {args.params} with {given})") from None
+
+
+def _assignment(text: str) -> tuple[str, object]:
+    """``--set train.lr=2e-5``: a dotted key and a YAML value (the settings validate both on load)."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a dotted key (train.lr=2e-5), got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"{key}: value {raw!r} is not valid YAML ({getattr(err, 'problem', err)})")
+    return key, value
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:
@@ -37,6 +67,9 @@ def _add_run_args(p: argparse.ArgumentParser, output_help: str) -> None:
     p.add_argument("--checkpoint-dir", help="resumable checkpoints (default: checkpoints/<output name>)")
     p.add_argument("--metrics-dir", help="train.csv / eval.csv / summary.json for DVC plots and metrics")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if checkpoints exist")
+    p.add_argument("--set", action="append", type=_assignment, metavar="KEY=VALUE",
+                   help="override one setting of --params for this run, e.g. --set train.lr=2e-5 (dotted key, "
+                        "YAML value; repeatable). Outside DVC only: in the pipeline use `dvc exp run -S`.")
 
 
 def _checkpoint_dir(args) -> Path:
@@ -100,36 +133,134 @@ def cmd_evaluate(args) -> None:
         atomic_write_text(args.plot_data, "task,spearman\n" + "\n".join(rows) + "\n")
 
 
-def cmd_encode(args) -> None:
-    import numpy as np
-
-    from jtcse.api import load
+def read_sentences(name: str) -> list[str]:
+    """One sentence per line of a UTF-8 file ("-": standard input); warns once about blank lines."""
     from jtcse.data import DataError
 
-    path = Path(args.input)
-    lines = []
-    with path.open("rb") as fh:
+    label = "<stdin>" if name == "-" else name
+    fh = sys.stdin.buffer if name == "-" else Path(name).open("rb")
+    lines, blank = [], []
+    try:
         for lineno, raw in enumerate(fh, start=1):
             try:
-                lines.append(raw.decode("utf-8").rstrip("\r\n"))
+                line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({err.reason})") from None
+                raise DataError(f"{label}:{lineno}: not valid UTF-8 ({err.reason})") from None
+            if not line.strip():
+                blank.append(lineno)
+            lines.append(line)
+    finally:
+        if fh is not sys.stdin.buffer:
+            fh.close()
+    if blank:
+        shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
+        print(f"jtcse: warning: {label}: {len(blank)} blank line{'s' if len(blank) > 1 else ''} (line "
+              f"{shown}) encoded as empty sentences; each output row still matches its input line",
+              file=sys.stderr)
+    return lines
+
+
+def output_format(name: str, given: str | None, stdout_default: str) -> str:
+    """The --format, else the output's suffix (.npy, .csv, .jsonl); an unknown suffix is an error."""
+    if given:
+        return given
+    if name == "-":
+        return stdout_default
+    suffix = Path(name).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise ValueError(f"{name}: unknown output suffix {suffix or '(none)'!r}; use .npy, .csv or .jsonl "
+                         f"(or --format)")
+    return OUTPUT_FORMATS[suffix]
+
+
+def write_rows(name: str, fmt: str, values, labels: list[dict] | None = None, key: str = "embedding") -> None:
+    """``values`` (a matrix: one row per sentence; or a vector: one score per pair) as .npy, .csv or .jsonl.
+
+    A .jsonl line is ``labels[i]`` plus ``key``: the row. Floats keep 9 significant digits, so a float32
+    reads back exactly. A file is written to a temporary sibling and renamed: never half of one.
+    """
+    import io
+    import json
+
+    import numpy as np
+
+    if fmt == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, values)
+        payload = buffer.getvalue()
+    else:
+        def exact(v: float) -> float:
+            return float(f"{v:.9g}")
+
+        if fmt == "csv":
+            rows = values.reshape(len(values), -1)
+            text = "".join(",".join(f"{v:.9g}" for v in row.tolist()) + "\n" for row in rows)
+        else:
+            labels = labels or [{} for _ in range(len(values))]
+            text = "".join(json.dumps({**label, key: [exact(v) for v in row] if values.ndim == 2 else exact(row)},
+                                      ensure_ascii=False) + "\n" for label, row in zip(labels, values.tolist()))
+        payload = text.encode("utf-8")
+    if name == "-":
+        sys.stdout.buffer.write(payload)
+        sys.stdout.flush()
+        return
+    path = Path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def cmd_encode(args) -> None:
+    from jtcse.api import load
+
+    fmt = output_format(args.output, args.format, stdout_default="jsonl")
+    lines = read_sentences(args.input)
     encoder = load(args.model, pooling=args.pooling, device=args.device)
-    vectors = encoder.encode(lines, batch_size=args.batch_size, normalize=args.normalize, show_progress=True)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.npy")
-    np.save(tmp, vectors)
-    os.replace(tmp, out)
-    print(f"{len(lines)} sentences -> {out} {vectors.shape}")
+    vectors = encoder.encode(lines, batch_size=args.batch_size, normalize_embeddings=args.normalize,
+                             show_progress_bar=args.output != "-")
+    write_rows(args.output, fmt, vectors, [{"sentence": line} for line in lines])
+    where = "standard output" if args.output == "-" else args.output
+    print(f"{len(lines)} sentences -> {where} ({fmt}, {vectors.shape[0]} x {vectors.shape[1]})", file=sys.stderr)
 
 
 def cmd_similarity(args) -> None:
     from jtcse.api import load
+    from jtcse.data import DataError
 
+    given = [args.sentences != [], bool(args.pairs), bool(args.matrix)]
+    if sum(given) != 1 or (args.sentences and len(args.sentences) != 2) or (args.matrix and len(args.matrix) > 2):
+        raise ValueError("similarity takes two sentences, or --pairs FILE_A FILE_B, or --matrix FILE_A [FILE_B]")
+    fmt = output_format(args.output, args.format, stdout_default="csv")
     encoder = load(args.model, pooling=args.pooling, device=args.device)
-    a, b = encoder.encode([args.sentence_a, args.sentence_b], normalize=True)
-    print(f"{float(a @ b):.4f}")
+    if args.sentences and args.output == "-" and not args.format:
+        a, b = encoder.encode(args.sentences, batch_size=args.batch_size)
+        print(f"{float(encoder.similarity(a, b)[0, 0]):.4f}")
+        return
+    pairwise = not args.matrix  # two sentences written to --output are one pair, like --pairs
+    if args.sentences:
+        left, right = [args.sentences[0]], [args.sentences[1]]
+    else:
+        files = args.pairs or args.matrix
+        left = read_sentences(files[0])
+        right = read_sentences(files[1]) if len(files) == 2 else left
+    if args.pairs and len(left) != len(right):
+        raise DataError(f"--pairs: {args.pairs[0]} has {len(left)} lines but {args.pairs[1]} has {len(right)}; "
+                        "line i of one is compared with line i of the other")
+    a = encoder.encode(left, batch_size=args.batch_size, convert_to_tensor=True)
+    b = encoder.encode(right, batch_size=args.batch_size, convert_to_tensor=True) if right is not left else a
+    scores = (encoder.similarity_pairwise(a, b) if pairwise else encoder.similarity(a, b)).cpu().numpy()
+    if pairwise:
+        write_rows(args.output, fmt, scores, [{"a": x, "b": y} for x, y in zip(left, right)], key="cosine")
+    else:
+        write_rows(args.output, fmt, scores, [{"sentence": x} for x in left], key="cosines")
+    if args.output != "-":
+        shape = f"{len(scores)} pairs" if pairwise else f"{scores.shape[0]} x {scores.shape[1]} matrix"
+        print(f"cosine similarity of {shape} -> {args.output} ({fmt})", file=sys.stderr)
 
 
 def cmd_validate(args) -> None:
@@ -143,15 +274,37 @@ def cmd_validate(args) -> None:
     print(f"data valid ({time.perf_counter() - started:.1f} s); report -> {args.report}")
 
 
+def _add_model_args(p: argparse.ArgumentParser, batch_size: int) -> None:
+    p.add_argument("--model", required=True,
+                   help="package, twin folder, tower, or any local Hugging Face / sentence-transformers model")
+    p.add_argument("--pooling", choices=["cls", "mean"], default=None,
+                   help="sentence vector of a single tower (default: the model's own, else cls)")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"sentences per forward pass (default: {batch_size})")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the model runs (default: auto = cuda if available)")
+
+
+def _add_output_args(p: argparse.ArgumentParser, what: str, stdout_default: str) -> None:
+    p.add_argument("--output", default="-",
+                   help=f"{what}: .npy, .csv or .jsonl, chosen by the suffix; - = standard output "
+                        f"({stdout_default} unless --format says otherwise; default: -)")
+    p.add_argument("--format", choices=sorted(set(OUTPUT_FORMATS.values())),
+                   help="output format regardless of the --output suffix")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jtcse", description=__doc__)
+    from jtcse import __version__
+
+    parser = argparse.ArgumentParser(prog="jtcse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"jtcse {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="great-expectations gate over the STS files and the corpus")
     _add_params(p)
-    p.add_argument("--data-dir", default="data", help="the DVC-tracked data folder")
-    p.add_argument("--corpus", help="corpus file (default: data.corpus)")
+    p.add_argument("--data-dir", default="data", help="the DVC-tracked data folder (default: data)")
+    p.add_argument("--corpus", help="corpus file (default: data.corpus of --params)")
     p.add_argument("--docs-dir", help="write Data Docs HTML here")
     p.add_argument("--report", help="write a JSON summary here")
     p.set_defaults(func=cmd_validate)
@@ -177,32 +330,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="tower, twin folder, package, or any HF / sentence-transformers model")
     p.add_argument("--model-b", help="second tower: evaluate --model and --model-b as a twin")
     p.add_argument("--pooling", choices=["cls", "mean"], default=None, help="tower pooling (default: cls, or the model's own)")
-    p.add_argument("--combine", choices=["sum", "concat"], default="sum", help="how a twin's vectors combine")
-    p.add_argument("--data-dir", default="data/sts", help="folder of the STS TSV files")
+    p.add_argument("--combine", choices=["sum", "concat"], default="sum", help="how a twin's vectors combine (default: sum)")
+    p.add_argument("--data-dir", default="data/sts", help="folder of the STS TSV files (default: data/sts)")
     p.add_argument("--output", required=True, help="JSON file of the seven scores and their average")
     p.add_argument("--plot-data", help="also write task,spearman CSV (DVC bar plot)")
-    p.add_argument("--name", help="row name in the printed table")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--name", help="row name in the printed table (default: the model folder's name)")
+    p.add_argument("--batch-size", type=int, default=128, help="sentences per forward pass (default: 128)")
+    p.add_argument("--max-length", type=int, default=128, help="truncation in tokens (default: 128)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the model runs (default: auto = cuda if available)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("encode", help="encode a text file (one sentence per line) to a .npy matrix")
-    p.add_argument("--model", required=True)
-    p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--pooling", choices=["cls", "mean"], default=None)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--normalize", action="store_true", help="unit-length vectors")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p = sub.add_parser("encode", help="encode a text file (one sentence per line) to vectors",
+                       description="Encode one sentence per line of --input; row i of the output is line i.")
+    _add_model_args(p, batch_size=64)
+    p.add_argument("--input", required=True, help="UTF-8 text, one sentence per line; - = standard input")
+    _add_output_args(p, "vectors", stdout_default="jsonl")
+    p.add_argument("--normalize", action="store_true", help="unit-length vectors (a dot product is then the cosine)")
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("similarity", help="cosine similarity of two sentences")
-    p.add_argument("sentence_a")
-    p.add_argument("sentence_b")
-    p.add_argument("--model", required=True)
-    p.add_argument("--pooling", choices=["cls", "mean"], default=None)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p = sub.add_parser("similarity", help="cosine similarity of two sentences, of line pairs, or a matrix",
+                       description="Cosine similarity: of two sentences (printed), of line i of FILE_A with line i "
+                                   "of FILE_B (--pairs), or of every line of FILE_A with every line of FILE_B "
+                                   "(--matrix; FILE_A with itself when FILE_B is left out).")
+    p.add_argument("sentences", nargs="*", metavar="SENTENCE", help="two sentences to compare")
+    p.add_argument("--pairs", nargs=2, metavar=("FILE_A", "FILE_B"),
+                   help="two files of as many lines: one score per line pair")
+    p.add_argument("--matrix", nargs="+", metavar="FILE",
+                   help="FILE_A [FILE_B]: the len(A) x len(B) matrix of cosines")
+    _add_model_args(p, batch_size=64)
+    _add_output_args(p, "scores of --pairs / --matrix", stdout_default="csv")
     p.set_defaults(func=cmd_similarity)
 
     from jtcse.packaging import register_cli as register_packaging

@@ -175,13 +175,14 @@ class RetrainSettings(_Section):
     min_improvement: float = Field(0.0, ge=0, description="A new model is promoted only if it beats the current one by more than this.")
     registry_dir: Path = Field(Path("registry"), description="Where promoted models and registry.json live.")
     stages: list[str] = Field(
-        default_factory=lambda: ["pretrain_a", "pretrain_b", "train", "evaluate_base", "evaluate", "distill",
-                                 "evaluate_distilled", "package", "report"],
+        default_factory=lambda: ["pretrain_a", "pretrain_b", "train", "evaluate_base", "evaluate_base_mean",
+                                 "evaluate", "distill", "evaluate_distilled", "package", "report"],
         description="dvc.yaml stages the flow runs after validation, in order.",
     )
     promote: list[str] = Field(default_factory=lambda: ["models/twin", "models/distilled"],
                                description="Artifacts copied into the registry when a model is promoted.")
     stage_retries: int = Field(2, ge=0, description="Retries of a stage that failed for a transient reason (never for bad data or settings).")
+    workspace_wait_seconds: float = Field(60.0, ge=0, description="How long a retrain waits for another retrain of the same workspace to finish before it fails.")
 
 
 # --- Hyperparameter search (jtcse.tuning) -------------------------------------------------------------------

@@ -34,7 +34,6 @@ import yaml
 from jtcse.api import CHECKSUMS, sha256_file, verify_checksums
 from jtcse.config import Settings
 from jtcse.io import atomic_directory
-from jtcse.training.objectives import TWIN_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,13 @@ BASE_NAMES = {
     "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
 }
 STAGE_METRICS = ("pretrain_a", "pretrain_b", "train", "distill")
+#: The evaluation sets as Hugging Face datasets, for the card's ``model-index`` (same sources and test splits;
+#: the scores follow the SentEval protocol, so STS12-16 pool their subsets: "all" aggregation).
+MODEL_INDEX_DATASETS = {
+    "sts12": ("STS12", "mteb/sts12-sts"), "sts13": ("STS13", "mteb/sts13-sts"), "sts14": ("STS14", "mteb/sts14-sts"),
+    "sts15": ("STS15", "mteb/sts15-sts"), "sts16": ("STS16", "mteb/sts16-sts"),
+    "stsb": ("STS Benchmark", "mteb/stsbenchmark-sts"), "sickr": ("SICK-R", "mteb/sickr-sts"),
+}
 
 DATA_LICENCES = """\
 The model was trained on `data/corpus/train.txt` (43,704 unlabelled English sentences from a mixed-domain
@@ -152,6 +158,8 @@ def export_sentence_transformer(source: str | Path, target: str | Path, *, pooli
 
 def copy_twin(source: str | Path, target: str | Path) -> dict:
     """Copy a twin folder (tower_a/, tower_b/, twin.json); returns its entry for ``jtcse_package.json``."""
+    from jtcse.training.objectives import TWIN_MANIFEST
+
     source, target = Path(source), Path(target)
     manifest_path = source / TWIN_MANIFEST
     if not manifest_path.is_file():
@@ -264,19 +272,60 @@ def _params_yaml(settings: Settings) -> str:
     return yaml.safe_dump(dump, sort_keys=False, default_flow_style=False).rstrip()
 
 
+def model_index(name: str, metrics: dict[str, float]) -> list[dict]:
+    """The Hugging Face ``model-index`` results: one entry per STS test set, Spearman x 100 of cosine scores."""
+    results = []
+    for task, (label, dataset) in MODEL_INDEX_DATASETS.items():
+        if task in metrics:
+            results.append({
+                "task": {"type": "semantic-similarity", "name": "Semantic Similarity"},
+                "dataset": {"name": f"{label} (test)", "type": dataset, "split": "test"},
+                "metrics": [{"type": "spearman_cosine", "value": round(float(metrics[task]), 2),
+                             "name": "Spearman (cosine) x 100"}],
+            })
+    return [{"name": name, "results": results}]
+
+
+def _front_matter(name: str, hub_base: str | None, distilled_metrics: dict[str, float]) -> str:
+    header = {"language": "en", "library_name": "sentence-transformers", "pipeline_tag": "sentence-similarity",
+              "tags": ["sentence-transformers", "sentence-similarity", "feature-extraction", "jtcse"],
+              "license": "other", "license_name": "research-non-commercial"}
+    if hub_base:
+        header["base_model"] = hub_base
+    header["model-index"] = model_index(name, distilled_metrics)
+    return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---"
+
+
+def _comparison(distilled_metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> str:
+    """One sentence per baseline: how the shipped model's average compares with it."""
+    lines = []
+    for label, scores in baselines.items():
+        if "avg" in scores and "avg" in distilled_metrics:
+            delta = distilled_metrics["avg"] - scores["avg"]
+            verdict = "above" if delta > 0 else "below" if delta < 0 else "level with"
+            lines.append(f"- JTCSE-D averages {distilled_metrics['avg']:.2f}, {abs(delta):.2f} points {verdict} "
+                         f"the {label} ({scores['avg']:.2f}).")
+    return "\n".join(lines)
+
+
 def model_card(*, settings: Settings, twin_metrics: dict[str, float], distilled_metrics: dict[str, float],
                distilled: dict, twin: dict, provenance: dict, stage_seconds: dict[str, float],
-               total_seconds: float | None) -> str:
+               total_seconds: float | None, baselines: dict[str, dict[str, float]] | None = None) -> str:
+    """The package's README.md. ``baselines``: label -> scores of the untrained base (e.g. per pooling)."""
     from jtcse.evaluation.sts import format_table
 
     name, version = settings.package.name, settings.package.version
     base = BASE_NAMES.get(settings.model.base, settings.model.base)
     # The hub's base_model field takes a hub id ("owner/name"), never a local path.
-    hub_base = f"\nbase_model: {base}" if re.fullmatch(r"[\w.-]+/[\w.-]+", base) and not Path(base).exists() else ""
+    hub_base = base if re.fullmatch(r"[\w.-]+/[\w.-]+", base) and not Path(base).exists() else None
     pooling = distilled["pooling"]
     pooled = "CLS token state (before the BERT pooler)" if pooling == "cls" else "mean of the token states"
-    table = format_table({"JTCSE twin (sum of both towers)": twin_metrics,
+    baselines = baselines or {}
+    table = format_table({**{f"{label} (zero-shot)": scores for label, scores in baselines.items()},
+                          "JTCSE twin (sum of both towers)": twin_metrics,
                           "JTCSE-D (distilled, this model)": distilled_metrics})
+    comparison = _comparison(distilled_metrics, baselines)
+    comparison = f"\n\n{comparison}" if comparison else ""
     if stage_seconds:
         rows = "\n".join(f"| {stage} | {_duration(s)} |" for stage, s in stage_seconds.items())
         timing = f"| stage | time |\n|---|---:|\n{rows}\n| **total** | **{_duration(total_seconds or 0.0)}** |"
@@ -284,14 +333,7 @@ def model_card(*, settings: Settings, twin_metrics: dict[str, float], distilled_
         timing = "Not recorded (no `metrics/*/summary.json` was found when the package was built)."
     versions = provenance["versions"]
     dirty = " (built from a working tree with uncommitted changes)" if provenance.get("git_dirty") else ""
-    return f"""---
-language: en
-library_name: sentence-transformers
-pipeline_tag: sentence-similarity
-tags: [sentence-transformers, sentence-similarity, feature-extraction, jtcse]
-license: other
-license_name: research-non-commercial{hub_base}
----
+    return f"""{_front_matter(f"{name}-{version}", hub_base, distilled_metrics)}
 
 # {name} {version}
 
@@ -322,7 +364,8 @@ import jtcse
 
 model = jtcse.load("{name}-{version}")            # checks SHA256SUMS, opens the default (distilled) model
 twin = jtcse.load("{name}-{version}/twin")        # the twin teacher (sum of both towers' vectors)
-vectors = model.encode(["A man is playing a guitar."], batch_size=64, normalize=True)  # numpy array
+vectors = model.encode(["A man is playing a guitar."], batch_size=64, normalize_embeddings=True)  # numpy array
+print(model.similarity(vectors, vectors))         # cosine, as in sentence-transformers
 ```
 
 ```bash
@@ -337,9 +380,10 @@ vector is then {"`last_hidden_state[:, 0]`" if pooling == "cls" else "the attent
 
 Spearman correlation x 100 between the cosine similarity of the two sentences' vectors and the gold score
 (SimCSE/SentEval protocol: STS12-16 "all" aggregation, STS-B and SICK-R test splits, sentences as given,
-truncation at {settings.evaluate.max_length} tokens). Model selection used STS-B dev only.
+truncation at {settings.evaluate.max_length} tokens). Model selection used STS-B dev only. The base rows are
+the untrained `{base}` with each pooling, for comparison.
 
-{table}
+{table}{comparison}
 
 ## Training
 
@@ -381,7 +425,7 @@ Licences).
   from the training corpus (code, legal, medical, social media) is untested.
 - STS correlation says nothing about fairness: the base model and the data carry the biases of web and news
   text. Do not use the similarity scores for decisions about people.
-- Vectors are unnormalised; use cosine similarity (or `normalize=True`), not dot products or Euclidean distance.
+- Vectors are unnormalised; use cosine similarity (or `normalize_embeddings=True`), not dot products or Euclidean distance.
 - The `twin/` folder is not a sentence-transformers model (it sums two encoders); load it with `jtcse.load`.
 
 ## Licences
@@ -447,7 +491,8 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
                   distilled_metrics: str | Path, output_dir: str | Path = "models",
                   metrics_root: str | Path | None = None, data_dvc: str | Path = "data.dvc",
                   licenses: str | Path | None = "data/licenses", repo_dir: str | Path = ".",
-                  check: bool = True) -> PackageResult:
+                  check: bool = True, base_metrics: str | Path | None = None,
+                  base_mean_metrics: str | Path | None = None) -> PackageResult:
     """Build ``<output_dir>/<name>-<version>/`` and ``<name>-<version>.tar.gz`` atomically (see module doc)."""
     from jtcse.provenance import data_version, git_commit, git_dirty, hardware
 
@@ -456,6 +501,12 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
     label = f"{settings.package.name}-{settings.package.version}"
     package_path, tarball = output_dir / label, output_dir / f"{label}.tar.gz"
     twin_scores, distilled_scores = read_metrics(twin_metrics), read_metrics(distilled_metrics)
+    base_name = BASE_NAMES.get(settings.model.base, settings.model.base).rsplit("/", 1)[-1]
+    baselines = {}
+    if base_metrics is not None:
+        baselines[f"base {base_name}, {settings.model.pooling} pooling"] = read_metrics(base_metrics)
+    if base_mean_metrics is not None and settings.model.pooling != "mean":
+        baselines[f"base {base_name}, mean pooling"] = read_metrics(base_mean_metrics)
     metrics_root = Path(metrics_root) if metrics_root is not None else Path(twin_metrics).resolve().parent.parent
     stage_seconds, total_seconds = training_time(metrics_root)
     provenance = {"data_version": data_version(data_dvc), "git_commit": git_commit(repo_dir),
@@ -487,7 +538,7 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
             })
             card = model_card(settings=settings, twin_metrics=twin_scores, distilled_metrics=distilled_scores,
                               distilled=distilled_entry, twin=twin_entry, provenance=provenance,
-                              stage_seconds=stage_seconds, total_seconds=total_seconds)
+                              stage_seconds=stage_seconds, total_seconds=total_seconds, baselines=baselines)
             (tmp / "README.md").write_text(card, encoding="utf-8")
             (tmp / "distilled" / "README.md").write_text(card, encoding="utf-8")  # travels with the folder alone
             if check:
@@ -512,7 +563,8 @@ def cmd_package(args) -> None:
     result = build_package(load_settings(args.params), twin=args.twin, distilled=args.distilled,
                            twin_metrics=args.twin_metrics, distilled_metrics=args.distilled_metrics,
                            output_dir=args.output_dir, metrics_root=args.metrics_root, data_dvc=args.data_dvc,
-                           licenses=args.licenses or None, check=not args.no_check)
+                           licenses=args.licenses or None, check=not args.no_check,
+                           base_metrics=args.base_metrics, base_mean_metrics=args.base_mean_metrics)
     print(f"package -> {result.path} ({result.files} files); tarball -> {result.tarball}")
 
 
@@ -524,6 +576,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--distilled", required=True, help="distilled single tower (HF folder)")
     p.add_argument("--twin-metrics", required=True, help="seven-task STS JSON of the twin")
     p.add_argument("--distilled-metrics", required=True, help="seven-task STS JSON of the distilled model")
+    p.add_argument("--base-metrics", help="seven-task STS JSON of the untrained base with model.pooling "
+                                          "(a comparison row in the model card)")
+    p.add_argument("--base-mean-metrics", help="seven-task STS JSON of the untrained base with mean pooling")
     p.add_argument("--output-dir", default="models", help="writes <output-dir>/<name>-<version>/ and .tar.gz")
     p.add_argument("--metrics-root", help="folder of <stage>/summary.json training times "
                                           "(default: two levels above --twin-metrics)")

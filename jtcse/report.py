@@ -1,18 +1,32 @@
-"""The results people look at: a markdown table and a bar chart of the seven STS tasks per model."""
+"""The results people look at: a markdown table, a bar chart and the DVC plot data of the seven STS tasks."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from jtcse.evaluation.sts import STS_TASKS, format_table
 from jtcse.io import atomic_write_text
 
+TASKS = (*STS_TASKS, "avg")
 
-def load_rows(named_paths: dict[str, str | Path]) -> dict[str, dict[str, float]]:
+
+def load_rows(named_paths: dict[str, str | Path | None]) -> dict[str, dict[str, float]]:
+    """Name -> scores for every metrics file that exists (a model not evaluated yet is left out)."""
     return {name: json.loads(Path(p).read_text(encoding="utf-8")) for name, p in named_paths.items()
             if p and Path(p).is_file()}
+
+
+def y_range(rows: dict[str, dict[str, float]]) -> tuple[float, float]:
+    """Bars start a little below the lowest score (a zero baseline hides 2-5 point differences); room for labels."""
+    values = [m[t] for m in rows.values() for t in TASKS if t in m]
+    if not values:
+        return 0.0, 100.0
+    low = max(0.0, 5 * math.floor((min(values) - 3) / 5))
+    high = min(100.0, 5 * math.ceil((max(values) + 3) / 5))
+    return low, high
 
 
 def bar_chart(rows: dict[str, dict[str, float]], path: str | Path) -> None:
@@ -22,41 +36,60 @@ def bar_chart(rows: dict[str, dict[str, float]], path: str | Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    tasks = [*STS_TASKS, "avg"]
     width = 0.8 / max(1, len(rows))
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(12, 4.8))
+    low, high = y_range(rows)
     for i, (name, metrics) in enumerate(rows.items()):
-        ax.bar(np.arange(len(tasks)) + i * width, [metrics.get(t, 0.0) for t in tasks], width, label=name)
-    ax.set_xticks(np.arange(len(tasks)) + width * (len(rows) - 1) / 2, tasks)
+        values = [metrics.get(t, float("nan")) for t in TASKS]
+        bars = ax.bar(np.arange(len(TASKS)) + i * width, values, width, label=name, bottom=0)
+        ax.bar_label(bars, labels=[f"{v:.1f}" if v == v else "" for v in values], rotation=90, fontsize=7,
+                     padding=2)
+    ax.set_xticks(np.arange(len(TASKS)) + width * (len(rows) - 1) / 2, TASKS)
     ax.set_ylabel("Spearman x 100")
-    low = min(min(m.get(t, 100) for t in tasks) for m in rows.values()) if rows else 0
-    ax.set_ylim(max(0, low - 5), 100)
-    ax.legend(loc="upper left", ncol=max(1, len(rows)))
-    ax.set_title("STS (cosine, Spearman x 100)")
+    ax.set_ylim(low, high)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=max(1, len(rows)), frameon=False)
+    ax.set_title(f"STS test sets, Spearman x 100 of cosine similarity (y axis from {low:g})")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
 
 
+def plot_data(rows: dict[str, dict[str, float]]) -> str:
+    """Long-format CSV (task, model, spearman) for the grouped-bars DVC plot."""
+    lines = ["task,model,spearman"]
+    lines += [f"{task},{name},{metrics[task]}" for task in TASKS for name, metrics in rows.items() if task in metrics]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="STS results table and bar chart")
-    parser.add_argument("--base")
-    parser.add_argument("--twin")
-    parser.add_argument("--distilled")
+    parser = argparse.ArgumentParser(description="STS results table, bar chart and plot data")
+    parser.add_argument("--base", help="metrics.json of the base checkpoint with model.pooling")
+    parser.add_argument("--base-pooling", default="cls", help="the pooling --base was evaluated with (its label)")
+    parser.add_argument("--base-mean", help="metrics.json of the base checkpoint with mean pooling")
+    parser.add_argument("--twin", help="metrics.json of the JTCSE twin")
+    parser.add_argument("--distilled", help="metrics.json of the distilled JTCSE-D tower")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--plot", help="write the bar chart (PNG) here")
+    parser.add_argument("--plot-data", help="write task,model,spearman CSV here (DVC plot)")
     args = parser.parse_args(argv)
-    rows = load_rows({"base": args.base, "twin (JTCSE)": args.twin, "distilled (JTCSE-D)": args.distilled})
+    named = {f"base ({args.base_pooling} pooling)": args.base}
+    if args.base_pooling != "mean":  # with mean-pooled models, --base is already the mean-pooled base
+        named["base (mean pooling)"] = args.base_mean
+    rows = load_rows({**named, "twin (JTCSE)": args.twin, "distilled (JTCSE-D)": args.distilled})
     table = format_table(rows)
     print(table)
     if args.markdown:
         atomic_write_text(args.markdown, "# STS results (Spearman x 100)\n\n" + table + "\n")
     if args.plot:
         bar_chart(rows, args.plot)
+    if args.plot_data:
+        atomic_write_text(args.plot_data, plot_data(rows))
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from tests.conftest import build_tiny_model
 
@@ -42,7 +43,7 @@ def inputs(tmp_path_factory, tiny_bert, data_dir):
     tower_b, _ = load_tower(str(build_tiny_model(root / "tiny_b", seed=1)))
     save_twin(tower_a, tower_b, tok, root / "models" / "twin", pooling="cls", combine="sum")
     build_tiny_model(root / "models" / "distilled", seed=2)
-    for name, base in (("twin", 70.0), ("distilled", 71.0)):
+    for name, base in (("twin", 70.0), ("distilled", 71.0), ("base", 65.0), ("base_mean", 72.0)):
         scores = {t: base + i for i, t in enumerate(TASKS)}
         scores["avg"] = float(np.mean(list(scores.values())))
         (root / "metrics" / name).mkdir(parents=True)
@@ -57,7 +58,9 @@ def inputs(tmp_path_factory, tiny_bert, data_dir):
     return {"root": root, "settings": settings, "twin": root / "models" / "twin",
             "distilled": root / "models" / "distilled", "licenses": data_dir / "licenses",
             "twin_metrics": root / "metrics" / "twin" / "metrics.json",
-            "distilled_metrics": root / "metrics" / "distilled" / "metrics.json", "data_dvc": root / "data.dvc"}
+            "distilled_metrics": root / "metrics" / "distilled" / "metrics.json", "data_dvc": root / "data.dvc",
+            "base_metrics": root / "metrics" / "base" / "metrics.json",
+            "base_mean_metrics": root / "metrics" / "base_mean" / "metrics.json"}
 
 
 def build(inputs, output_dir, check=False):
@@ -66,7 +69,8 @@ def build(inputs, output_dir, check=False):
     return build_package(inputs["settings"], twin=inputs["twin"], distilled=inputs["distilled"],
                          twin_metrics=inputs["twin_metrics"], distilled_metrics=inputs["distilled_metrics"],
                          output_dir=output_dir, data_dvc=inputs["data_dvc"], licenses=inputs["licenses"],
-                         check=check)
+                         check=check, base_metrics=inputs["base_metrics"],
+                         base_mean_metrics=inputs["base_mean_metrics"])
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +126,22 @@ def test_package_layout_manifest_and_model_card(package, inputs):
     assert "CC BY-NC-SA 3.0" in card and "non-commercial" in card and "Intended use" in card
     assert "```yaml\nmodel:\n" in card and "  pooling: cls" in card and "package:\n  name: tiny-jtcse" in card
     assert (pkg / "distilled" / "README.md").read_text() == card
+    # the comparison with the untrained base, both poolings
+    base = Path(inputs["settings"].model.base).name
+    assert f"| base {base}, cls pooling (zero-shot) | 65.00 | 66.00 |" in card
+    assert f"| base {base}, mean pooling (zero-shot) | 72.00 | 73.00 |" in card
+    assert f"JTCSE-D averages 74.00, 6.00 points above the base {base}, cls pooling (68.00)." in card
+    assert f"JTCSE-D averages 74.00, 1.00 points below the base {base}, mean pooling (75.00)." in card
+    # model-index in the YAML front matter (the Hugging Face format), parsed like the hub does
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "sentence-transformers" and front["license_name"] == "research-non-commercial"
+    (entry,) = front["model-index"]
+    assert entry["name"] == "tiny-jtcse-0.0.1"
+    results = {r["dataset"]["type"]: r for r in entry["results"]}
+    assert len(results) == 7 and results["mteb/sts12-sts"]["metrics"] == [
+        {"type": "spearman_cosine", "value": 71.0, "name": "Spearman (cosine) x 100"}]
+    assert results["mteb/sickr-sts"]["metrics"][0]["value"] == 77.0
+    assert all(r["task"]["type"] == "semantic-similarity" and r["dataset"]["split"] == "test" for r in entry["results"])
 
 
 def test_checksums_cover_every_file_and_pass_sha256sum(package):

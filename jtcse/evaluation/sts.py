@@ -92,10 +92,15 @@ class STSEvaluator:
 
 
 def dev_evaluator(data_dir: str | Path, selection: str = DEV_MEAN, batch_size: int = 128) -> STSEvaluator:
-    """The evaluator of model selection: STS-B dev alone, or every dev task with their mean as primary metric."""
+    """The evaluator of model selection: every dev task and their mean, ``selection`` as the primary metric.
+
+    Both dev sets are logged whatever selects, so a curve shows when one of them is being overfitted; with
+    ``stsb_dev`` selection a data folder without SICK-R dev is accepted (STS-B dev alone)."""
     if selection not in SELECTION_METRICS:
         raise ValueError(f"evaluate.selection must be one of {', '.join(SELECTION_METRICS)}, got {selection!r}")
-    tasks = DEV_TASKS if selection == DEV_MEAN else {selection: DEV_TASKS[selection]}
+    tasks = dict(DEV_TASKS)
+    if selection != DEV_MEAN:
+        tasks = {t: f for t, f in tasks.items() if t == selection or (Path(data_dir) / f).is_file()}
     return STSEvaluator(data_dir, tasks, batch_size=batch_size, primary_metric=selection, average_name=DEV_MEAN)
 
 
