@@ -20,8 +20,8 @@ def data_version(dvc_file: str | Path = "data.dvc") -> str:
 
 def git_commit(cwd: str | Path = ".") -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=60)
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip()
 
@@ -30,8 +30,8 @@ def git_dirty(cwd: str | Path = ".") -> bool | None:
     """Whether tracked files differ from the commit; None outside a git checkout."""
     try:
         out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                             capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
+                             capture_output=True, text=True, check=True, timeout=60)
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
         return None
     return bool(out.stdout.strip())
 
