@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from jtcse.config import load_settings
+from jtcse.config import Settings, load_settings
 from jtcse.evaluation.sts import format_table
 from jtcse.provenance import data_version, git_commit
 from jtcse.registry import decide, decision_dict, promote
@@ -37,16 +38,44 @@ class StageFailed(RuntimeError):
         self.transient = transient
 
 
-def _dvc(args: list[str], project_dir: str) -> str:
+def _dvc(args: list[str], project_dir: str, timeout_hours: float | None = None) -> str:
     # Stage commands call `jtcse`: make this interpreter's environment the one they find first.
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project_dir, capture_output=True, text=True, env=env)
-    output = proc.stdout + proc.stderr
+    if timeout_hours is None:
+        params = Path(project_dir) / "params.yaml"  # the file dvc itself reads the stages' params from
+        timeout_hours = (load_settings(params) if params.is_file() else Settings()).retrain.stage_timeout_hours
+    # A session of its own, so that a stage that runs past its bound is stopped with everything it started.
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=project_dir, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_hours * 3600)
+    except subprocess.TimeoutExpired:
+        _stop_group(proc)
+        raise StageFailed(f"dvc {' '.join(args)} did not finish within {timeout_hours:g} h "
+                          "(retrain.stage_timeout_hours); stopped", transient=False) from None
+    except BaseException:
+        _stop_group(proc)
+        raise
+    output = stdout + stderr
     if proc.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-15:])
         raise StageFailed(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{tail}",
                           transient=not _PERMANENT.search(output))
     return output
+
+
+def _stop_group(proc: subprocess.Popen, grace_seconds: float = 60) -> None:
+    """SIGTERM the stage's process group (training saves a checkpoint), SIGKILL it after ``grace_seconds``."""
+    for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.communicate(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def only_transient(task, task_run, state) -> bool:

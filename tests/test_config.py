@@ -34,7 +34,7 @@ def test_bad_choice_is_named():
 
 def test_yaml_syntax_error_names_the_line(tmp_path):
     (tmp_path / "p.yaml").write_text("train:\n  lr: [1\n")
-    with pytest.raises(ConfigError, match=r"p\.yaml: line \d+ invalid YAML"):
+    with pytest.raises(ConfigError, match=r"p\.yaml:3: invalid YAML: .*while parsing a flow sequence at line 2"):
         load_settings(tmp_path / "p.yaml")
 
 

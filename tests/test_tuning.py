@@ -172,41 +172,69 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
     pytest.fail(f"timed out waiting for {what}")
 
 
+def heartbeat_rows(db: Path, trial_number: int) -> int:
+    """Heartbeat rows Optuna holds for a trial, read straight from the SQLite file."""
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        return connection.execute("SELECT COUNT(*) FROM trial_heartbeats h JOIN trials t ON t.trial_id = h.trial_id "
+                                  "WHERE t.number = ?", (trial_number,)).fetchone()[0]
+
+
+@pytest.mark.parametrize("window", ["while_training", "before_first_heartbeat"])
 def test_killed_worker_trial_is_failed_and_retried_and_a_rerun_only_runs_the_rest(tiny_settings, tiny_bert, tmp_path,
-                                                                                   monkeypatch):
+                                                                                   monkeypatch, window):
+    """``while_training`` kills the worker during its second trial (heartbeats recorded); ``before_first_heartbeat``
+    makes it SIGKILL itself right after creating trial 1, deterministically, so the trial has no heartbeat row at
+    all: Optuna alone never fails such a trial and the rerun used to wait for it forever."""
     (tmp_path / "tmp").mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the killed worker's trial folder stays behind: keep it here
-    settings = with_tune(tiny_settings, storage=sqlite_url(tmp_path / "optuna.db"), n_trials=3, trial_steps=6)
+    db = tmp_path / "optuna.db"
+    settings = with_tune(tiny_settings, storage=sqlite_url(db), n_trials=3, trial_steps=6)
     tower = str(tiny_bert)
     tuning.prepare_study(settings)
     path = tuning.write_settings(settings, tmp_path / "study_settings.yaml")
+    if window == "before_first_heartbeat":
+        monkeypatch.setenv(tuning.SIGKILL_AFTER_CREATING_TRIAL_ENV, "1")  # only the worker's environment gets it
     proc = tuning.spawn_worker(path, tower_a=tower, tower_b=tower, worker_index=0, workers=1, log_dir=tmp_path / "logs")
+    monkeypatch.delenv(tuning.SIGKILL_AFTER_CREATING_TRIAL_ENV, raising=False)
     try:
-        def second_trial_running():
-            trials = trials_of(settings)
-            done = [t for t in trials if t.state.name == "COMPLETE"]
-            running = [t for t in trials if t.state.name == "RUNNING"]
-            return running[0] if done and running else None
+        if window == "while_training":
+            def second_trial_training():
+                trials = trials_of(settings)
+                done = [t for t in trials if t.state.name == "COMPLETE"]
+                running = [t for t in trials if t.state.name == "RUNNING" and t.intermediate_values]  # training
+                return running[0] if done and running else None
 
-        victim = wait_for(second_trial_running, 180, "a trial RUNNING after a completed one", proc)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+            victim = wait_for(second_trial_training, 180, "a trial training after a completed one", proc)
+            os.kill(proc.pid, signal.SIGKILL)
+        try:
+            proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the worker did not die within 180 s:\n{tuning.log_tail(proc.log_path, 40)}")
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, tuning.log_tail(proc.log_path, 40)
     killed_pid = proc.pid
+    if window == "before_first_heartbeat":
+        victim = trials_of(settings)[1]
+        assert heartbeat_rows(db, 1) == 0 and heartbeat_rows(db, 0) == 1  # killed inside the window
     assert trials_of(settings)[victim.number].state.name == "RUNNING"  # nobody told the storage
 
     report = tuning.run_study(settings, tower_a=tower, tower_b=tower, output_dir=tmp_path / "tune", progress=False)
     trials = trials_of(settings)
     states = {t.number: t.state.name for t in trials}
-    assert states[victim.number] == "FAIL"  # its heartbeat went stale: failed, never left RUNNING
+    assert states[victim.number] == "FAIL"  # its heartbeat went stale (or never came): failed, never left RUNNING
     assert "RUNNING" not in states.values() and "WAITING" not in states.values()
     assert report.counts.finished == 3
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
-    assert retries[0].params == trials[victim.number].params  # the interrupted trial was rerun with the same values
+    if window == "while_training":
+        assert retries[0].params == trials[victim.number].params  # the interrupted trial reran with the same values
+    else:  # killed before drawing anything: the retry draws its values itself
+        assert trials[victim.number].params == {} and len(retries[0].params) == len(trials[0].params)
     by_rerun = [t for t in trials if t.user_attrs.get("worker_pid") == os.getpid()]
     by_killed = [t for t in trials if t.user_attrs.get("worker_pid") == killed_pid and t.state.name == "COMPLETE"]
     assert len(by_killed) >= 1 and len(by_rerun) == 3 - len(by_killed)  # the rerun ran only the remainder
