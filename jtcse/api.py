@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from jtcse.encoding import Encoder, TowerEncoder, TwinEncoder
+from jtcse.errors import UserError
 from jtcse.training.objectives import TWIN_MANIFEST
 
 CHECKSUMS = "SHA256SUMS"
@@ -14,7 +15,7 @@ PACKAGE_MANIFEST = "jtcse_package.json"
 DEFAULT_MAX_LENGTH = 128
 
 
-class IntegrityError(RuntimeError):
+class IntegrityError(UserError):
     """A packaged file does not match its recorded checksum."""
 
 
@@ -102,5 +103,5 @@ def _saved_pooling(path: Path) -> str:
         active = [k.removeprefix("pooling_mode_") for k, v in modes.items() if k.startswith("pooling_mode_") and v is True]
         mode = "+".join({"cls_token": "cls", "mean_tokens": "mean"}.get(a, a) for a in active) or "cls"
     if mode not in ("cls", "mean"):
-        raise ValueError(f"{config}: pooling {mode!r} is not supported (cls or mean); pass pooling= explicitly")
+        raise UserError(f"{config}: pooling {mode!r} is not supported (cls or mean); pass pooling= explicitly")
     return mode

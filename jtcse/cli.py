@@ -81,15 +81,23 @@ def cmd_evaluate(args) -> None:
     from jtcse.evaluation.sts import STS_TASKS, STSEvaluator, format_table
     from jtcse.io import atomic_write_json, atomic_write_text
 
+    from jtcse.errors import UserError
+    from jtcse.io import check_output_file
+
+    check_output_file(args.output)
     started = time.perf_counter()
     encoder = load(args.model, pooling=args.pooling, device=args.device, max_length=args.max_length)
     if args.model_b:
         if not isinstance(encoder, TowerEncoder):
-            raise SystemExit(f"--model-b: {args.model} is not a single tower")
+            raise UserError(f"--model-b: {args.model} is not a single tower")
         other = TowerEncoder.from_pretrained(args.model_b, args.pooling, args.max_length, args.device)
         encoder = TwinEncoder(encoder, other, args.combine)
     evaluator = STSEvaluator(args.data_dir, STS_TASKS, batch_size=args.batch_size, show_progress=True)
     results = {k: round(v, 4) for k, v in evaluator(encoder).items()}
+    undefined = [task for task, value in results.items() if value != value]
+    if undefined:
+        raise UserError(f"{args.model}: Spearman is undefined (NaN) on {', '.join(undefined)}: the model gives every "
+                        "pair the same similarity (collapsed embeddings); nothing written")
     name = args.name or Path(args.model).name
     print(format_table({name: results}))
     log.info("evaluated %s in %.1f s", name, time.perf_counter() - started)
@@ -104,23 +112,21 @@ def cmd_encode(args) -> None:
     import numpy as np
 
     from jtcse.api import load
-    from jtcse.data import DataError
+    from jtcse.data import read_sentences
+    from jtcse.encoding import check_batch_size
+    from jtcse.io import check_output_file
 
-    path = Path(args.input)
-    lines = []
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                lines.append(raw.decode("utf-8").rstrip("\r\n"))
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({err.reason})") from None
+    out = check_output_file(args.output, parent_must_exist=True)
+    check_batch_size(args.batch_size)
+    lines = read_sentences(args.input)
     encoder = load(args.model, pooling=args.pooling, device=args.device)
     vectors = encoder.encode(lines, batch_size=args.batch_size, normalize=args.normalize, show_progress=True)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.npy")
-    np.save(tmp, vectors)
-    os.replace(tmp, out)
+    try:
+        np.save(tmp, vectors)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     print(f"{len(lines)} sentences -> {out} {vectors.shape}")
 
 
@@ -220,14 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))  # under torchrun, only rank 0 logs progress
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from jtcse.api import IntegrityError
-    from jtcse.config import ConfigError
-    from jtcse.data import DataError
-    from jtcse.validation import DataValidationError
+    import errno
 
-    # Bad input, bad settings or a tampered package: one line on stderr and exit status 2 (the retrain flow
-    # reads 2 as "do not retry").
-    known = (ConfigError, DataError, DataValidationError, IntegrityError, FileNotFoundError, ValueError)
+    from jtcse.errors import UserError
+
+    # Bad input (a file, a setting, an option; jtcse.errors.UserError) or a full disk: one line on stderr and exit
+    # status 2 (the retrain flow reads 2 as "do not retry"). Anything else is a bug: its traceback stays, exit 1.
     try:
         if args.command in TRAINING_COMMANDS:
             from jtcse.training import distributed
@@ -236,8 +240,14 @@ def main(argv: list[str] | None = None) -> int:
             if nproc > 1 and not distributed.launched_by_torchrun():
                 return distributed.relaunch(nproc, argv)
         args.func(args)
-    except known as err:
-        print(f"jtcse {args.command}: error: {err}", file=sys.stderr)
+    except UserError as err:
+        print(f"jtcse: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"jtcse: error: no space left on device{where}; free some space and rerun", file=sys.stderr)
         return 2
     finally:
         if args.command in TRAINING_COMMANDS:

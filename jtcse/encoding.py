@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from jtcse.errors import UserError
 from jtcse.modeling.towers import load_tower, pool
 
 
@@ -13,8 +14,16 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available")
+        raise UserError("device 'cuda' was asked for (runtime.device or --device) but torch sees no CUDA device; "
+                        "use 'auto' or 'cpu'")
     return torch.device(device)
+
+
+def check_batch_size(batch_size: int) -> int:
+    """A batch size from the user (``--batch-size``, ``evaluate.batch_size``): a positive whole number."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch size (--batch-size) must be a positive integer, got {batch_size!r}")
+    return batch_size
 
 
 class Encoder:
@@ -29,6 +38,7 @@ class Encoder:
 
     def encode(self, sentences: list[str] | str, batch_size: int = 64, normalize: bool = False,
                show_progress: bool = False) -> np.ndarray:
+        check_batch_size(batch_size)
         single = isinstance(sentences, str)
         items = [sentences] if single else list(sentences)
         if not items:

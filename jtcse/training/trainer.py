@@ -238,6 +238,9 @@ class Trainer:
 
         def record_eval(step: int, metric: float) -> None:
             nonlocal best
+            if not math.isfinite(metric):  # never "saved to" a folder no evaluation ever filled
+                raise FloatingPointError(f"{self.desc}: STS-B dev Spearman is {metric} at step {step}: the model gives "
+                                         "every pair the same similarity (collapsed embeddings)")
             if metric > best[0]:
                 best = (metric, step)
                 self._save_best()
