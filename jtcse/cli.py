@@ -79,10 +79,8 @@ def cmd_evaluate(args) -> None:
     from jtcse.api import load
     from jtcse.encoding import TowerEncoder, TwinEncoder
     from jtcse.evaluation.sts import STS_TASKS, STSEvaluator, format_table
-    from jtcse.io import atomic_write_json, atomic_write_text
-
     from jtcse.errors import UserError
-    from jtcse.io import check_output_file
+    from jtcse.io import atomic_write_json, atomic_write_text, check_output_file
 
     check_output_file(args.output)
     started = time.perf_counter()

@@ -195,6 +195,27 @@ def test_a_nan_dev_score_stops_train_tower_before_any_claim_of_a_saved_model(par
     assert not (tmp_path / "tower").exists() and not (tmp_path / "m" / "summary.json").exists()
 
 
+def test_a_collapsed_model_never_claims_a_saved_model(tiny_settings, tiny_bert, tmp_path):
+    """Every sentence mapped to the same vector: the dev Spearman is NaN, and no best model is ever published."""
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    from jtcse.training.stages import train_tower
+
+    collapsed = tmp_path / "collapsed"
+    model = BertModel.from_pretrained(tiny_bert)
+    with torch.no_grad():  # the last LayerNorm outputs zeros: every token state, every sentence vector is 0
+        model.encoder.layer[-1].output.LayerNorm.weight.zero_()
+        model.encoder.layer[-1].output.LayerNorm.bias.zero_()
+    model.save_pretrained(collapsed)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(collapsed)
+    with pytest.raises(FloatingPointError, match=r"tower a: STS-B dev Spearman is nan at step 0: the model gives every "
+                                                 r"pair the same similarity"):
+        train_tower(tiny_settings, which="a", output=tmp_path / "tower", checkpoint_dir=tmp_path / "ck",
+                    metrics_dir=tmp_path / "m", init=str(collapsed))
+    assert not (tmp_path / "tower").exists() and not (tmp_path / "m" / "summary.json").exists()
+
+
 def test_json_is_strict_nan_is_never_written(tmp_path):
     from jtcse.io import atomic_write_json
     from jtcse.packaging import read_metrics
