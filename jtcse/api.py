@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jtcse.errors import UserError
+
 if TYPE_CHECKING:  # torch and transformers load on first use: `jtcse --help` and checksum checks stay fast
     from jtcse.encoding import Encoder, TwinEncoder
 
@@ -15,7 +17,7 @@ PACKAGE_MANIFEST = "jtcse_package.json"
 DEFAULT_MAX_LENGTH = 128
 
 
-class IntegrityError(RuntimeError):
+class IntegrityError(UserError):
     """A packaged file does not match its recorded checksum."""
 
 
@@ -109,5 +111,5 @@ def _saved_pooling(path: Path) -> str:
         active = [k.removeprefix("pooling_mode_") for k, v in modes.items() if k.startswith("pooling_mode_") and v is True]
         mode = "+".join({"cls_token": "cls", "mean_tokens": "mean"}.get(a, a) for a in active) or "cls"
     if mode not in ("cls", "mean"):
-        raise ValueError(f"{config}: pooling {mode!r} is not supported (cls or mean); pass pooling= explicitly")
+        raise UserError(f"{config}: pooling {mode!r} is not supported (cls or mean); pass pooling= explicitly")
     return mode

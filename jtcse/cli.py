@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from jtcse.errors import UserError
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -112,17 +114,23 @@ def cmd_evaluate(args) -> None:
     from jtcse.api import load
     from jtcse.encoding import TowerEncoder, TwinEncoder
     from jtcse.evaluation.sts import STS_TASKS, STSEvaluator, format_table
-    from jtcse.io import atomic_write_json, atomic_write_text
+    from jtcse.errors import UserError
+    from jtcse.io import atomic_write_json, atomic_write_text, check_output_file
 
+    check_output_file(args.output)
     started = time.perf_counter()
     encoder = load(args.model, pooling=args.pooling, device=args.device, max_length=args.max_length)
     if args.model_b:
         if not isinstance(encoder, TowerEncoder):
-            raise SystemExit(f"--model-b: {args.model} is not a single tower")
+            raise UserError(f"--model-b: {args.model} is not a single tower")
         other = TowerEncoder.from_pretrained(args.model_b, args.pooling, args.max_length, args.device)
         encoder = TwinEncoder(encoder, other, args.combine)
     evaluator = STSEvaluator(args.data_dir, STS_TASKS, batch_size=args.batch_size, show_progress=True)
     results = {k: round(v, 4) for k, v in evaluator(encoder).items()}
+    undefined = [task for task, value in results.items() if value != value]
+    if undefined:
+        raise UserError(f"{args.model}: Spearman is undefined (NaN) on {', '.join(undefined)}: the model gives every "
+                        "pair the same similarity (collapsed embeddings); nothing written")
     name = args.name or Path(args.model).name
     print(format_table({name: results}))
     log.info("evaluated %s in %.1f s", name, time.perf_counter() - started)
@@ -134,24 +142,25 @@ def cmd_evaluate(args) -> None:
 
 
 def read_sentences(name: str) -> list[str]:
-    """One sentence per line of a UTF-8 file ("-": standard input); warns once about blank lines."""
-    from jtcse.data import DataError
+    """One sentence per line of a UTF-8 file ("-": standard input); warns once about blank lines.
+
+    A file (or input) with no sentence at all is an error; a blank line is kept as an empty sentence, so row i of
+    the output is still line i."""
+    from jtcse.data import DataError, decode_lines, read_lines
 
     label = "<stdin>" if name == "-" else name
-    fh = sys.stdin.buffer if name == "-" else Path(name).open("rb")
-    lines, blank = [], []
-    try:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{label}:{lineno}: not valid UTF-8 ({err.reason})") from None
-            if not line.strip():
-                blank.append(lineno)
-            lines.append(line)
-    finally:
-        if fh is not sys.stdin.buffer:
-            fh.close()
+    if name == "-":
+        lines, notes = decode_lines(sys.stdin.buffer.read())
+        bad = next((i for i, note in enumerate(notes, start=1) if note), None)
+        if bad is not None:
+            raise DataError(f"{label}:{bad}: not valid UTF-8 ({notes[bad - 1]}); send UTF-8 text")
+    else:
+        lines = read_lines(name, "input file")
+    if not lines:
+        raise DataError(f"{label}: empty {'input' if name == '-' else 'file'}, expected one sentence per line")
+    blank = [lineno for lineno, line in enumerate(lines, start=1) if not line.strip()]
+    if len(blank) == len(lines):
+        raise DataError(f"{label}: all {len(lines)} line(s) are blank, expected one sentence per line")
     if blank:
         shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
         print(f"jtcse: warning: {label}: {len(blank)} blank line{'s' if len(blank) > 1 else ''} (line "
@@ -168,7 +177,7 @@ def output_format(name: str, given: str | None, stdout_default: str) -> str:
         return stdout_default
     suffix = Path(name).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
-        raise ValueError(f"{name}: unknown output suffix {suffix or '(none)'!r}; use .npy, .csv or .jsonl "
+        raise UserError(f"{name}: unknown output suffix {suffix or '(none)'!r}; use .npy, .csv or .jsonl "
                          f"(or --format)")
     return OUTPUT_FORMATS[suffix]
 
@@ -217,7 +226,12 @@ def write_rows(name: str, fmt: str, values, labels: list[dict] | None = None, ke
 
 def cmd_encode(args) -> None:
     from jtcse.api import load
+    from jtcse.encoding import check_batch_size
+    from jtcse.io import check_output_file
 
+    if args.output != "-":
+        check_output_file(args.output, parent_must_exist=True)
+    check_batch_size(args.batch_size)
     fmt = output_format(args.output, args.format, stdout_default="jsonl")
     lines = read_sentences(args.input)
     encoder = load(args.model, pooling=args.pooling, device=args.device)
@@ -234,7 +248,7 @@ def cmd_similarity(args) -> None:
 
     given = [args.sentences != [], bool(args.pairs), bool(args.matrix)]
     if sum(given) != 1 or (args.sentences and len(args.sentences) != 2) or (args.matrix and len(args.matrix) > 2):
-        raise ValueError("similarity takes two sentences, or --pairs FILE_A FILE_B, or --matrix FILE_A [FILE_B]")
+        raise UserError("similarity takes two sentences, or --pairs FILE_A FILE_B, or --matrix FILE_A [FILE_B]")
     fmt = output_format(args.output, args.format, stdout_default="csv")
     encoder = load(args.model, pooling=args.pooling, device=args.device)
     if args.sentences and args.output == "-" and not args.format:
@@ -377,14 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))  # under torchrun, only rank 0 logs progress
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from jtcse.api import IntegrityError
-    from jtcse.config import ConfigError
-    from jtcse.data import DataError
-    from jtcse.validation import DataValidationError
+    import errno
 
-    # Bad input, bad settings or a tampered package: one line on stderr and exit status 2 (the retrain flow
-    # reads 2 as "do not retry").
-    known = (ConfigError, DataError, DataValidationError, IntegrityError, FileNotFoundError, ValueError)
+    from jtcse.errors import UserError
+
+    # Bad input (a file, a setting, an option; jtcse.errors.UserError) or a full disk: one line on stderr and exit
+    # status 2 (the retrain flow reads 2 as "do not retry"). Anything else is a bug: its traceback stays, exit 1.
     try:
         if args.command in TRAINING_COMMANDS:
             from jtcse.training import distributed
@@ -393,8 +405,14 @@ def main(argv: list[str] | None = None) -> int:
             if nproc > 1 and not distributed.launched_by_torchrun():
                 return distributed.relaunch(nproc, argv)
         args.func(args)
-    except known as err:
-        print(f"jtcse {args.command}: error: {err}", file=sys.stderr)
+    except UserError as err:
+        print(f"jtcse: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"jtcse: error: no space left on device{where}; free some space and rerun", file=sys.stderr)
         return 2
     finally:
         if args.command in TRAINING_COMMANDS:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from jtcse.errors import UserError
 from jtcse.modeling.towers import load_tower, pool
 
 
@@ -15,7 +16,8 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available")
+        raise UserError("device 'cuda' was asked for (runtime.device or --device) but torch sees no CUDA device; "
+                        "use 'auto' or 'cpu'")
     return torch.device(device)
 
 
@@ -35,6 +37,13 @@ def _as_batch(vectors) -> torch.Tensor:
         tensor = torch.as_tensor(np.asarray(vectors))
     tensor = tensor.float()
     return tensor.unsqueeze(0) if tensor.dim() == 1 else tensor
+
+
+def check_batch_size(batch_size: int) -> int:
+    """A batch size from the user (``--batch-size``, ``evaluate.batch_size``): a positive whole number."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch size (--batch-size) must be a positive integer, got {batch_size!r}")
+    return batch_size
 
 
 class Encoder:
@@ -92,8 +101,7 @@ class Encoder:
             show_progress_bar = show_progress
         if show_progress_bar is None:
             show_progress_bar = log.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_batch_size(batch_size)
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported, must be one of {PRECISIONS}")
         if device is not None:

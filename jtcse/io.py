@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from jtcse.errors import UserError
+
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
@@ -24,8 +26,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def check_output_file(path: str | os.PathLike, option: str = "--output", *, parent_must_exist: bool = False) -> Path:
+    """Refuse, before any work, an output path that names a folder (or whose folder is missing, if required)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder, expected a file name (e.g. {path / 'out'})")
+    if parent_must_exist and not path.parent.is_dir():
+        raise UserError(f"{option} {path}: folder {path.parent} does not exist")
+    return path
+
+
 def atomic_write_json(path: str | os.PathLike, payload) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    """Strict JSON: NaN or infinity is refused (ValueError), never written as the non-standard NaN/Infinity."""
+    try:
+        text = json.dumps(payload, indent=2, allow_nan=False)
+    except ValueError as err:
+        raise ValueError(f"{path}: refusing to write a non-finite number as JSON ({err}): {payload!r:.300}") from None
+    atomic_write_text(path, text + "\n")
 
 
 @contextmanager

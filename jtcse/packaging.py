@@ -33,6 +33,7 @@ import yaml
 
 from jtcse.api import CHECKSUMS, sha256_file, verify_checksums
 from jtcse.config import Settings
+from jtcse.errors import InputNotFoundError, UserError
 from jtcse.io import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,9 @@ def export_sentence_transformer(source: str | Path, target: str | Path, *, pooli
     source, target = Path(source), Path(target)
     root = _hf_root(source)
     if not (root / "config.json").is_file():
-        raise FileNotFoundError(f"{source}: no config.json; not a Hugging Face model folder")
+        raise UserError(f"{source}: no config.json; not a Hugging Face model folder")
     if not list(root.glob("*.safetensors")):
-        raise ValueError(f"{source}: no *.safetensors weights (pickled weights are not packaged)")
+        raise UserError(f"{source}: no *.safetensors weights (pickled weights are not packaged)")
     target.mkdir(parents=True, exist_ok=True)
     for path in sorted(root.iterdir()):
         if path.is_file() and path.name not in ST_FILES and path.suffix not in PICKLE_SUFFIXES:
@@ -163,11 +164,11 @@ def copy_twin(source: str | Path, target: str | Path) -> dict:
     source, target = Path(source), Path(target)
     manifest_path = source / TWIN_MANIFEST
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{source}: no {TWIN_MANIFEST}; not a twin folder (expected the output of `jtcse train`)")
+        raise InputNotFoundError(f"{source}: no {TWIN_MANIFEST}; not a twin folder (expected the output of `jtcse train`)")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     for tower in manifest["towers"]:
         if not list((source / tower).glob("*.safetensors")):
-            raise ValueError(f"{source / tower}: no *.safetensors weights")
+            raise UserError(f"{source / tower}: no *.safetensors weights")
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", *(f"*{s}" for s in PICKLE_SUFFIXES)))
     dimension = _hidden_size(target / manifest["towers"][0])
     if manifest["combine"] == "concat":
@@ -232,16 +233,20 @@ def write_tarball(directory: str | Path, destination: str | Path, arcname: str) 
 # ------------------------------------------------------------------------------------------------ model card
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number in strict JSON")
+
+
 def read_metrics(path: str | Path) -> dict[str, float]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: metrics file not found (run `jtcse evaluate` first)")
+        raise InputNotFoundError(f"{path}: metrics file not found (run `jtcse evaluate` first)")
     try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        metrics = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, ValueError) as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
-        raise ValueError(f"{path}: expected a JSON object of task -> Spearman x 100")
+        raise UserError(f"{path}: expected a JSON object of task -> Spearman x 100")
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -448,7 +453,7 @@ def _versions() -> dict[str, str]:
 
 
 def _write_json(path: Path, payload) -> None:
-    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------------ self-check

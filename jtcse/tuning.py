@@ -22,6 +22,7 @@ Library first (:func:`run_study`, :func:`run_worker`, :func:`best_params`, :func
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import logging
@@ -181,9 +182,7 @@ SIGKILL_AFTER_CREATING_TRIAL_ENV = "JTCSE_FAULT_SIGKILL_AFTER_CREATING_TRIAL"
 #: Seconds a PostgreSQL (or any network) storage may take to accept a connection before the run fails.
 CONNECT_TIMEOUT_SECONDS = 10
 
-_storage_class_cache: list[type] = []
-
-
+@functools.cache
 def _heartbeat_storage_class() -> type:
     """RDBStorage that also counts a RUNNING trial with *no* heartbeat as stale once it started grace_period ago.
 
@@ -191,8 +190,6 @@ def _heartbeat_storage_class() -> type:
     first heartbeat (a fraction of a second, but pre-emption does hit it) would leave the trial RUNNING forever and
     every other worker waiting for it.
     """
-    if _storage_class_cache:
-        return _storage_class_cache[0]
     from datetime import datetime, timedelta
 
     from optuna.storages import RDBStorage
@@ -226,7 +223,6 @@ def _heartbeat_storage_class() -> type:
                 os.kill(os.getpid(), signal.SIGKILL)
             return frozen
 
-    _storage_class_cache.append(HeartbeatStorage)
     return HeartbeatStorage
 
 

@@ -30,6 +30,9 @@ from typing import Any
 
 import pandas as pd
 
+from jtcse.data import STS_SCORE_RANGES, decode_lines, missing_input, parse_score
+from jtcse.errors import UserError
+
 # GX phones home on import/context creation unless told not to; training
 # machines are often offline, where that costs time and log noise.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -45,15 +48,6 @@ __all__ = [
 ]
 
 STS_COLUMNS: list[str] = ["sentence1", "sentence2", "score", "subset"]
-
-# Gold-score scale per file stem: SemEval STS and STS-B use 0..5, SICK
-# relatedness uses 1..5. A score outside the scale means a column shift or a
-# wrong file, not an unusual annotation.
-STS_SCORE_RANGES: dict[str, tuple[float, float]] = {
-    **{f"sts{y}.test": (0.0, 5.0) for y in (12, 13, 14, 15, 16)},
-    **{f"stsb.{s}": (0.0, 5.0) for s in ("train", "dev", "test")},
-    **{f"sickr.{s}": (1.0, 5.0) for s in ("train", "dev", "test")},
-}
 
 # Standard SentEval pair counts (MANIFEST.md). A different count is the
 # cheapest signal of a quoting bug (csv default quoting merges rows) or of a
@@ -128,7 +122,7 @@ _RESULT_FORMAT: dict[str, Any] = {
 _EXAMPLE_CHARS = 80
 
 
-class DataValidationError(Exception):
+class DataValidationError(UserError):
     """Raised when any data expectation fails.
 
     The message is a single line ("; "-joined) so that it survives log
@@ -173,33 +167,13 @@ def _display_name(path: Path, data_dir: Path) -> str:
 
 
 def _read_lines(path: Path) -> tuple[list[str], list[bool], list[str]]:
-    """Split a file into LF-delimited lines without letting bad bytes abort.
+    """The file's lines by the readers' own rule (jtcse.data.decode_lines: UTF-8, LF or CRLF, optional BOM).
 
-    A decode error must become a reported failure with its line number, not a
-    traceback, so undecodable lines are kept (backslash-escaped) and flagged.
-    Returns (texts, utf8_ok flags, decode-error notes).
+    A decode error must become a reported failure with its line number, not a traceback, so undecodable lines
+    are kept (backslash-escaped) and flagged. Returns (texts, utf8_ok flags, decode-error notes).
     """
-    data = path.read_bytes()
-    chunks = data.split(b"\n")
-    if chunks and chunks[-1] == b"":
-        chunks.pop()  # the file's final LF does not start a new line
-    try:
-        # Fast path for the common, valid case: one decode for the whole file.
-        texts = data.decode("utf-8").split("\n")[: len(chunks)]
-        return texts, [True] * len(chunks), [""] * len(chunks)
-    except UnicodeDecodeError:
-        pass
-    texts, ok, notes = [], [], []
-    for chunk in chunks:
-        try:
-            texts.append(chunk.decode("utf-8"))
-            ok.append(True)
-            notes.append("")
-        except UnicodeDecodeError as exc:
-            texts.append(chunk.decode("utf-8", errors="backslashreplace"))
-            ok.append(False)
-            notes.append(f"{exc.reason} 0x{chunk[exc.start]:02x} at byte {exc.start + 1}")
-    return texts, ok, notes
+    texts, notes = decode_lines(path.read_bytes())
+    return texts, [not n for n in notes], notes
 
 
 def _excerpt(value: Any) -> str:
@@ -242,7 +216,8 @@ def _load_sts(path: Path, file: str, stem: str, gxe: Any, expected_rows: int) ->
         # Scores stay text in the file; a numeric copy lets GX range-check
         # them, and NaN (unparseable score) is caught by the not-null check
         # because ExpectColumnValuesToBeBetween ignores nulls.
-        frame["score_value"] = pd.to_numeric(frame["score"], errors="coerce")
+        # The readers' rule (jtcse.data.parse_score): 'nan', 'inf' or words are no score.
+        frame["score_value"] = pd.Series([parse_score(v) for v in frame["score"]], index=frame.index, dtype=float)
     derived = [c for c in ("n_fields", "utf8_valid", "score_value") if c in frame.columns]
 
     exps: list[Any] = [
@@ -403,7 +378,7 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
+            json.dump(payload, fh, indent=2, sort_keys=True, allow_nan=False)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -454,6 +429,8 @@ def validate_data(
     corpus = Path(corpus)
     rows_wanted = {**DEFAULT_EXPECTED_ROWS, **(expected_rows or {})}
     sts_dir = data_dir / "sts"
+    if not sts_dir.is_dir():  # nothing to validate: one line that says what to do, not twelve missing files
+        raise missing_input(sts_dir, "STS data folder")
 
     tables: list[_Table] = []
     eval_origin: dict[str, str] = {}

@@ -336,6 +336,7 @@ def test_cli_package_encode_and_similarity(inputs, tmp_path, capsys):
     text = tmp_path / "sentences.txt"
     text.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
     out = tmp_path / "vectors" / "v.npy"
+    out.parent.mkdir()  # encode refuses an output folder that does not exist (a typo would create one)
     assert main(["encode", "--model", str(pkg), "--input", str(text), "--output", str(out), "--device", "cpu",
                  "--batch-size", "3"]) == 0
     vectors = np.load(out)

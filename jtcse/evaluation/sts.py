@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from jtcse.data import STSPairs, read_sts
-from jtcse.encoding import Encoder
+from jtcse.data import DataError, STSPairs, missing_input, read_sts
+from jtcse.encoding import Encoder, check_batch_size
 
 STS_TASKS: dict[str, str] = {
     "sts12": "sts12.test.tsv",
@@ -52,13 +52,19 @@ class STSEvaluator:
                  primary_metric: str | None = None, show_progress: bool = False, average_name: str = "avg"):
         self.data_dir = Path(data_dir)
         self.tasks = dict(tasks or STS_TASKS)
-        self.batch_size = batch_size
+        self.batch_size = check_batch_size(batch_size)
         self.show_progress = show_progress
         self.average_name = average_name
+        if not self.data_dir.is_dir():
+            raise missing_input(self.data_dir, "STS data folder")
         missing = [f for f in self.tasks.values() if not (self.data_dir / f).is_file()]
         if missing:
-            raise FileNotFoundError(f"{self.data_dir}: missing STS file(s) {', '.join(missing)}")
+            raise missing_input(self.data_dir / missing[0], f"STS file ({len(missing)} of {len(self.tasks)} missing)")
         self.pairs: dict[str, STSPairs] = {t: read_sts(self.data_dir / f) for t, f in self.tasks.items()}
+        for task, pairs in self.pairs.items():
+            if len(set(pairs.scores)) == 1:  # Spearman against constant gold scores is NaN
+                raise DataError(f"{self.data_dir / self.tasks[task]}: every pair has the score {pairs.scores[0]:g}; "
+                                "Spearman is undefined (a gold-score column lost in a conversion?)")
         self.primary_metric = primary_metric or (average_name if len(self.tasks) > 1 else next(iter(self.tasks)))
         if self.primary_metric not in (*self.tasks, average_name):
             raise ValueError(f"primary metric {self.primary_metric!r} is none of {[*self.tasks, average_name]}")

@@ -12,6 +12,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from jtcse.config import resolve_model_path
+from jtcse.errors import InputNotFoundError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,31 @@ def transformer_dir(path: str) -> str:
     return path
 
 
+def _masked_lm_model_types() -> set[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return set(MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+def check_encoder_folder(name: str, path: str) -> None:
+    """A local model folder holds a config and safetensors weights; a hub name (no folder) is resolved later."""
+    folder = Path(path)
+    if not folder.exists():
+        text = str(name)
+        if Path(text).is_absolute() or text.startswith((".", "~")) or text.count("/") > 1:
+            raise InputNotFoundError(f"model {name!r}: folder {path} does not exist")
+        return  # a hub id ('bert-base-uncased', 'org/name'): looked up in the local cache
+    if not folder.is_dir():
+        raise UserError(f"model {name!r}: {path} is a file, expected a model folder")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"model {name!r}: {path} has no config.json; not a Hugging Face model folder")
+    if not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+        detail = f"only pickle weights ({', '.join(pickled)}), which jtcse never unpickles" if pickled else "no weights"
+        raise UserError(f"model {name!r}: {path} has {detail}; save the model with safetensors "
+                        "(model.save_pretrained(folder, safe_serialization=True))")
+
+
 def load_tower(
     name_or_path: str,
     *,
@@ -37,12 +63,20 @@ def load_tower(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load encoder and tokenizer, safetensors only (weights a user hands us are never unpickled)."""
     path = transformer_dir(resolve_model_path(name_or_path))
-    if os.path.isdir(path) is False and os.path.sep in path:
-        raise FileNotFoundError(f"model {name_or_path!r}: directory {path} does not exist")
+    check_encoder_folder(name_or_path, path)
     config_kwargs = {}
     if dropout is not None:
         config_kwargs = {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **config_kwargs)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **config_kwargs)
+    except OSError:
+        if os.path.isdir(path):
+            raise
+        raise UserError(f"model {name_or_path!r}: not a local folder, and not in the local Hugging Face cache "
+                        "(jtcse runs offline); give a model folder, 'minilm', or a hub id downloaded before") from None
+    if config.model_type not in _masked_lm_model_types():
+        raise UserError(f"model {name_or_path!r}: model_type {config.model_type!r} is not a BERT-like encoder "
+                        "(expected e.g. bert, roberta, distilbert: an encoder trained with masked language modelling)")
     model, loading = AutoModel.from_pretrained(
         path,
         config=config,
@@ -53,7 +87,7 @@ def load_tower(
     )
     missing = [k for k in loading.get("missing_keys", []) if not k.startswith("pooler.")]
     if missing:
-        raise ValueError(f"model {name_or_path!r}: checkpoint lacks weights {missing[:5]}; is it an encoder of this architecture?")
+        raise UserError(f"model {name_or_path!r}: checkpoint lacks weights {missing[:5]}; is it an encoder of this architecture?")
     if any(k.startswith("pooler.") for k in loading.get("missing_keys", [])):
         # A randomly initialised pooler would feed noise into the modulus term: better to have none.
         log.warning("model %s has no trained pooler weights; pooler disabled", name_or_path)

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
+from jtcse.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -51,10 +53,10 @@ def setup(device_setting: str) -> torch.device | None:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_setting != "cpu" and torch.cuda.is_available()
     if device_setting == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device is 'cuda' but no CUDA device is available")
+        raise UserError("runtime.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"runtime.nproc_per_node asks for rank {local_rank} but only "
+            raise UserError(f"runtime.nproc_per_node asks for rank {local_rank} but only "
                                f"{torch.cuda.device_count()} CUDA devices are visible")
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from jtcse.config import Settings, resolve_model_path
-from jtcse.data import read_corpus
+from jtcse.config import ConfigError, Settings, resolve_model_path
+from jtcse.data import check_corpus_fits, read_corpus
 from jtcse.encoding import pick_device
 from jtcse.evaluation.sts import STSEvaluator, dev_evaluator
 from jtcse.losses import DistillationLoss, JTCSELoss
@@ -23,11 +23,13 @@ from jtcse.training.trainer import Trainer, TrainResult
 log = logging.getLogger(__name__)
 
 
-def _prepare(settings: Settings) -> tuple[torch.device, list[str], STSEvaluator]:
+def _prepare(settings: Settings, section: str) -> tuple[torch.device, list[str], STSEvaluator]:
     if settings.runtime.threads:
         torch.set_num_threads(settings.runtime.threads)
     device = distributed.setup(settings.runtime.device) or pick_device(settings.runtime.device)
     sentences = read_corpus(settings.data.corpus, settings.data.max_sentences)
+    check_corpus_fits(sentences, getattr(settings, section).batch_size, corpus=settings.data.corpus,
+                      key=f"{section}.batch_size")
     dev = dev_evaluator(settings.data.sts_dir, settings.evaluate.selection, batch_size=settings.evaluate.batch_size)
     return device, sentences, dev
 
@@ -66,7 +68,7 @@ def train_tower(settings: Settings, *, which: str, output: str | Path, checkpoin
         raise ValueError(f"tower must be 'a' or 'b', got {which!r}")
     p = settings.pretrain
     seed = p.seed_a if which == "a" else p.seed_b
-    device, sentences, dev = _prepare(settings)
+    device, sentences, dev = _prepare(settings, "pretrain")
     tower, tokenizer = _tower(settings, init or settings.model.base, seed)
     objective = SimCSEObjective(tower, tokenizer, temperature=p.temperature, pooling=settings.model.pooling,
                                 max_length=settings.model.max_length,
@@ -82,12 +84,17 @@ def build_twin_objective(settings: Settings, tower_a: str, tower_b: str) -> JTCS
     model_a, tokenizer = _tower(settings, tower_a, t.seed)
     model_b, _ = _tower(settings, tower_b, t.seed + 1)
     ca = t.cross_attention
+    depth = model_a.config.num_hidden_layers
+    if ca.num_layers and depth % ca.num_layers:
+        divisors = [d for d in range(1, depth + 1) if depth % d == 0]
+        raise ConfigError(f"train.cross_attention.num_layers: {ca.num_layers} does not divide the {depth} layers of "
+                          f"{tower_a}; use one of {divisors}, or 0 for no bridge")
     twin = BridgedTwin(model_a, model_b, num_ca_layers=ca.num_layers, mode=ca.mode, mix_gate=ca.mix_gate,
                        pooling=settings.model.pooling)
     loss = JTCSELoss(w_nce=t.w_nce, w_icnce=t.w_icnce, w_cross=t.w_cross, w_tm=t.w_tm, temperature=t.temperature,
                      icnce_direction=t.icnce_direction, modulus_on=t.modulus_on, tm_clamp=t.tm_clamp)
     if t.modulus_on == "pooler" and (model_a.pooler is None or model_b.pooler is None):
-        raise ValueError(f"train.modulus_on is 'pooler' but {tower_a} or {tower_b} has no pooler: set train.modulus_on: embedding")
+        raise ConfigError(f"train.modulus_on is 'pooler' but {tower_a} or {tower_b} has no pooler: set train.modulus_on: embedding")
     return JTCSEObjective(twin, tokenizer, loss, max_length=settings.model.max_length,
                           eval_max_length=settings.evaluate.max_length, combine=t.twin_combine)
 
@@ -96,7 +103,7 @@ def train_twin(settings: Settings, *, tower_a: str, tower_b: str, output: str | 
                metrics_dir: str | Path | None = None, resume: bool = True, stop_after: int | None = None,
                on_eval: Callable[[int, float], None] | None = None) -> TrainResult:
     """Stage 2: joint JTCSE training of the two stage-1 towers (diagnostics.csv/.png beside the logs)."""
-    device, sentences, dev = _prepare(settings)
+    device, sentences, dev = _prepare(settings, "train")
     objective = build_twin_objective(settings, tower_a, tower_b).to(device)
     trainer = Trainer(objective, sentences, settings.train, dev_evaluator=dev, output_dir=output,
                       checkpoint_dir=checkpoint_dir, metrics_dir=metrics_dir, runtime=settings.runtime, desc="jtcse",
@@ -116,7 +123,7 @@ def distill_twin(settings: Settings, *, twin: str | Path, output: str | Path, ch
     from jtcse.api import load_twin
 
     d = settings.distill
-    device, sentences, dev = _prepare(settings)
+    device, sentences, dev = _prepare(settings, "distill")
     teacher = load_twin(twin, device=str(device))
     init = {"tower_a": str(Path(twin) / "tower_a"), "tower_b": str(Path(twin) / "tower_b")}.get(d.student_init, d.student_init)
     student, tokenizer = _tower(settings, init, d.seed)

@@ -256,6 +256,9 @@ class Trainer:
         def record_eval(step: int, metrics: dict[str, float]) -> float:
             nonlocal best
             metric = metrics[self.dev_evaluator.primary_metric]
+            if not math.isfinite(metric):  # never "saved to" a folder no evaluation ever filled
+                raise FloatingPointError(f"{self.desc}: dev {self.dev_evaluator.primary_metric} is {metric} at step {step}: the model gives "
+                                         "every pair the same similarity (collapsed embeddings)")
             if metric > best[0]:
                 best = (metric, step)
                 self._save_best()

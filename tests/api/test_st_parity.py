@@ -81,7 +81,7 @@ def test_single_string_is_a_vector_and_quantised_precisions_match(models):
     same(st_int8, our_int8, atol=1)  # one bucket apart at most: float rounding at a bucket edge
     with pytest.raises(ValueError, match="precision 'float16' is not supported"):
         ours.encode(SENTENCES, precision="float16")
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    with pytest.raises(ValueError, match="must be a positive integer"):
         ours.encode(SENTENCES, batch_size=0)
 
 
