@@ -223,11 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     from jtcse.api import IntegrityError
     from jtcse.config import ConfigError
     from jtcse.data import DataError
+    from jtcse.errors import UserError
+    from jtcse.training.guards import TrainingInterrupted
     from jtcse.validation import DataValidationError
 
     # Bad input, bad settings or a tampered package: one line on stderr and exit status 2 (the retrain flow
     # reads 2 as "do not retry").
-    known = (ConfigError, DataError, DataValidationError, IntegrityError, FileNotFoundError, ValueError)
+    known = (ConfigError, DataError, DataValidationError, IntegrityError, UserError, FileNotFoundError, ValueError)
     try:
         if args.command in TRAINING_COMMANDS:
             from jtcse.training import distributed
@@ -239,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     except known as err:
         print(f"jtcse {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:  # SIGTERM/SIGINT: a checkpoint was written; 128 + signal number
+        print(f"jtcse {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_status
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a training loop: nothing half-written remains
+        print(f"jtcse {args.command}: interrupted", file=sys.stderr)
+        return 130
     finally:
         if args.command in TRAINING_COMMANDS:
             from jtcse.training import distributed

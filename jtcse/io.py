@@ -1,4 +1,11 @@
-"""Atomic writes: an interrupted stage leaves the previous artifact or nothing, never half of one."""
+"""Atomic writes: an interrupted stage leaves the previous artifact or nothing, never half of one.
+
+Every writer goes through this module: the new content is written to a temporary sibling, flushed to disk
+(``fsync``), renamed over the target (``os.replace``, atomic on POSIX), and the parent directory is fsynced so
+the rename itself survives a power loss. A kill at any point leaves either the old complete file/folder or the
+new complete one; at worst a hidden ``.<name>.*.tmp`` / ``.<name>.old`` sibling, which
+:func:`clean_leftovers` removes on the next run.
+"""
 
 from __future__ import annotations
 
@@ -10,40 +17,147 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+TMP_SUFFIX = ".tmp"
+OLD_SUFFIX = ".old"
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename, creation or deletion inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | os.PathLike) -> None:
+    """fsync every file and folder below ``path`` (before a folder is renamed into place)."""
+    path = Path(path)
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(root)
+
+
+def _tmp_sibling(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably."""
+    with atomic_file(path, "wb") as fh:
+        fh.write(data)
+
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, payload) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> Iterator:
+    """Yield a file object on a temporary sibling; on success it replaces ``path``, on failure it is removed.
+
+    The new file keeps the permission bits of the file it replaces (else 0o666 minus the umask, as ``open``
+    would): mkstemp's private 0o600 would make a release unreadable to others.
+    """
+    path = Path(path)
+    perms = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask()
+    fd, tmp = _tmp_sibling(path)
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, perms)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_rename(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename a complete, fsynced temporary file over ``target`` and make the rename durable."""
+    os.replace(source, target)
+    fsync_dir(Path(target).parent)
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``path`` whole, on failure it is removed."""
+    """Yield a temporary sibling folder; on success it replaces ``path`` whole, on failure it is removed.
+
+    The swap is two renames (old -> ``.<name>.old``, new -> ``path``): a kill between them leaves no ``path``
+    but a complete ``.<name>.old``, which :func:`recover_directory` puts back on the next run.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    recover_directory(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
     try:
         yield tmp
+        fsync_tree(tmp)
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = old_sibling(path)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
+            fsync_dir(path.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+            fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def old_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}{OLD_SUFFIX}")
+
+
+def recover_directory(path: str | os.PathLike) -> bool:
+    """A swap killed between its two renames left only ``.<name>.old``: put it back. True when restored."""
+    path = Path(path)
+    old = old_sibling(path)
+    if not path.exists() and old.is_dir():
+        os.replace(old, path)
+        fsync_dir(path.parent)
+        return True
+    return False
+
+
+def clean_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings (``.<name>.*.tmp``, ``.<name>.old``) that killed writers of ``path`` left.
+
+    Only call it while no other writer of ``path`` runs (a stage holds its lock, or owns its output).
+    Returns what was removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    recover_directory(path)
+    removed = []
+    for leftover in [*path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"), old_sibling(path)]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        elif leftover.exists():
+            leftover.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(leftover)
+    return removed

@@ -351,7 +351,7 @@ class TrialObjective:
                                              ignore_cleanup_errors=True) as tmp:
                 result = train_twin(settings, tower_a=self.tower_a, tower_b=self.tower_b, output=Path(tmp) / "twin",
                                     checkpoint_dir=Path(tmp) / "checkpoints", metrics_dir=None, resume=False,
-                                    on_eval=on_eval)
+                                    on_eval=on_eval, handle_signals=False)
         except FloatingPointError as err:
             trial.set_user_attr("diverged", str(err))
             raise optuna.TrialPruned(str(err)) from None
