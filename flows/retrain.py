@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from jtcse.config import load_settings
 from jtcse.evaluation.sts import format_table
 from jtcse.provenance import data_version, git_commit
-from jtcse.registry import decide, decision_dict, promote
+from jtcse.registry import decide, decision_dict, promote, registry_problems
 
 # `jtcse` exits with 2 for bad data or bad settings: rerunning cannot fix those.
 _PERMANENT = re.compile(r"exited with (?:status |code )?2\b|ERROR: (?:failed to parse|unexpected error - .*params)")
@@ -96,6 +96,8 @@ def retrain(project_dir: str = ".", params_file: str = "params.yaml", pull: bool
     if decision.promote:
         entry = promote(registry, [root / a for a in settings.promote], new, data_version=data_hash,
                         git_commit=git_commit(root))
+    if problems := registry_problems(registry):
+        raise RuntimeError(f"registry {registry}: " + "; ".join(problems))
     logger.info("%s: %s", "PROMOTED" if entry else "KEPT current model", decision.reason)
 
     rows = {name: m for name in ("base", "twin", "distilled") if (m := _metrics(root, name))}

@@ -9,9 +9,12 @@ new complete one; at worst a hidden ``.<name>.*.tmp`` / ``.<name>.old`` sibling,
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,16 +33,20 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_tree(path: str | os.PathLike) -> None:
     """fsync every file and folder below ``path`` (before a folder is renamed into place)."""
     path = Path(path)
     for root, _dirs, files in os.walk(path):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(os.path.join(root, name))
         fsync_dir(root)
 
 
@@ -97,13 +104,49 @@ def atomic_rename(source: str | os.PathLike, target: str | os.PathLike) -> None:
     fsync_dir(Path(target).parent)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # old kernel, or a filesystem without it
+        return False
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(a))
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Put the complete folder ``tmp`` at ``path``; a reader sees the old folder or the new one, never neither
+    (where RENAME_EXCHANGE works; elsewhere a kill between the two renames leaves ``.<name>.old``, restored later)."""
+    if not path.exists():
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        return
+    if _exchange(tmp, path):  # tmp now holds the old folder
+        fsync_dir(path.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = old_sibling(path)
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``path`` whole, on failure it is removed.
-
-    The swap is two renames (old -> ``.<name>.old``, new -> ``path``): a kill between them leaves no ``path``
-    but a complete ``.<name>.old``, which :func:`recover_directory` puts back on the next run.
-    """
+    """Yield a temporary sibling folder; on success it replaces ``path`` whole, on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)
@@ -111,16 +154,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         fsync_tree(tmp)
-        if path.exists():
-            old = old_sibling(path)
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
+        _swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
