@@ -105,6 +105,7 @@ def cmd_encode(args) -> None:
 
     from jtcse.api import load
     from jtcse.data import DataError
+    from jtcse.io import atomic_file
 
     path = Path(args.input)
     lines = []
@@ -117,10 +118,8 @@ def cmd_encode(args) -> None:
     encoder = load(args.model, pooling=args.pooling, device=args.device)
     vectors = encoder.encode(lines, batch_size=args.batch_size, normalize=args.normalize, show_progress=True)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.npy")
-    np.save(tmp, vectors)
-    os.replace(tmp, out)
+    with atomic_file(out, "wb") as fh:
+        np.save(fh, vectors)
     print(f"{len(lines)} sentences -> {out} {vectors.shape}")
 
 

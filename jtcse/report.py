@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from jtcse.evaluation.sts import STS_TASKS, format_table
-from jtcse.io import atomic_write_text
+from jtcse.io import atomic_file, atomic_write_text
 
 
 def load_rows(named_paths: dict[str, str | Path]) -> dict[str, dict[str, float]]:
@@ -34,12 +34,9 @@ def bar_chart(rows: dict[str, dict[str, float]], path: str | Path) -> None:
     ax.legend(loc="upper left", ncol=max(1, len(rows)))
     ax.set_title("STS (cosine, Spearman x 100)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

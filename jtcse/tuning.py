@@ -53,7 +53,7 @@ from jtcse.config import (
     set_dotted,
     settings_from_dict,
 )
-from jtcse.io import atomic_write_text
+from jtcse.io import atomic_file, atomic_write_text
 
 if TYPE_CHECKING:
     import optuna
@@ -679,10 +679,9 @@ def _save_figure(ax: Any, path: Path) -> None:
     figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
     figure.set_size_inches(8, 5)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp, dpi=110, bbox_inches="tight")  # keeps a legend placed outside the axes
+    with atomic_file(path, "wb") as fh:
+        figure.savefig(fh, format="png", dpi=110, bbox_inches="tight")  # keeps a legend placed outside the axes
     plt.close(figure)
-    os.replace(tmp, path)
 
 
 def write_plots(study: optuna.Study, output_dir: str | os.PathLike) -> tuple[dict[str, str], list[str]]:
@@ -911,25 +910,10 @@ def apply_best(best: str | os.PathLike | dict[str, Any], params: str | os.PathLi
         if got != value and not (isinstance(value, float) and math.isclose(got, value, rel_tol=1e-12)):
             raise ConfigError(f"{params}: {dotted}: wrote {value!r} but it reads back as {got!r}")
     if text != original:
-        _atomic_replace(params, text)
+        atomic_write_text(params, text)  # keeps the file's permission bits
     for dotted, (old, new) in changes.items():
         log.info("%s: %s: %s -> %s", params, dotted, old, new)
     return changes
-
-
-def _atomic_replace(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------- CLI
