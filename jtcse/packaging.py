@@ -10,9 +10,15 @@
     README.md             model card: STS results, settings, data version, commit, training time, licences
     SHA256SUMS            every other file, `sha256sum -c` format; jtcse.load refuses a modified package
 
-The folder is built in a temporary sibling and renamed into place only when complete (``atomic_directory``);
-the tarball is written to a temporary file and renamed likewise, so an interrupted run leaves the previous
-package (or nothing), never half of one.
+``jtcse_package.json`` also records the SHA256 of every model file, so a file edited together with SHA256SUMS
+is still refused (see :func:`jtcse.api.verify_checksums`).
+
+Folder and tarball are one transaction: both are built in temporary siblings; then the release manifest
+``<name>-<version>.release.json`` (beside them) is removed, the folder is swapped in (``atomic_directory``), the
+tarball renamed into place, and a new release manifest naming both (with their digests) is written last. A kill
+at any point leaves either the previous release, or a folder and tarball without a matching release manifest,
+which :func:`release_problems` reports and the next ``jtcse package`` repairs (it rebuilds both, and first removes
+the ``.tmp``/``.old`` leftovers of the killed run).
 """
 
 from __future__ import annotations
@@ -34,13 +40,15 @@ import yaml
 from jtcse.api import CHECKSUMS, sha256_file, verify_checksums
 from jtcse.config import Settings
 from jtcse.errors import InputNotFoundError, UserError
-from jtcse.io import atomic_directory
+from jtcse.io import atomic_directory, atomic_rename, atomic_write_bytes, atomic_write_json, clean_leftovers, fsync_dir, fsync_file
 
 log = logging.getLogger(__name__)
 
 PACKAGE_MANIFEST = "jtcse_package.json"
 PACKAGE_FORMAT = "jtcse-package"
-PACKAGE_FORMAT_VERSION = 1
+PACKAGE_FORMAT_VERSION = 2  # 2: the manifest records every model file's SHA256 ("files")
+RELEASE_SUFFIX = ".release.json"
+RELEASE_FORMAT = "jtcse-release"
 POOLING_DIR = "1_Pooling"
 #: sentence-transformers metadata that the export writes itself (never copied from the source folder).
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "README.md")
@@ -86,6 +94,7 @@ class PackageResult:
     path: Path
     tarball: Path
     files: int
+    release: Path | None = None
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -194,6 +203,56 @@ def write_checksums(directory: str | Path) -> Path:
     return path
 
 
+def file_digests(directory: str | Path) -> dict[str, str]:
+    """SHA256 of every file below ``directory`` (but the manifest and SHA256SUMS): recorded in the manifest."""
+    directory = Path(directory)
+    return {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name not in (CHECKSUMS, PACKAGE_MANIFEST)}
+
+
+def release_path(output_dir: str | Path, label: str) -> Path:
+    return Path(output_dir) / f"{label}{RELEASE_SUFFIX}"
+
+
+def write_release(package_path: Path, tarball: Path, release: Path) -> None:
+    """The release manifest, written last: it names the folder and the tarball that belong together."""
+    atomic_write_json(release, {
+        "format": RELEASE_FORMAT, "folder": package_path.name, "tarball": tarball.name,
+        "folder_sha256sums": sha256_file(package_path / CHECKSUMS), "tarball_sha256": sha256_file(tarball),
+    })
+
+
+def _restore_release(release: Path, old_release: bytes | None, output_dir: Path, label: str) -> None:
+    """After a failed build, put the previous release manifest back if it still tells the truth."""
+    if old_release is None or release.exists():
+        return
+    atomic_write_bytes(release, old_release)
+    if release_problems(output_dir, label):  # folder or tarball changed already: the next run rebuilds both
+        release.unlink(missing_ok=True)
+
+
+def release_problems(output_dir: str | Path, label: str) -> list[str]:
+    """Why ``<output_dir>/<label>`` + ``.tar.gz`` are not one complete release (empty list: they are)."""
+    output_dir = Path(output_dir)
+    package_path, tarball, release = output_dir / label, output_dir / f"{label}.tar.gz", release_path(output_dir, label)
+    if not release.is_file():
+        return [f"{release.name} is missing (a `jtcse package` run was interrupted)"]
+    try:
+        record = json.loads(release.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        return [f"{release.name} is unreadable ({err})"]
+    problems = []
+    if not (package_path / CHECKSUMS).is_file():
+        problems.append(f"{package_path.name}/{CHECKSUMS} is missing")
+    elif sha256_file(package_path / CHECKSUMS) != record.get("folder_sha256sums"):
+        problems.append(f"{package_path.name} is not the folder {release.name} names")
+    if not tarball.is_file():
+        problems.append(f"{tarball.name} is missing")
+    elif sha256_file(tarball) != record.get("tarball_sha256"):
+        problems.append(f"{tarball.name} is not the tarball {release.name} names")
+    return problems
+
+
 def write_tarball(directory: str | Path, destination: str | Path, arcname: str) -> Path:
     """A reproducible .tar.gz of ``directory`` (sorted, fixed times/owners) at a temporary sibling of
     ``destination``; the caller renames it into place. Returns the temporary path."""
@@ -224,6 +283,7 @@ def write_tarball(directory: str | Path, destination: str | Path, arcname: str) 
                     with path.open("rb") as fh:
                         tar.addfile(member(path, name), fh)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a release is readable by everyone
+        fsync_file(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -517,8 +577,15 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
     provenance = {"data_version": data_version(data_dvc), "git_commit": git_commit(repo_dir),
                   "git_dirty": bool(git_dirty(repo_dir)), "hardware": hardware(), "versions": _versions()}
     pooling, max_seq_length = settings.model.pooling, settings.evaluate.max_length
+    release = release_path(output_dir, label)
+    for leftover in (*clean_leftovers(package_path), *clean_leftovers(tarball), *clean_leftovers(release)):
+        log.warning("removed %s, left by an interrupted `jtcse package`", leftover)
+    problems = release_problems(output_dir, label)
+    if problems and (package_path.exists() or tarball.exists()):
+        log.warning("the previous release in %s is incomplete (%s); rebuilding it", output_dir, "; ".join(problems))
 
     tar_tmp: Path | None = None
+    old_release = release.read_bytes() if release.is_file() else None
     try:
         with atomic_directory(package_path) as tmp:
             tmp.chmod(0o755)  # mkdtemp makes it private; a release is readable by everyone
@@ -533,6 +600,11 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
                 shutil.copytree(licenses, tmp / "licenses")
             elif licenses is not None:
                 log.warning("%s not found: the package carries no licence texts", licenses)
+            card = model_card(settings=settings, twin_metrics=twin_scores, distilled_metrics=distilled_scores,
+                              distilled=distilled_entry, twin=twin_entry, provenance=provenance,
+                              stage_seconds=stage_seconds, total_seconds=total_seconds, baselines=baselines)
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+            (tmp / "distilled" / "README.md").write_text(card, encoding="utf-8")  # travels with the folder alone
             _write_json(tmp / PACKAGE_MANIFEST, {
                 "format": PACKAGE_FORMAT, "format_version": PACKAGE_FORMAT_VERSION,
                 "name": settings.package.name, "version": settings.package.version, "default": "distilled",
@@ -540,26 +612,29 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
                 "base_model": BASE_NAMES.get(settings.model.base, settings.model.base),
                 "data_version": provenance["data_version"], "git_commit": provenance["git_commit"],
                 "training_seconds": total_seconds,
+                "files": file_digests(tmp),
             })
-            card = model_card(settings=settings, twin_metrics=twin_scores, distilled_metrics=distilled_scores,
-                              distilled=distilled_entry, twin=twin_entry, provenance=provenance,
-                              stage_seconds=stage_seconds, total_seconds=total_seconds, baselines=baselines)
-            (tmp / "README.md").write_text(card, encoding="utf-8")
-            (tmp / "distilled" / "README.md").write_text(card, encoding="utf-8")  # travels with the folder alone
             if check:
                 self_check(tmp, distilled, twin, pooling=pooling)
             write_checksums(tmp)
             verify_checksums(tmp)
             tar_tmp = write_tarball(tmp, tarball, label)
-        os.replace(tar_tmp, tarball)
+            # From here until the new release manifest is written, no manifest claims folder and tarball agree.
+            release.unlink(missing_ok=True)
+            fsync_dir(output_dir)
+        atomic_rename(tar_tmp, tarball)
         tar_tmp = None
+        write_release(package_path, tarball, release)
+    except BaseException:
+        _restore_release(release, old_release, output_dir, label)
+        raise
     finally:
         if tar_tmp is not None:
             tar_tmp.unlink(missing_ok=True)
     files = sum(1 for p in package_path.rglob("*") if p.is_file())
     log.info("package %s: %d files, tarball %s (%.1f MB) in %.1f s", package_path, files, tarball,
              tarball.stat().st_size / 1e6, time.perf_counter() - started)
-    return PackageResult(package_path, tarball, files)
+    return PackageResult(package_path, tarball, files, release)
 
 
 def cmd_package(args) -> None:
@@ -570,7 +645,7 @@ def cmd_package(args) -> None:
                            output_dir=args.output_dir, metrics_root=args.metrics_root, data_dvc=args.data_dvc,
                            licenses=args.licenses or None, check=not args.no_check,
                            base_metrics=args.base_metrics, base_mean_metrics=args.base_mean_metrics)
-    print(f"package -> {result.path} ({result.files} files); tarball -> {result.tarball}")
+    print(f"package -> {result.path} ({result.files} files); tarball -> {result.tarball}; release -> {result.release}")
 
 
 def register_cli(subparsers) -> None:

@@ -2,6 +2,11 @@
 
 ``registry.json`` keeps every promoted version with its metrics, data hash, git commit and time; the files of
 each version are copied into ``v<N>/`` so the promoted model survives later pipeline runs.
+
+A promotion is crash-safe: ``v<N>/`` is built in a temporary folder and renamed into place whole, then
+``registry.json`` is replaced atomically; a failure at any point leaves ``current`` on the previous complete
+version. Each entry records the SHA256 of its files, so :func:`registry_problems` can prove the current model
+is there and whole.
 """
 
 from __future__ import annotations
@@ -65,8 +70,9 @@ def promote(registry_dir: str | Path, artifacts: list[str | Path], metrics: dict
                 raise FileNotFoundError(f"retrain.promote: {artifact} does not exist")
             target = tmp / artifact.name
             (shutil.copytree if artifact.is_dir() else shutil.copy2)(artifact, target)
+        files = _digests(tmp)
     entry = {
-        "version": version, "path": f"v{version}", "metrics": metrics, "data_version": data_version,
+        "version": version, "path": f"v{version}", "files": files, "metrics": metrics, "data_version": data_version,
         "git_commit": git_commit, "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
@@ -74,6 +80,28 @@ def promote(registry_dir: str | Path, artifacts: list[str | Path], metrics: dict
     registry["current"] = version
     atomic_write_json(registry_dir / REGISTRY_FILE, registry)
     return entry
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    from jtcse.api import sha256_file
+
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def registry_problems(registry_dir: str | Path) -> list[str]:
+    """Why the current version is not there whole (empty: it is, or nothing is promoted yet)."""
+    current = current_entry(registry_dir)
+    if current is None:
+        return []
+    folder = Path(registry_dir) / current["path"]
+    if not folder.is_dir():
+        return [f"{folder}: the current model's folder is missing"]
+    recorded = current.get("files")
+    if recorded is None:  # promoted before digests were recorded
+        return []
+    actual = _digests(folder)
+    return [f"{folder}: {name} {'differs from' if name in actual else 'is missing from'} the files recorded at promotion"
+            for name in sorted(recorded) if actual.get(name) != recorded[name]]
 
 
 def decision_dict(decision: Decision) -> dict:

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from jtcse.evaluation.sts import STS_TASKS, format_table
-from jtcse.io import atomic_write_text
+from jtcse.io import atomic_file, atomic_write_text
 
 TASKS = (*STS_TASKS, "avg")
 
@@ -52,12 +52,9 @@ def bar_chart(rows: dict[str, dict[str, float]], path: str | Path) -> None:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=max(1, len(rows)), frameon=False)
     ax.set_title(f"STS test sets, Spearman x 100 of cosine similarity (y axis from {low:g})")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def plot_data(rows: dict[str, dict[str, float]]) -> str:

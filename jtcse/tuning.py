@@ -22,6 +22,7 @@ Library first (:func:`run_study`, :func:`run_worker`, :func:`best_params`, :func
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import io
 import json
@@ -33,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -53,7 +55,7 @@ from jtcse.config import (
     settings_from_dict,
 )
 from jtcse.errors import InputNotFoundError, StorageUnavailableError
-from jtcse.io import atomic_write_text
+from jtcse.io import atomic_file, atomic_write_text
 
 if TYPE_CHECKING:
     import optuna
@@ -78,6 +80,42 @@ DEFAULT_TOWER_B = "models/tower_b"
 
 class TuningError(RuntimeError):
     """The study could not run to its end (a worker process failed, or no trial completed)."""
+
+
+class TuningInterrupted(KeyboardInterrupt):
+    """SIGTERM/SIGINT stopped the study: the workers were stopped and the report covers what finished."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_status = 128 + signum
+
+
+_received_signals: list[int] | None = None  # set while _signals_as_interrupt is active
+
+
+@contextlib.contextmanager
+def _signals_as_interrupt():
+    """SIGTERM (a scheduler's stop, ``kill``) stops like Ctrl-C: an exception, so the cleanup below runs.
+
+    Only in the main thread, where Python delivers signals; the signal received is kept for the exit status.
+    """
+    global _received_signals
+    if _received_signals is not None or threading.current_thread() is not threading.main_thread():
+        yield _received_signals if _received_signals is not None else []  # an outer block already handles them
+        return
+    received: list[int] = []
+
+    def interrupt(signum, _frame):
+        received.append(signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
+    _received_signals = received
+    try:
+        yield received
+    finally:
+        _received_signals = None
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -421,7 +459,7 @@ class TrialObjective:
                                              ignore_cleanup_errors=True) as tmp:
                 result = train_twin(settings, tower_a=self.tower_a, tower_b=self.tower_b, output=Path(tmp) / "twin",
                                     checkpoint_dir=Path(tmp) / "checkpoints", metrics_dir=None, resume=False,
-                                    on_eval=on_eval)
+                                    on_eval=on_eval, handle_signals=False)
         except FloatingPointError as err:
             trial.set_user_attr("diverged", str(err))
             raise optuna.TrialPruned(str(err)) from None
@@ -477,6 +515,8 @@ def run_worker(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: s
     objective = TrialObjective(settings, tower_a=tower_a, tower_b=tower_b,
                                worker=f"{socket.gethostname()}:{os.getpid()}/{worker_index}", threads=threads)
     poll = min(tune.heartbeat_interval, 5)
+    stack = contextlib.ExitStack()
+    stack.enter_context(_signals_as_interrupt())  # a SIGTERM'd worker marks its trial failed, then exits
     counts = trial_counts(study)
     bar = tqdm(total=tune.n_trials, initial=min(counts.finished, tune.n_trials), desc=f"tune {tune.study_name}",
                unit="trial", dynamic_ncols=True, disable=not progress)
@@ -513,6 +553,7 @@ def run_worker(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: s
             ran += 1
     finally:
         bar.close()
+        stack.close()
     log.info("worker %d: ran %d trial(s); study %r: %s", worker_index, ran, tune.study_name, trial_counts(study))
     return ran
 
@@ -556,6 +597,7 @@ def log_tail(path: str | os.PathLike, lines: int = 20) -> str:
 
 
 def _stop(procs: list[subprocess.Popen], timeout: float = 30) -> None:
+    """Ask every worker to stop (its running trial is marked failed), wait up to ``timeout`` s, then kill."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # optuna marks the running trial failed, then the worker exits
@@ -564,8 +606,9 @@ def _stop(procs: list[subprocess.Popen], timeout: float = 30) -> None:
         try:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            log.warning("worker pid %d did not stop within %.0f s of SIGINT; killed", proc.pid, timeout)
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=timeout)
 
 
 def run_worker_processes(settings_path: str | os.PathLike, settings: Settings, *, tower_a: str, tower_b: str,
@@ -640,12 +683,21 @@ def run_study(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: st
     prepare_study(settings)
     settings_path = write_settings(settings, output_dir / SETTINGS_FILE)
     started = time.perf_counter()
-    if subprocesses or tune.workers > 1:
-        codes = run_worker_processes(settings_path, settings, tower_a=tower_a, tower_b=tower_b,
-                                     log_dir=output_dir / "logs", progress=progress)
-    else:
-        run_worker(settings, tower_a=tower_a, tower_b=tower_b, progress=progress)
-        codes = [0]
+    with _signals_as_interrupt() as received:
+        try:
+            if subprocesses or tune.workers > 1:
+                codes = run_worker_processes(settings_path, settings, tower_a=tower_a, tower_b=tower_b,
+                                             log_dir=output_dir / "logs", progress=progress)
+            else:
+                run_worker(settings, tower_a=tower_a, tower_b=tower_b, progress=progress)
+                codes = [0]
+        except KeyboardInterrupt:  # the workers are stopped (run_worker_processes waited for them)
+            signum = received[0] if received else signal.SIGINT
+            report = write_report(settings, output_dir, wall_seconds=time.perf_counter() - started)
+            raise TuningInterrupted(
+                f"interrupted by {signal.Signals(signum).name}; workers stopped; the report in {output_dir} covers "
+                f"the finished trials ({report.counts}); rerun the same command to continue the study",
+                signum) from None
     report = write_report(settings, output_dir, wall_seconds=time.perf_counter() - started)
     failed = [i for i, code in enumerate(codes) if code]
     if failed:
@@ -705,10 +757,9 @@ def _save_figure(ax: Any, path: Path) -> None:
     figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
     figure.set_size_inches(8, 5)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp, dpi=110, bbox_inches="tight")  # keeps a legend placed outside the axes
+    with atomic_file(path, "wb") as fh:
+        figure.savefig(fh, format="png", dpi=110, bbox_inches="tight")  # keeps a legend placed outside the axes
     plt.close(figure)
-    os.replace(tmp, path)
 
 
 def write_plots(study: optuna.Study, output_dir: str | os.PathLike) -> tuple[dict[str, str], list[str]]:
@@ -937,25 +988,10 @@ def apply_best(best: str | os.PathLike | dict[str, Any], params: str | os.PathLi
         if got != value and not (isinstance(value, float) and math.isclose(got, value, rel_tol=1e-12)):
             raise ConfigError(f"{params}: {dotted}: wrote {value!r} but it reads back as {got!r}")
     if text != original:
-        _atomic_replace(params, text)
+        atomic_write_text(params, text)  # keeps the file's permission bits
     for dotted, (old, new) in changes.items():
         log.info("%s: %s: %s -> %s", params, dotted, old, new)
     return changes
-
-
-def _atomic_replace(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -985,6 +1021,9 @@ def cmd_tune(args) -> None:
     except TuningError as err:
         print(f"jtcse tune: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except TuningInterrupted as stop:
+        print(f"jtcse tune: {stop}", file=sys.stderr)
+        raise SystemExit(stop.exit_status) from None
     print(report.summary.split("\n## Trials")[0].rstrip())
     print("\n" + "\n".join(f"{name}: {path}" for name, path in report.files.items()))
 

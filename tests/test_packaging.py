@@ -299,7 +299,8 @@ def test_an_interrupted_package_leaves_the_previous_one_or_nothing(inputs, tmp_p
     patch()
     with pytest.raises(KeyboardInterrupt):
         build(inputs, out)
-    assert sorted(p.name for p in out.iterdir()) == ["tiny-jtcse-0.0.1", "tiny-jtcse-0.0.1.tar.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["tiny-jtcse-0.0.1", "tiny-jtcse-0.0.1.release.json",
+                                                     "tiny-jtcse-0.0.1.tar.gz"]
     assert {name: (old.path / name).read_bytes() for name in all_files(old.path)} == before
     assert old.tarball.read_bytes() == old_tarball
 

@@ -3,12 +3,14 @@ on a real PostgreSQL server."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -329,3 +331,48 @@ def test_two_worker_processes_share_one_postgres_study(tiny_settings, tiny_bert,
     logs = sorted((tmp_path / "tune" / "logs").glob("worker-*.log"))
     assert [p.name for p in logs] == ["worker-0.log", "worker-1.log"]
     assert (tmp_path / "tune" / "best_params.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_to_tune_stops_both_workers_and_writes_the_report(tiny_settings, tiny_bert, tmp_path):
+    """Issue 15: SIGTERM to `jtcse tune --workers 2` left both workers running and wrote no report."""
+    settings = with_tune(tiny_settings, storage=sqlite_url(tmp_path / "optuna.db"), n_trials=50, trial_steps=400,
+                         eval_every=2, workers=2)
+    params = tuning.write_settings(settings, tmp_path / "params.yaml")
+    tower = str(tiny_bert)
+    env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "jtcse.cli", "tune", "--params", str(params), "--tower-a", tower,
+                             "--tower-b", tower, "--output-dir", str(tmp_path / "tune")], start_new_session=True,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc.log_path = tmp_path / "tune" / "logs" / "worker-0.log"
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    try:
+        def two_trials_running():
+            try:
+                running = [t for t in trials_of(settings) if t.state.name == "RUNNING" and "worker_pid" in t.user_attrs]
+            except Exception:  # the study is not created yet
+                return None
+            return running if len(running) == 2 else None
+        running = wait_for(two_trials_running, 240, "two trials RUNNING, one per worker", proc)
+        pids = {t.user_attrs["worker_pid"] for t in running}
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        still_running = [pid for pid in pids if alive(pid)]
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever a failed test left: the tune process group
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == 143, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("jtcse tune: interrupted by SIGTERM; workers stopped; the report in ") and \
+        last.endswith("rerun the same command to continue the study"), err[-3000:]
+    assert len(pids) == 2 and still_running == []  # not re-parented and still training
+    assert (tmp_path / "tune" / "summary.md").is_file() and (tmp_path / "tune" / "trials.csv").is_file()
+    states = {t.state.name for t in trials_of(settings)}
+    assert "RUNNING" not in states  # the interrupted trials were marked failed, not left running

@@ -17,6 +17,10 @@ from jtcse.errors import InputNotFoundError, UserError
 log = logging.getLogger(__name__)
 
 POOLINGS = ("cls", "mean")
+#: Weight files that only pickle can read: unpickling runs whatever code the file names, so they are never opened.
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+#: Files whose ``auto_map`` makes transformers import Python code shipped with the checkpoint.
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
 
 
 def transformer_dir(path: str) -> str:
@@ -64,6 +68,8 @@ def load_tower(
     """Load encoder and tokenizer, safetensors only (weights a user hands us are never unpickled)."""
     path = transformer_dir(resolve_model_path(name_or_path))
     check_encoder_folder(name_or_path, path)
+    if os.path.isdir(path):
+        check_safe_to_load(Path(path), trust_remote_code=trust_remote_code)
     config_kwargs = {}
     if dropout is not None:
         config_kwargs = {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
@@ -94,6 +100,28 @@ def load_tower(
         model.pooler = None
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model, tokenizer
+
+
+def check_safe_to_load(directory: Path, *, trust_remote_code: bool = False) -> None:
+    """Refuse, before transformers opens anything, a folder that would need unpickling or remote code."""
+    if not list(directory.glob("*.safetensors")):
+        pickled = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLED_WEIGHTS)
+        if pickled:
+            raise UserError(f"{directory}: only pickled weights ({', '.join(pickled)}) and no *.safetensors; jtcse "
+                            "never unpickles model files (unpickling can run arbitrary code): convert them to "
+                            "safetensors where you trust the file (model.save_pretrained(dir, safe_serialization=True))")
+    if trust_remote_code:
+        return
+    for name in REMOTE_CODE_FILES:
+        config = directory / name
+        try:
+            auto_map = json.loads(config.read_text(encoding="utf-8")).get("auto_map") if config.is_file() else None
+        except (json.JSONDecodeError, AttributeError):
+            continue  # not ours to judge: transformers reports a malformed config
+        if auto_map:
+            raise UserError(f"{config}: auto_map {sorted(auto_map)} asks to run Python code shipped with the model; "
+                            "refused because model.trust_remote_code is false (set it to true in params.yaml only "
+                            "for code you have read)")
 
 
 def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:

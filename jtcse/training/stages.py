@@ -11,7 +11,7 @@ import torch
 from jtcse.config import ConfigError, Settings, resolve_model_path
 from jtcse.data import check_corpus_fits, read_corpus
 from jtcse.encoding import pick_device
-from jtcse.evaluation.sts import STSEvaluator, dev_evaluator
+from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator, dev_evaluator
 from jtcse.losses import DistillationLoss, JTCSELoss
 from jtcse.modeling.towers import load_tower
 from jtcse.modeling.twin import BridgedTwin
@@ -35,7 +35,8 @@ def _prepare(settings: Settings, section: str) -> tuple[torch.device, list[str],
 
 
 def fingerprint(settings: Settings, section: str, inputs: list[str]) -> dict:
-    """What a stage's checkpoints depend on: its settings and the exact weights it started from."""
+    """What a stage's checkpoints depend on: its settings, the exact weights it started from and the contents
+    of the corpus and the dev files (a corpus replaced at the same path starts afresh, never resumes)."""
     from jtcse.api import sha256_file
 
     digests = {}
@@ -46,10 +47,12 @@ def fingerprint(settings: Settings, section: str, inputs: list[str]) -> dict:
         files = sorted(p for p in root.rglob("*") if p.suffix in (".safetensors", ".json") and p.is_file()) \
             if root.is_dir() else []
         digests[name] = [sha256_file(f) for f in files] or name
+    data_files = [Path(settings.data.corpus), *(Path(settings.data.sts_dir) / name for name in DEV_TASKS.values())]
     return {
         "stage": section,
         "settings": {k: getattr(settings, k).model_dump(mode="json") for k in ("model", "data", "evaluate", section)},
         "inputs": digests,
+        "data": {str(path): sha256_file(path) if path.is_file() else None for path in data_files},
     }
 
 
@@ -101,13 +104,14 @@ def build_twin_objective(settings: Settings, tower_a: str, tower_b: str) -> JTCS
 
 def train_twin(settings: Settings, *, tower_a: str, tower_b: str, output: str | Path, checkpoint_dir: str | Path,
                metrics_dir: str | Path | None = None, resume: bool = True, stop_after: int | None = None,
-               on_eval: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Stage 2: joint JTCSE training of the two stage-1 towers (diagnostics.csv/.png beside the logs)."""
+               on_eval: Callable[[int, float], None] | None = None, handle_signals: bool = True) -> TrainResult:
+    """Stage 2: joint JTCSE training of the two stage-1 towers (diagnostics.csv/.png beside the logs;
+    ``handle_signals``: see :class:`Trainer`)."""
     device, sentences, dev = _prepare(settings, "train")
     objective = build_twin_objective(settings, tower_a, tower_b).to(device)
     trainer = Trainer(objective, sentences, settings.train, dev_evaluator=dev, output_dir=output,
                       checkpoint_dir=checkpoint_dir, metrics_dir=metrics_dir, runtime=settings.runtime, desc="jtcse",
-                      fingerprint=fingerprint(settings, "train", [tower_a, tower_b]))
+                      fingerprint=fingerprint(settings, "train", [tower_a, tower_b]), handle_signals=handle_signals)
     result = trainer.fit(resume=resume, stop_after=stop_after, on_eval=on_eval)
     if metrics_dir and distributed.is_main():
         ca = settings.train.cross_attention

@@ -6,6 +6,10 @@ CSV logs up to that step. The best weights so far are kept beside the checkpoint
 the output folder and the logs even when they were deleted (``dvc repro`` removes a stage's outputs before
 rerunning it). A run whose last checkpoint is its last step is finished and never resumed: rerunning it
 trains again.
+
+A run holds a lock on its checkpoint folder, stops on SIGTERM/SIGINT after writing a checkpoint at the current
+step, falls back to the previous checkpoint when the latest one cannot be read, and removes its output folder
+when the loss diverges (see :mod:`jtcse.training.guards`).
 """
 
 from __future__ import annotations
@@ -22,14 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 from tqdm.auto import tqdm
 
 from jtcse.config import OptimSettings, RuntimeSettings
 from jtcse.data import SentenceStream
 from jtcse.evaluation.sts import STSEvaluator
-from jtcse.io import atomic_directory, atomic_write_json
+from jtcse.errors import UserError
+from jtcse.io import atomic_directory, atomic_write_json, clean_leftovers
 from jtcse.training import distributed
+from jtcse.training.guards import CheckpointLock, StopSignals, TrainingDiverged, TrainingInterrupted
 from jtcse.training.objectives import Objective
 
 log = logging.getLogger(__name__)
@@ -84,6 +90,12 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def read_checkpoint_files(checkpoint: Path) -> None:
+    """Read a checkpoint's weights and trainer state whole; raises whatever a damaged file raises."""
+    load_file(str(checkpoint / "model.safetensors"))
+    torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+
+
 class CsvLog:
     """Append-only CSV that DVC plots can draw; on resume, rows after the checkpoint's step are dropped."""
 
@@ -122,7 +134,8 @@ class Trainer:
     def __init__(self, objective: Objective, sentences: list[str], settings: OptimSettings, *,
                  dev_evaluator: STSEvaluator, output_dir: str | Path, checkpoint_dir: str | Path,
                  metrics_dir: str | Path | None = None, runtime: RuntimeSettings | None = None,
-                 seed: int | None = None, desc: str = "train", fingerprint: dict | None = None):
+                 seed: int | None = None, desc: str = "train", fingerprint: dict | None = None,
+                 handle_signals: bool = True):
         self.objective, self.settings, self.dev_evaluator = objective, settings, dev_evaluator
         self.runtime = runtime or RuntimeSettings()
         self.seed = settings.seed if seed is None else seed
@@ -130,6 +143,7 @@ class Trainer:
         self.metrics_dir = Path(metrics_dir) if metrics_dir else None
         self.desc = desc
         self.fingerprint = fingerprint or {}
+        self.handle_signals = handle_signals  # off for Optuna trials: their checkpoints are thrown away
         self.stream = SentenceStream(sentences, settings.batch_size, self.seed)
         self.device = objective.device
         self.autocast = self.device.type == "cuda" and self.runtime.bf16
@@ -191,7 +205,28 @@ class Trainer:
         if int(latest.name.removeprefix(CHECKPOINT_PREFIX)) >= self.settings.steps:
             log.info("%s: the run in %s had finished; training afresh", self.desc, self.checkpoint_dir)
             return None
-        return latest
+        return self._readable_checkpoint()
+
+    def _readable_checkpoint(self) -> Path:
+        """The newest checkpoint whose files read back; unreadable newer ones are removed with a warning."""
+        candidates = sorted((p for p in self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), reverse=True)
+        unreadable: list[tuple[Path, str]] = []
+        for candidate in candidates:
+            try:
+                read_checkpoint_files(candidate)
+            except Exception as err:  # a damaged file raises anything from EOFError to SafetensorError
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
+                unreadable.append((candidate, reason))
+                log.warning("%s: checkpoint %s is unreadable (%s); trying the previous one", self.desc, candidate, reason)
+                continue
+            for bad, _ in unreadable:  # or a later save would prune the good ones and keep these
+                shutil.rmtree(bad, ignore_errors=True)
+            if unreadable:
+                log.warning("%s: resuming from the previous checkpoint %s", self.desc, candidate.name)
+            return candidate
+        latest, reason = unreadable[0]
+        raise UserError(f"{self.checkpoint_dir}: no readable checkpoint to resume from ({latest.name}: {reason}); "
+                        f"start afresh with --no-resume, or delete {self.checkpoint_dir}")
 
     def _publish_best(self) -> None:
         with atomic_directory(self.output_dir) as tmp:
@@ -204,8 +239,43 @@ class Trainer:
             self._publish_best()
         distributed.barrier()
 
+    def _clean_leftovers(self) -> None:
+        """Temporary folders of writers killed mid-write (we hold the lock: no other writer is running)."""
+        clean_leftovers(self.output_dir)
+        if self.checkpoint_dir.is_dir():
+            for child in list(self.checkpoint_dir.iterdir()):
+                name = child.name
+                if name.startswith(".") and name.endswith(".old"):
+                    clean_leftovers(child.with_name(name[1:].removesuffix(".old")))
+                elif name.startswith(".") and name.endswith(".tmp"):  # .<target>.<random>.tmp
+                    clean_leftovers(child.with_name(name[1:].removesuffix(".tmp").rsplit(".", 1)[0]))
+
     def fit(self, *, resume: bool = True, stop_after: int | None = None,
             on_eval: Callable[[int, float], None] | None = None) -> TrainResult:
+        """Train (or resume) to ``settings.steps``; holds the checkpoint folder's lock while it runs.
+
+        Raises :class:`TrainingInterrupted` after SIGTERM/SIGINT (a checkpoint of the current step is written)
+        and :class:`TrainingDiverged` on a non-finite loss (the output folder is removed: it would look finished).
+        """
+        lock = CheckpointLock(self.checkpoint_dir) if distributed.is_main() else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            if lock is not None:
+                self._clean_leftovers()
+            with StopSignals(self.handle_signals) as signals:
+                return self._fit(resume=resume, stop_after=stop_after, on_eval=on_eval, signals=signals)
+        except TrainingDiverged as err:
+            if distributed.is_main() and self.output_dir.exists():
+                shutil.rmtree(self.output_dir, ignore_errors=True)
+                raise TrainingDiverged(f"{err}; no model was saved ({self.output_dir} removed)") from None
+            raise
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, *, resume: bool, stop_after: int | None, on_eval: Callable[[int, float], None] | None,
+             signals: StopSignals) -> TrainResult:
         s = self.settings
         seed_everything(self.seed, self.runtime.deterministic)
         params = [p for p in self.objective.parameters() if p.requires_grad]
@@ -295,7 +365,7 @@ class Trainer:
             for (step, lr, _), row_values in zip(pending, values):
                 row = {"step": step, "lr": lr, **dict(zip(names, row_values))}
                 if not math.isfinite(row["loss"]):
-                    raise FloatingPointError(f"{self.desc}: loss became {row['loss']} at step {step}; "
+                    raise TrainingDiverged(f"{self.desc}: loss became {row['loss']} at step {step}; "
                                              "lower the learning rate or check the temperature")
                 history.append(row)
                 if "train" in logs:
@@ -324,6 +394,13 @@ class Trainer:
                 show()
             if checkpoint_now:
                 self._save_checkpoint(step, optimizer, scheduler, best, initial, logs)
+            stop = distributed.broadcast_object(signals.received) if distributed.world_size() > 1 else signals.received
+            if stop is not None and step < end:
+                if not checkpoint_now:
+                    flush()
+                    self._save_checkpoint(step, optimizer, scheduler, best, initial, logs)
+                bar.close()
+                raise TrainingInterrupted(self.desc, step, self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}", stop)
         flush()  # a stop_after that ends between syncs
         bar.close()
         seconds = time.perf_counter() - began
