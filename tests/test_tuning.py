@@ -182,13 +182,15 @@ def test_killed_worker_trial_is_failed_and_retried_and_a_rerun_only_runs_the_res
     path = tuning.write_settings(settings, tmp_path / "study_settings.yaml")
     proc = tuning.spawn_worker(path, tower_a=tower, tower_b=tower, worker_index=0, workers=1, log_dir=tmp_path / "logs")
     try:
-        def second_trial_running():
+        def second_trial_training():
             trials = trials_of(settings)
             done = [t for t in trials if t.state.name == "COMPLETE"]
-            running = [t for t in trials if t.state.name == "RUNNING"]
+            # "overrides" is stored once every value is drawn: the kill then lands in training, not between two
+            # suggest calls (a worker that starts faster could otherwise be killed with half its values drawn)
+            running = [t for t in trials if t.state.name == "RUNNING" and "overrides" in t.user_attrs]
             return running[0] if done and running else None
 
-        victim = wait_for(second_trial_running, 180, "a trial RUNNING after a completed one", proc)
+        victim = wait_for(second_trial_training, 180, "a trial training after a completed one", proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
