@@ -27,6 +27,7 @@ def prepare(params: str, tower_a: str, tower_b: str, output_dir: str, workers: i
     settings = tuning.with_overrides(load_settings(params), n_trials=n_trials, storage=storage,
                                      study_name=study_name, workers=workers)
     tuning.check_towers(settings, tower_a, tower_b)
+    tuning.check_data(settings)
     tuning.prepare_study(settings)
     return str(tuning.write_settings(settings, Path(output_dir) / tuning.SETTINGS_FILE))
 

@@ -204,6 +204,16 @@ def check_towers(settings: Settings, tower_a: str, tower_b: str) -> None:
                           f"use divisors of {depth} (or 0 for no bridge)")
 
 
+def check_data(settings: Settings) -> None:
+    """Fail before the study starts, not in every trial: the corpus fills a batch and the dev STS file reads."""
+    from jtcse.data import check_corpus_fits, read_corpus
+    from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator
+
+    sentences = read_corpus(settings.data.corpus, settings.data.max_sentences)
+    check_corpus_fits(sentences, settings.train.batch_size, corpus=settings.data.corpus, key="train.batch_size")
+    STSEvaluator(settings.data.sts_dir, DEV_TASKS)
+
+
 # ------------------------------------------------------------------------------------- optuna components
 
 
@@ -675,6 +685,7 @@ def run_study(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: st
     tune = settings.tune
     tower_a, tower_b = resolve_tower(tower_a), resolve_tower(tower_b)
     check_towers(settings, tower_a, tower_b)
+    check_data(settings)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if tune.workers > 1 and make_url_backend(tune.storage) == "sqlite":
@@ -1032,6 +1043,7 @@ def cmd_tune_worker(args) -> None:
     settings = _settings_from(args)
     if not args.no_create:
         check_towers(settings, resolve_tower(args.tower_a), resolve_tower(args.tower_b))
+        check_data(settings)
         prepare_study(settings)
     run_worker(settings, tower_a=resolve_tower(args.tower_a), tower_b=resolve_tower(args.tower_b),
                worker_index=args.worker_index, workers=args.workers,

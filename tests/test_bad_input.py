@@ -269,6 +269,18 @@ def test_train_tower_on_an_all_duplicate_corpus_is_one_line(params_file, tmp_pat
     assert not (tmp_path / "tower").exists()
 
 
+def test_tune_refuses_a_corpus_that_cannot_fill_a_batch_before_any_trial(params_file, tiny_bert, tmp_path, capsys):
+    corpus = write(tmp_path / "few.txt", "".join(f"Sentence number {i} is here.\n" for i in range(5)))
+    edit_params(params_file, "data", corpus=str(corpus))
+    edit_params(params_file, "tune", space={"cross_attention": {"num_layers": {"choices": [1, 2]}}})
+    db = tmp_path / "optuna.db"
+    line = user_error_line(capsys, "tune", "--params", params_file, "--tower-a", tiny_bert, "--tower-b", tiny_bert,
+                           "--storage", f"sqlite:///{db}", "--output-dir", tmp_path / "tune")
+    assert line == (f"jtcse: error: {corpus}: 5 distinct sentence(s) in 5 line(s), fewer than train.batch_size (8); "
+                    "a batch needs 8 different sentences (lower the batch size or add sentences)")
+    assert not db.exists()  # stopped before the study was created: no trial ran
+
+
 def test_data_not_pulled_says_to_run_dvc_pull(tmp_path, capsys, tiny_bert, monkeypatch):
     project = tmp_path / "clone"
     write(project / "data.dvc", "outs:\n- md5: 0123.dir\n  path: data\n")
@@ -514,7 +526,7 @@ def test_a_bug_keeps_its_traceback_and_exit_status_1(tmp_path):
             "c.cmd_similarity = broken\n"
             "sys.exit(c.main(['similarity', 'a', 'b', '--model', 'x']))\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr and "ValueError: an internal invariant broke" in proc.stderr
     assert "jtcse: error:" not in proc.stderr
@@ -526,6 +538,6 @@ def test_the_installed_command_prints_one_line_and_no_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "jtcse.cli", "train", "--params", str(path), "--tower-a", "a",
                            "--tower-b", "b", "--output", str(tmp_path / "t")], capture_output=True, text=True, env=env,
-                          timeout=120)
+                          timeout=240)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"jtcse: error: {path}: train.lr: Input should be greater than 0 (got 0)"]

@@ -26,7 +26,7 @@ def stale_stages(project) -> set[str]:
     return set(status)
 
 
-@pytest.mark.timeout(900)  # 98 s (+15 s set-up) on the shared 2-core machine; two full dvc repro runs
+@pytest.mark.timeout(900)  # two full dvc repro runs: 98 s on the 2-core machine, 426 s at load average 11
 def test_retrain_flow_promotes_then_keeps_and_dvc_reruns_only_what_changed(project, prefect_harness):
     from flows.retrain import retrain
     from jtcse.registry import read_registry
@@ -91,7 +91,7 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.mark.timeout(900)  # 60 s measured; its own waits add up to 150 + 120 + 360 s at most
+@pytest.mark.timeout(900)  # 60 s (127 s at load average 11); its own waits add up to 150 + 120 + 360 s
 def test_scheduled_deployment_on_a_real_server_runs(project, tmp_path):
     import httpx
 
