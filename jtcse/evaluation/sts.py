@@ -84,10 +84,11 @@ class STSEvaluator:
         return float(np.mean([spearman100(predicted[subsets == s], gold[subsets == s]) for s in np.unique(subsets)]))
 
 
-def format_table(results: dict[str, dict[str, float]] | dict[str, float], title: str = "model") -> str:
-    """A markdown table: one row per model, one column per task (Spearman x 100)."""
+def format_table(results: dict[str, dict[str, float]] | dict[str, float], title: str = "model",
+                 tasks: tuple[str, ...] | None = None) -> str:
+    """A markdown table: one row per model, one column per task (default: the STS tasks) and the average."""
     rows = results if results and isinstance(next(iter(results.values())), dict) else {title: results}
-    columns = [t for t in (*STS_TASKS, "avg") if any(t in r for r in rows.values())]
+    columns = [t for t in (*(tasks or STS_TASKS), "avg") if any(t in r for r in rows.values())]
     header = "| model | " + " | ".join(columns) + " |"
     line = "|---|" + "---:|" * len(columns)
     body = ["| " + name + " | " + " | ".join(f"{r[c]:.2f}" if c in r else "" for c in columns) + " |"
