@@ -169,7 +169,8 @@ class RetrainSettings(_Section):
     registry_dir: Path = Field(Path("registry"), description="Where promoted models and registry.json live.")
     stages: list[str] = Field(
         default_factory=lambda: ["pretrain_a", "pretrain_b", "train", "evaluate_base", "evaluate", "distill",
-                                 "evaluate_distilled", "package", "report"],
+                                 "evaluate_distilled", "evaluate_transfer_base", "evaluate_transfer",
+                                 "evaluate_transfer_distilled", "package", "report", "report_transfer"],
         description="dvc.yaml stages the flow runs after validation, in order.",
     )
     promote: list[str] = Field(default_factory=lambda: ["models/twin", "models/distilled"],

@@ -233,7 +233,7 @@ def read_metrics(path: str | Path) -> dict[str, float]:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
-        raise ValueError(f"{path}: expected a JSON object of task -> Spearman x 100")
+        raise ValueError(f"{path}: expected a JSON object of task -> Spearman x 100 (or accuracy x 100)")
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -264,9 +264,26 @@ def _params_yaml(settings: Settings) -> str:
     return yaml.safe_dump(dump, sort_keys=False, default_flow_style=False).rstrip()
 
 
+def _transfer_section(settings: Settings, transfer_metrics: dict[str, dict[str, float]] | None) -> str:
+    """The SentEval transfer table of the card (empty when the package was built without transfer metrics)."""
+    if not transfer_metrics:
+        return ""
+    from jtcse.evaluation.transfer import format_transfer_table
+
+    cap = settings.transfer.max_train
+    subset = (f" Each probe learned from a stratified subset of at most {cap} examples (`transfer.max_train`, "
+              "the CPU profile); dev and test sets are whole." if cap else "")
+    return f"""
+SentEval transfer tasks, accuracy x 100: a logistic-regression probe on the frozen vectors ({settings.transfer.folds}-fold
+CV for MR, CR, SUBJ, MPQA; the official splits of SST2, TREC and MRPC; `jtcse evaluate --suite transfer`).{subset}
+
+{format_transfer_table(transfer_metrics)}
+"""
+
+
 def model_card(*, settings: Settings, twin_metrics: dict[str, float], distilled_metrics: dict[str, float],
                distilled: dict, twin: dict, provenance: dict, stage_seconds: dict[str, float],
-               total_seconds: float | None) -> str:
+               total_seconds: float | None, transfer_metrics: dict[str, dict[str, float]] | None = None) -> str:
     from jtcse.evaluation.sts import format_table
 
     name, version = settings.package.name, settings.package.version
@@ -340,7 +357,7 @@ Spearman correlation x 100 between the cosine similarity of the two sentences' v
 truncation at {settings.evaluate.max_length} tokens). Model selection used STS-B dev only.
 
 {table}
-
+{_transfer_section(settings, transfer_metrics)}
 ## Training
 
 1. Two towers pre-trained separately with unsupervised SimCSE from `{base}`
@@ -447,7 +464,8 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
                   distilled_metrics: str | Path, output_dir: str | Path = "models",
                   metrics_root: str | Path | None = None, data_dvc: str | Path = "data.dvc",
                   licenses: str | Path | None = "data/licenses", repo_dir: str | Path = ".",
-                  check: bool = True) -> PackageResult:
+                  check: bool = True, twin_transfer: str | Path | None = None,
+                  distilled_transfer: str | Path | None = None) -> PackageResult:
     """Build ``<output_dir>/<name>-<version>/`` and ``<name>-<version>.tar.gz`` atomically (see module doc)."""
     from jtcse.provenance import data_version, git_commit, git_dirty, hardware
 
@@ -456,6 +474,9 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
     label = f"{settings.package.name}-{settings.package.version}"
     package_path, tarball = output_dir / label, output_dir / f"{label}.tar.gz"
     twin_scores, distilled_scores = read_metrics(twin_metrics), read_metrics(distilled_metrics)
+    transfer_scores = {label: read_metrics(path) for label, path in (
+        ("JTCSE twin (sum of both towers)", twin_transfer), ("JTCSE-D (distilled, this model)", distilled_transfer))
+        if path is not None}
     metrics_root = Path(metrics_root) if metrics_root is not None else Path(twin_metrics).resolve().parent.parent
     stage_seconds, total_seconds = training_time(metrics_root)
     provenance = {"data_version": data_version(data_dvc), "git_commit": git_commit(repo_dir),
@@ -487,7 +508,8 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
             })
             card = model_card(settings=settings, twin_metrics=twin_scores, distilled_metrics=distilled_scores,
                               distilled=distilled_entry, twin=twin_entry, provenance=provenance,
-                              stage_seconds=stage_seconds, total_seconds=total_seconds)
+                              stage_seconds=stage_seconds, total_seconds=total_seconds,
+                              transfer_metrics=transfer_scores)
             (tmp / "README.md").write_text(card, encoding="utf-8")
             (tmp / "distilled" / "README.md").write_text(card, encoding="utf-8")  # travels with the folder alone
             if check:
@@ -512,7 +534,8 @@ def cmd_package(args) -> None:
     result = build_package(load_settings(args.params), twin=args.twin, distilled=args.distilled,
                            twin_metrics=args.twin_metrics, distilled_metrics=args.distilled_metrics,
                            output_dir=args.output_dir, metrics_root=args.metrics_root, data_dvc=args.data_dvc,
-                           licenses=args.licenses or None, check=not args.no_check)
+                           licenses=args.licenses or None, check=not args.no_check,
+                           twin_transfer=args.twin_transfer, distilled_transfer=args.distilled_transfer)
     print(f"package -> {result.path} ({result.files} files); tarball -> {result.tarball}")
 
 
@@ -524,6 +547,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--distilled", required=True, help="distilled single tower (HF folder)")
     p.add_argument("--twin-metrics", required=True, help="seven-task STS JSON of the twin")
     p.add_argument("--distilled-metrics", required=True, help="seven-task STS JSON of the distilled model")
+    p.add_argument("--twin-transfer", help="SentEval transfer JSON of the twin (adds the transfer table to the card)")
+    p.add_argument("--distilled-transfer", help="SentEval transfer JSON of the distilled model")
     p.add_argument("--output-dir", default="models", help="writes <output-dir>/<name>-<version>/ and .tar.gz")
     p.add_argument("--metrics-root", help="folder of <stage>/summary.json training times "
                                           "(default: two levels above --twin-metrics)")

@@ -1,4 +1,5 @@
-"""The results people look at: a markdown table and a bar chart of the seven STS tasks per model."""
+"""The results people look at: a markdown table and a bar chart per model, of the seven STS tasks
+(Spearman x 100) or of the SentEval transfer tasks (``--suite transfer``, accuracy x 100)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 from jtcse.evaluation.sts import STS_TASKS, format_table
+from jtcse.evaluation.transfer import TRANSFER_TASKS
 from jtcse.io import atomic_write_text
 
 
@@ -15,24 +17,31 @@ def load_rows(named_paths: dict[str, str | Path]) -> dict[str, dict[str, float]]
             if p and Path(p).is_file()}
 
 
-def bar_chart(rows: dict[str, dict[str, float]], path: str | Path) -> None:
+#: suite -> (tasks, unit of the scores, heading of the markdown report)
+SUITES = {
+    "sts": (tuple(STS_TASKS), "Spearman x 100", "STS results (Spearman x 100)"),
+    "transfer": (TRANSFER_TASKS, "accuracy x 100", "SentEval transfer results (logistic-regression probe, accuracy x 100)"),
+}
+
+
+def bar_chart(rows: dict[str, dict[str, float]], path: str | Path, suite: str = "sts") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    tasks = [*STS_TASKS, "avg"]
+    tasks = [*SUITES[suite][0], "avg"]
     width = 0.8 / max(1, len(rows))
     fig, ax = plt.subplots(figsize=(10, 4))
     for i, (name, metrics) in enumerate(rows.items()):
         ax.bar(np.arange(len(tasks)) + i * width, [metrics.get(t, 0.0) for t in tasks], width, label=name)
     ax.set_xticks(np.arange(len(tasks)) + width * (len(rows) - 1) / 2, tasks)
-    ax.set_ylabel("Spearman x 100")
+    ax.set_ylabel(SUITES[suite][1])
     low = min(min(m.get(t, 100) for t in tasks) for m in rows.values()) if rows else 0
     ax.set_ylim(max(0, low - 5), 100)
     ax.legend(loc="upper left", ncol=max(1, len(rows)))
-    ax.set_title("STS (cosine, Spearman x 100)")
+    ax.set_title("STS (cosine, Spearman x 100)" if suite == "sts" else "SentEval transfer (accuracy x 100)")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +52,8 @@ def bar_chart(rows: dict[str, dict[str, float]], path: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="STS results table and bar chart")
+    parser = argparse.ArgumentParser(description="STS or transfer results table and bar chart")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="sts", help="which metrics files these are")
     parser.add_argument("--base")
     parser.add_argument("--twin")
     parser.add_argument("--distilled")
@@ -51,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", help="write the bar chart (PNG) here")
     args = parser.parse_args(argv)
     rows = load_rows({"base": args.base, "twin (JTCSE)": args.twin, "distilled (JTCSE-D)": args.distilled})
-    table = format_table(rows)
+    tasks, _, heading = SUITES[args.suite]
+    table = format_table(rows, tasks=tasks)
     print(table)
     if args.markdown:
-        atomic_write_text(args.markdown, "# STS results (Spearman x 100)\n\n" + table + "\n")
+        atomic_write_text(args.markdown, f"# {heading}\n\n" + table + "\n")
     if args.plot:
-        bar_chart(rows, args.plot)
+        bar_chart(rows, args.plot, args.suite)
     return 0
 
 

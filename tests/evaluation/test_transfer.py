@@ -218,3 +218,18 @@ def test_cli_bad_transfer_setting_is_one_line_exit_2(tiny_bert, small_transfer_d
     assert rc == 2
     assert "transfer.folds" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_report_suite_transfer_writes_the_transfer_table(tmp_path, capsys):
+    from jtcse.report import main
+
+    scores = {t: 70.0 + i for i, t in enumerate(TRANSFER_TASKS)} | {"avg": 73.0}
+    (tmp_path / "base.json").write_text(json.dumps(scores))
+    (tmp_path / "twin.json").write_text(json.dumps({**scores, "mr": 80.125}))
+    assert main(["--suite", "transfer", "--base", str(tmp_path / "base.json"), "--twin", str(tmp_path / "twin.json"),
+                 "--distilled", str(tmp_path / "absent.json"), "--markdown", str(tmp_path / "t.md")]) == 0
+    lines = (tmp_path / "t.md").read_text().splitlines()
+    assert lines[0] == "# SentEval transfer results (logistic-regression probe, accuracy x 100)"
+    assert lines[2] == "| model | mr | cr | subj | mpqa | sst2 | trec | mrpc | avg |"
+    assert lines[4] == "| base | 70.00 | 71.00 | 72.00 | 73.00 | 74.00 | 75.00 | 76.00 | 73.00 |"
+    assert lines[5].startswith("| twin (JTCSE) | 80.12 |") and len(lines) == 6
