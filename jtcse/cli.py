@@ -242,9 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_similarity)
 
+    from jtcse.mteb_adapter import register_cli as register_mteb
     from jtcse.packaging import register_cli as register_packaging
     from jtcse.tuning import register_cli as register_tuning
 
+    register_mteb(sub)
     register_packaging(sub)
     register_tuning(sub)
     return parser
