@@ -100,7 +100,8 @@ def _transfer_evaluator(args):
     cfg = settings.transfer
     return TransferEvaluator(args.data_dir or cfg.data_dir, cfg.tasks, batch_size=args.batch_size, folds=cfg.folds,
                              inner_folds=cfg.inner_folds, seed=cfg.seed, max_iter=cfg.max_iter,
-                             mrpc_features=cfg.mrpc_features, max_train=cfg.max_train, show_progress=True)
+                             mrpc_features=cfg.mrpc_features, max_train=cfg.max_train, jobs=cfg.jobs,
+                             show_progress=True)
 
 
 def cmd_evaluate(args) -> None:

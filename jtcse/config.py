@@ -151,6 +151,7 @@ class TransferSettings(_Section):
     seed: int = Field(1111, description="Shuffling seed of every fold split and of the probe (SentEval: 1111).")
     max_iter: int = Field(1000, ge=10, description="lbfgs iterations per logistic-regression fit.")
     mrpc_features: Literal["full", "senteval"] = Field("full", description="MRPC pair features: full = [u, v, |u-v|, u*v]; senteval = [|u-v|, u*v].")
+    jobs: int | None = Field(None, ge=1, description="Processes sharing the probe's CV folds; null = every CPU core. The scores do not depend on it.")
     max_train: int | None = Field(None, ge=20, description="Cap on the examples each probe learns from (stratified, seeded subset of a CV task's set or of train; dev/test stay whole); null = the full SentEval protocol.")
 
 

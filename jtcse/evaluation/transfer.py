@@ -15,8 +15,9 @@ UTF-8), SST2 and MRPC as UTF-8 (MRPC with its byte-order mark), every text is wh
 single-file tasks stay samples (CR and MPQA have a few; they are part of the standard counts 3775 and 10606).
 
 The probe is scikit-learn's ``LogisticRegression`` (lbfgs, SentEval's scikit-learn path) over SentEval's C
-grids: 2^-2 .. 2^3 for the inner-CV and split protocols, 2^-1 .. 2^5 for the k-fold protocol. Folds are
-shuffled with a fixed seed (SentEval: 1111), so a rerun gives the same numbers.
+grids: 2^-2 .. 2^3 for the inner-CV and split protocols, 2^-1 .. 2^5 for the k-fold protocol, fitted along
+each grid with warm starts. Folds are shuffled with a fixed seed (SentEval: 1111), so a rerun gives the same
+numbers; ``jobs`` processes share the folds (the result does not depend on it).
 
 Deviations from SentEval, on purpose: SimCSE's published numbers use SentEval's PyTorch probe (Adam, early
 stopping) rather than scikit-learn's; MRPC's features here add u and v to SentEval's [abs(u - v), u * v] (the
@@ -27,19 +28,18 @@ tasks dominate the suite's time on a CPU.
 
 from __future__ import annotations
 
-import functools
 import logging
+import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from jtcse.data import DataError
 from jtcse.encoding import Encoder
 from jtcse.evaluation.sts import format_table
+from jtcse.probe import cross_validated_accuracy, cv_selected_accuracy, dev_selected_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,6 @@ TRANSFER_TASKS: tuple[str, ...] = tuple(TRANSFER_FILES)
 CV_TASKS = ("mr", "cr", "subj", "mpqa")
 TREC_CLASSES = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
 MRPC_HEADER = ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")
-#: SentEval's scikit-learn grids of the inverse L2 strength C.
-C_GRID_SPLIT = tuple(2.0 ** t for t in range(-2, 4))
-C_GRID_KFOLD = tuple(2.0 ** t for t in range(-1, 6))
 
 
 @dataclass(frozen=True)
@@ -187,81 +184,6 @@ def subsample(data: Labelled, limit: int | None, seed: int) -> Labelled:
                     None if data.second is None else [data.second[i] for i in keep])
 
 
-# --- the probe ------------------------------------------------------------------------------------------------
-
-def _one_blas_thread(protocol):
-    """lbfgs on a few hundred features gains nothing from BLAS threads, and on a busy 2-core machine their
-    spinning made each small fit 20-100x slower (measured): every protocol runs with one BLAS thread."""
-
-    @functools.wraps(protocol)
-    def run(*args, **kwargs):
-        with threadpool_limits(limits=1):
-            return protocol(*args, **kwargs)
-
-    return run
-
-
-def fit_probe(x: np.ndarray, y: np.ndarray, c: float, *, seed: int, max_iter: int):
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    probe = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
-    with warnings.catch_warnings():
-        # a probe stopped at max_iter is still a valid (slightly under-fitted) probe; the grid picks among them
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        probe.fit(x, y)
-    return probe
-
-
-def accuracy100(probe, x: np.ndarray, y: np.ndarray) -> float:
-    return float(probe.score(x, y) * 100.0)
-
-
-def _folds(y: np.ndarray, folds: int, seed: int):
-    from sklearn.model_selection import StratifiedKFold
-
-    return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
-
-
-def select_c_by_cv(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...], *, folds: int, seed: int,
-                   max_iter: int) -> tuple[float, float]:
-    """The C of ``grid`` with the best mean stratified-CV accuracy (first one on ties) and that accuracy."""
-    splits = list(_folds(y, folds, seed))
-    scores = [float(np.mean([accuracy100(fit_probe(x[tr], y[tr], c, seed=seed, max_iter=max_iter), x[te], y[te])
-                             for tr, te in splits])) for c in grid]
-    best = int(np.argmax(scores))
-    return grid[best], scores[best]
-
-
-@_one_blas_thread
-def cross_validated_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int, inner_folds: int, seed: int,
-                             max_iter: int, grid: tuple[float, ...] = C_GRID_SPLIT) -> float:
-    """Mean test accuracy of a stratified ``folds``-fold CV; C is chosen inside each outer training part."""
-    accuracies = []
-    for train, test in _folds(y, folds, seed):
-        c, _ = select_c_by_cv(x[train], y[train], grid, folds=inner_folds, seed=seed, max_iter=max_iter)
-        accuracies.append(accuracy100(fit_probe(x[train], y[train], c, seed=seed, max_iter=max_iter), x[test], y[test]))
-    return float(np.mean(accuracies))
-
-
-@_one_blas_thread
-def dev_selected_accuracy(train: tuple[np.ndarray, np.ndarray], dev: tuple[np.ndarray, np.ndarray],
-                          test: tuple[np.ndarray, np.ndarray], *, seed: int, max_iter: int,
-                          grid: tuple[float, ...] = C_GRID_SPLIT) -> float:
-    """Fit on train for every C, keep the one best on dev, report its test accuracy."""
-    probes = [fit_probe(*train, c, seed=seed, max_iter=max_iter) for c in grid]
-    best = int(np.argmax([accuracy100(p, *dev) for p in probes]))
-    return accuracy100(probes[best], *test)
-
-
-@_one_blas_thread
-def cv_selected_accuracy(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *, folds: int,
-                         seed: int, max_iter: int, grid: tuple[float, ...] = C_GRID_KFOLD) -> float:
-    """C chosen by stratified CV on train, refit on all of train, accuracy on test."""
-    c, _ = select_c_by_cv(*train, grid, folds=folds, seed=seed, max_iter=max_iter)
-    return accuracy100(fit_probe(*train, c, seed=seed, max_iter=max_iter), *test)
-
-
 def pair_features(u: np.ndarray, v: np.ndarray, kind: str = "full") -> np.ndarray:
     """[u, v, |u - v|, u * v] ("full", InferSent) or SentEval's MRPC features [|u - v|, u * v] ("senteval")."""
     if kind == "full":
@@ -297,7 +219,7 @@ class TransferEvaluator:
     def __init__(self, data_dir: str | Path, tasks: tuple[str, ...] | list[str] | None = None, *,
                  batch_size: int = 128, folds: int = 10, inner_folds: int = 10, seed: int = 1111,
                  max_iter: int = 1000, mrpc_features: str = "full", max_train: int | None = None,
-                 primary_metric: str | None = None, show_progress: bool = False):
+                 jobs: int | None = None, primary_metric: str | None = None, show_progress: bool = False):
         self.data_dir = Path(data_dir)
         self.tasks = tuple(tasks or TRANSFER_TASKS)
         unknown = [t for t in self.tasks if t not in TRANSFER_FILES]
@@ -311,6 +233,7 @@ class TransferEvaluator:
             raise FileNotFoundError(f"{self.data_dir}: missing transfer file(s) {', '.join(missing)}")
         self.batch_size, self.folds, self.inner_folds, self.seed = batch_size, folds, inner_folds, seed
         self.max_iter, self.mrpc_features, self.show_progress = max_iter, mrpc_features, show_progress
+        self.jobs = jobs or os.cpu_count() or 1
         if max_train is not None and max_train < 2 * folds:
             raise ValueError(f"max_train ({max_train}) must leave at least 2 examples per fold ({folds} folds)")
         # The cap applies to what the probe trains on (a CV task's whole set, else train); dev and test stay whole.
@@ -352,10 +275,11 @@ class TransferEvaluator:
     def score_task(self, task: str, data: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
         common = dict(seed=self.seed, max_iter=self.max_iter)
         if task in CV_TASKS:
-            return cross_validated_accuracy(*data["all"], folds=self.folds, inner_folds=self.inner_folds, **common)
+            return cross_validated_accuracy(*data["all"], folds=self.folds, inner_folds=self.inner_folds,
+                                            jobs=self.jobs, **common)
         if task == "sst2":
             return dev_selected_accuracy(data["train"], data["dev"], data["test"], **common)
-        return cv_selected_accuracy(data["train"], data["test"], folds=self.folds, **common)
+        return cv_selected_accuracy(data["train"], data["test"], folds=self.folds, jobs=self.jobs, **common)
 
 
 def format_transfer_table(results: dict[str, dict[str, float]] | dict[str, float], title: str = "model") -> str:

@@ -9,9 +9,6 @@ from jtcse.evaluation.transfer import (
     TRANSFER_FILES,
     TRANSFER_TASKS,
     TransferEvaluator,
-    cross_validated_accuracy,
-    cv_selected_accuracy,
-    dev_selected_accuracy,
     pair_features,
     read_mrpc,
     read_polarity,
@@ -19,6 +16,7 @@ from jtcse.evaluation.transfer import (
     read_task,
     read_trec,
 )
+from jtcse.probe import cross_validated_accuracy, cv_selected_accuracy, dev_selected_accuracy
 
 # --- the readers, on tiny files in each real format -----------------------------------------------------------
 
@@ -113,9 +111,28 @@ def test_cv_splits_are_seeded_and_stratified():
     x, y = rng.normal(size=(120, 4)), np.array([0] * 90 + [1] * 30)  # noise: the accuracy depends on the folds
     first = cross_validated_accuracy(x, y, folds=4, inner_folds=2, seed=7, max_iter=100)
     assert cross_validated_accuracy(x, y, folds=4, inner_folds=2, seed=7, max_iter=100) == first
-    from jtcse.evaluation.transfer import _folds
+    from jtcse.probe import _folds
 
     assert all(np.bincount(y[test]).tolist() in ([22, 8], [23, 7]) for _, test in _folds(y, 4, 7))
+
+
+def test_warm_started_grid_and_parallel_folds_give_the_cold_serial_answer():
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    from jtcse.probe import C_GRID_KFOLD, _folds, select_c_by_cv
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(150, 6))
+    y = (x[:, 0] + 0.8 * rng.normal(size=150) > 0).astype(int)  # noisy labels: C matters
+    with threadpool_limits(limits=1):  # see _one_blas_thread: threads only slow these tiny fits down
+        naive = [np.mean([LogisticRegression(C=c, max_iter=500, random_state=1111).fit(x[tr], y[tr]).score(x[te], y[te])
+                          for tr, te in _folds(y, 5, 1111)]) * 100 for c in C_GRID_KFOLD]
+    c, score = select_c_by_cv(x, y, C_GRID_KFOLD, folds=5, seed=1111, max_iter=500)
+    assert c == C_GRID_KFOLD[int(np.argmax(naive))] and score == pytest.approx(max(naive), abs=1e-9)
+    assert select_c_by_cv(x, y, C_GRID_KFOLD, folds=5, seed=1111, max_iter=500, jobs=2) == (c, score)
+    serial = cross_validated_accuracy(x, y, folds=4, inner_folds=3, seed=1111, max_iter=500, jobs=1)
+    assert cross_validated_accuracy(x, y, folds=4, inner_folds=3, seed=1111, max_iter=500, jobs=2) == serial
 
 
 def test_subsample_is_stratified_seeded_and_keeps_pairs_aligned():
