@@ -196,6 +196,22 @@ class EvaluateSettings(_Section):
     max_length: int = Field(128, ge=8, le=512, description="Truncation length when encoding STS sentences (all fit in 128 tokens).")
 
 
+class TransferSettings(_Section):
+    """SentEval transfer tasks (jtcse/evaluation/transfer.py): a logistic-regression probe on frozen vectors."""
+
+    data_dir: Path = Field(Path("data/transfer"), description="SentEval's downstream folder layout: MR/, CR/, SUBJ/, MPQA/, SST/binary/, TREC/, MRPC/.")
+    tasks: list[Literal["mr", "cr", "subj", "mpqa", "sst2", "trec", "mrpc"]] = Field(
+        default_factory=lambda: ["mr", "cr", "subj", "mpqa", "sst2", "trec", "mrpc"], min_length=1,
+        description="Tasks to run; the primary metric 'avg' is the mean accuracy over them.")
+    folds: int = Field(10, ge=2, description="Outer stratified CV folds of MR/CR/SUBJ/MPQA, and the CV folds that choose C for TREC/MRPC (SentEval: 10).")
+    inner_folds: int = Field(10, ge=2, description="Inner CV folds choosing C inside each outer fold of MR/CR/SUBJ/MPQA (SentEval: same as folds).")
+    seed: int = Field(1111, description="Shuffling seed of every fold split and of the probe (SentEval: 1111).")
+    max_iter: int = Field(1000, ge=10, description="lbfgs iterations per logistic-regression fit.")
+    mrpc_features: Literal["full", "senteval"] = Field("full", description="MRPC pair features: full = [u, v, |u-v|, u*v]; senteval = [|u-v|, u*v].")
+    jobs: int | None = Field(None, ge=1, description="Processes sharing the probe's CV folds; null = every CPU core. The scores do not depend on it.")
+    max_train: int | None = Field(None, ge=20, description="Cap on the examples each probe learns from (stratified, seeded subset of a CV task's set or of train; dev/test stay whole); null = the full SentEval protocol.")
+
+
 class PackageSettings(_Section):
     name: str = Field("jtcse-minilm", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Package name: models/<name>-<version>/.")
     version: str = Field("0.1.0", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", description="Package version.")
@@ -211,7 +227,9 @@ class RetrainSettings(_Section):
     registry_dir: Path = Field(Path("registry"), description="Where promoted models and registry.json live.")
     stages: list[str] = Field(
         default_factory=lambda: ["pretrain_a", "pretrain_b", "train", "evaluate_base", "evaluate_base_mean",
-                                 "evaluate", "distill", "evaluate_distilled", "package", "report"],
+                                 "evaluate", "distill", "evaluate_distilled", "evaluate_transfer_base",
+                                 "evaluate_transfer", "evaluate_transfer_distilled", "package", "report",
+                                 "report_transfer"],
         description="dvc.yaml stages the flow runs after validation, in order.",
     )
     promote: list[str] = Field(default_factory=lambda: ["models/twin", "models/distilled"],
@@ -452,6 +470,7 @@ class Settings(_Section):
     train: TwinSettings = Field(default_factory=TwinSettings)
     distill: DistillSettings = Field(default_factory=DistillSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    transfer: TransferSettings = Field(default_factory=TransferSettings)
     package: PackageSettings = Field(default_factory=PackageSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     tune: TuneSettings = Field(default_factory=TuneSettings, description="Optuna search over the twin stage (jtcse tune).")

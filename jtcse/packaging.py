@@ -306,7 +306,7 @@ def read_metrics(path: str | Path) -> dict[str, float]:
     except (json.JSONDecodeError, ValueError) as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
-        raise UserError(f"{path}: expected a JSON object of task -> Spearman x 100")
+        raise UserError(f"{path}: expected a JSON object of task -> Spearman x 100 (or accuracy x 100)")
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -373,10 +373,29 @@ def _comparison(distilled_metrics: dict[str, float], baselines: dict[str, dict[s
     return "\n".join(lines)
 
 
+def _transfer_section(settings: Settings, transfer_metrics: dict[str, dict[str, float]] | None) -> str:
+    """The SentEval transfer table of the card (empty when the package was built without transfer metrics)."""
+    if not transfer_metrics:
+        return ""
+    from jtcse.evaluation.transfer import format_transfer_table
+
+    cap = settings.transfer.max_train
+    subset = (f" Each probe learned from a stratified subset of at most {cap} examples (`transfer.max_train`, "
+              "the CPU profile); dev and test sets are whole." if cap else "")
+    return f"""
+SentEval transfer tasks, accuracy x 100: a logistic-regression probe on the frozen vectors ({settings.transfer.folds}-fold
+CV for MR, CR, SUBJ, MPQA; the official splits of SST2, TREC and MRPC; `jtcse evaluate --suite transfer`).{subset}
+
+{format_transfer_table(transfer_metrics)}
+"""
+
+
 def model_card(*, settings: Settings, twin_metrics: dict[str, float], distilled_metrics: dict[str, float],
                distilled: dict, twin: dict, provenance: dict, stage_seconds: dict[str, float],
-               total_seconds: float | None, baselines: dict[str, dict[str, float]] | None = None) -> str:
-    """The package's README.md. ``baselines``: label -> scores of the untrained base (e.g. per pooling)."""
+               total_seconds: float | None, baselines: dict[str, dict[str, float]] | None = None,
+               transfer_metrics: dict[str, dict[str, float]] | None = None) -> str:
+    """The package's README.md. ``baselines``: label -> scores of the untrained base (e.g. per pooling);
+    ``transfer_metrics``: label -> SentEval transfer scores (a second table)."""
     from jtcse.evaluation.sts import format_table
 
     name, version = settings.package.name, settings.package.version
@@ -449,7 +468,7 @@ truncation at {settings.evaluate.max_length} tokens). Model selection used STS-B
 the untrained `{base}` with each pooling, for comparison.
 
 {table}{comparison}
-
+{_transfer_section(settings, transfer_metrics)}
 ## Training
 
 1. Two towers pre-trained separately with unsupervised SimCSE from `{base}`
@@ -557,7 +576,8 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
                   metrics_root: str | Path | None = None, data_dvc: str | Path = "data.dvc",
                   licenses: str | Path | None = "data/licenses", repo_dir: str | Path = ".",
                   check: bool = True, base_metrics: str | Path | None = None,
-                  base_mean_metrics: str | Path | None = None) -> PackageResult:
+                  base_mean_metrics: str | Path | None = None, twin_transfer: str | Path | None = None,
+                  distilled_transfer: str | Path | None = None) -> PackageResult:
     """Build ``<output_dir>/<name>-<version>/`` and ``<name>-<version>.tar.gz`` atomically (see module doc)."""
     from jtcse.provenance import data_version, git_commit, git_dirty, hardware
 
@@ -572,6 +592,9 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
         baselines[f"base {base_name}, {settings.model.pooling} pooling"] = read_metrics(base_metrics)
     if base_mean_metrics is not None and settings.model.pooling != "mean":
         baselines[f"base {base_name}, mean pooling"] = read_metrics(base_mean_metrics)
+    transfer_scores = {label: read_metrics(path) for label, path in (
+        ("JTCSE twin (sum of both towers)", twin_transfer), ("JTCSE-D (distilled, this model)", distilled_transfer))
+        if path is not None}
     metrics_root = Path(metrics_root) if metrics_root is not None else Path(twin_metrics).resolve().parent.parent
     stage_seconds, total_seconds = training_time(metrics_root)
     provenance = {"data_version": data_version(data_dvc), "git_commit": git_commit(repo_dir),
@@ -602,7 +625,8 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
                 log.warning("%s not found: the package carries no licence texts", licenses)
             card = model_card(settings=settings, twin_metrics=twin_scores, distilled_metrics=distilled_scores,
                               distilled=distilled_entry, twin=twin_entry, provenance=provenance,
-                              stage_seconds=stage_seconds, total_seconds=total_seconds, baselines=baselines)
+                              stage_seconds=stage_seconds, total_seconds=total_seconds, baselines=baselines,
+                              transfer_metrics=transfer_scores)
             (tmp / "README.md").write_text(card, encoding="utf-8")
             (tmp / "distilled" / "README.md").write_text(card, encoding="utf-8")  # travels with the folder alone
             _write_json(tmp / PACKAGE_MANIFEST, {
@@ -644,7 +668,8 @@ def cmd_package(args) -> None:
                            twin_metrics=args.twin_metrics, distilled_metrics=args.distilled_metrics,
                            output_dir=args.output_dir, metrics_root=args.metrics_root, data_dvc=args.data_dvc,
                            licenses=args.licenses or None, check=not args.no_check,
-                           base_metrics=args.base_metrics, base_mean_metrics=args.base_mean_metrics)
+                           base_metrics=args.base_metrics, base_mean_metrics=args.base_mean_metrics,
+                           twin_transfer=args.twin_transfer, distilled_transfer=args.distilled_transfer)
     print(f"package -> {result.path} ({result.files} files); tarball -> {result.tarball}; release -> {result.release}")
 
 
@@ -659,6 +684,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--base-metrics", help="seven-task STS JSON of the untrained base with model.pooling "
                                           "(a comparison row in the model card)")
     p.add_argument("--base-mean-metrics", help="seven-task STS JSON of the untrained base with mean pooling")
+    p.add_argument("--twin-transfer", help="SentEval transfer JSON of the twin (adds the transfer table to the card)")
+    p.add_argument("--distilled-transfer", help="SentEval transfer JSON of the distilled model")
     p.add_argument("--output-dir", default="models", help="writes <output-dir>/<name>-<version>/ and .tar.gz")
     p.add_argument("--metrics-root", help="folder of <stage>/summary.json training times "
                                           "(default: two levels above --twin-metrics)")

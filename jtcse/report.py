@@ -1,4 +1,5 @@
-"""The results people look at: a markdown table, a bar chart and the DVC plot data of the seven STS tasks."""
+"""The results people look at: a markdown table, a bar chart and the DVC plot data, of the seven STS tasks
+(Spearman x 100) or of the SentEval transfer tasks (``--suite transfer``, accuracy x 100)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ import math
 from pathlib import Path
 
 from jtcse.evaluation.sts import STS_TASKS, format_table
+from jtcse.evaluation.transfer import TRANSFER_TASKS
 from jtcse.io import atomic_file, atomic_write_text
 
 TASKS = (*STS_TASKS, "avg")
+#: suite -> (tasks, unit of the scores, heading of the markdown report)
+SUITES = {
+    "sts": (tuple(STS_TASKS), "Spearman x 100", "STS results (Spearman x 100)"),
+    "transfer": (TRANSFER_TASKS, "accuracy x 100", "SentEval transfer results (logistic-regression probe, accuracy x 100)"),
+}
 
 
 def load_rows(named_paths: dict[str, str | Path | None]) -> dict[str, dict[str, float]]:
@@ -19,9 +26,9 @@ def load_rows(named_paths: dict[str, str | Path | None]) -> dict[str, dict[str, 
             if p and Path(p).is_file()}
 
 
-def y_range(rows: dict[str, dict[str, float]]) -> tuple[float, float]:
+def y_range(rows: dict[str, dict[str, float]], tasks: tuple[str, ...] = TASKS) -> tuple[float, float]:
     """Bars start a little below the lowest score (a zero baseline hides 2-5 point differences); room for labels."""
-    values = [m[t] for m in rows.values() for t in TASKS if t in m]
+    values = [m[t] for m in rows.values() for t in tasks if t in m]
     if not values:
         return 0.0, 100.0
     low = max(0.0, 5 * math.floor((min(values) - 3) / 5))
@@ -29,28 +36,31 @@ def y_range(rows: dict[str, dict[str, float]]) -> tuple[float, float]:
     return low, high
 
 
-def bar_chart(rows: dict[str, dict[str, float]], path: str | Path) -> None:
+def bar_chart(rows: dict[str, dict[str, float]], path: str | Path, suite: str = "sts") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    tasks = (*SUITES[suite][0], "avg")
     width = 0.8 / max(1, len(rows))
     fig, ax = plt.subplots(figsize=(12, 4.8))
-    low, high = y_range(rows)
+    low, high = y_range(rows, tasks)
     for i, (name, metrics) in enumerate(rows.items()):
-        values = [metrics.get(t, float("nan")) for t in TASKS]
-        bars = ax.bar(np.arange(len(TASKS)) + i * width, values, width, label=name, bottom=0)
+        values = [metrics.get(t, float("nan")) for t in tasks]
+        bars = ax.bar(np.arange(len(tasks)) + i * width, values, width, label=name, bottom=0)
         ax.bar_label(bars, labels=[f"{v:.1f}" if v == v else "" for v in values], rotation=90, fontsize=7,
                      padding=2)
-    ax.set_xticks(np.arange(len(TASKS)) + width * (len(rows) - 1) / 2, TASKS)
-    ax.set_ylabel("Spearman x 100")
+    ax.set_xticks(np.arange(len(tasks)) + width * (len(rows) - 1) / 2, tasks)
+    ax.set_ylabel(SUITES[suite][1])
     ax.set_ylim(low, high)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=max(1, len(rows)), frameon=False)
-    ax.set_title(f"STS test sets, Spearman x 100 of cosine similarity (y axis from {low:g})")
+    what = "STS test sets, Spearman x 100 of cosine similarity" if suite == "sts" else \
+        "SentEval transfer tasks, accuracy x 100 of a logistic-regression probe"
+    ax.set_title(f"{what} (y axis from {low:g})")
     fig.tight_layout()
     with atomic_file(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=120)
@@ -65,12 +75,13 @@ def plot_data(rows: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="STS results table, bar chart and plot data")
-    parser.add_argument("--base", help="metrics.json of the base checkpoint with model.pooling")
+    parser = argparse.ArgumentParser(description="STS or transfer results table, bar chart and plot data")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="sts", help="which metrics files these are")
+    parser.add_argument("--base", help="metrics of the base checkpoint with model.pooling")
     parser.add_argument("--base-pooling", default="cls", help="the pooling --base was evaluated with (its label)")
-    parser.add_argument("--base-mean", help="metrics.json of the base checkpoint with mean pooling")
-    parser.add_argument("--twin", help="metrics.json of the JTCSE twin")
-    parser.add_argument("--distilled", help="metrics.json of the distilled JTCSE-D tower")
+    parser.add_argument("--base-mean", help="metrics of the base checkpoint with mean pooling")
+    parser.add_argument("--twin", help="metrics of the JTCSE twin")
+    parser.add_argument("--distilled", help="metrics of the distilled JTCSE-D tower")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--plot", help="write the bar chart (PNG) here")
     parser.add_argument("--plot-data", help="write task,model,spearman CSV here (DVC plot)")
@@ -79,12 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_pooling != "mean":  # with mean-pooled models, --base is already the mean-pooled base
         named["base (mean pooling)"] = args.base_mean
     rows = load_rows({**named, "twin (JTCSE)": args.twin, "distilled (JTCSE-D)": args.distilled})
-    table = format_table(rows)
+    tasks, _, heading = SUITES[args.suite]
+    table = format_table(rows, tasks=tasks)
     print(table)
     if args.markdown:
-        atomic_write_text(args.markdown, "# STS results (Spearman x 100)\n\n" + table + "\n")
+        atomic_write_text(args.markdown, f"# {heading}\n\n" + table + "\n")
     if args.plot:
-        bar_chart(rows, args.plot)
+        bar_chart(rows, args.plot, args.suite)
     if args.plot_data:
         atomic_write_text(args.plot_data, plot_data(rows))
     return 0

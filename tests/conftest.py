@@ -111,3 +111,22 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield home
+
+
+def write_small_transfer(out: Path, source: Path, lines: int = 40) -> Path:
+    """The first ``lines`` lines of every SentEval transfer file (MRPC keeps its header): the real formats, tiny."""
+    from jtcse.evaluation.transfer import TRANSFER_FILES
+
+    for files in TRANSFER_FILES.values():
+        for name in files:
+            raw = (source / name).read_bytes().split(b"\n")
+            keep = raw[:lines + 1] if name.startswith("MRPC/") else raw[:lines]
+            target = out / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b"\n".join(keep) + b"\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_transfer_dir(tmp_path_factory, data_dir) -> Path:
+    return write_small_transfer(tmp_path_factory.mktemp("transfer"), data_dir / "transfer")

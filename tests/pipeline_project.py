@@ -48,7 +48,7 @@ def remote_url() -> str:
 TINY_STAGE = {"steps": 4, "batch_size": 8, "lr": 1e-3, "eval_every": 2, "checkpoint_every": 2, "keep_checkpoints": 1}
 
 
-def make_project(root: Path, tiny_model: Path, small_sts: Path) -> Path:
+def make_project(root: Path, tiny_model: Path, small_sts: Path, small_transfer: Path | None = None) -> Path:
     """Copy the pipeline definition and code, point it at the tiny model, pull the real data.
 
     Validation runs on the full bundle; training selection and evaluation use the first pairs of each STS file.
@@ -64,6 +64,9 @@ def make_project(root: Path, tiny_model: Path, small_sts: Path) -> Path:
         params[stage].update(TINY_STAGE)
     params["train"]["cross_attention"]["num_layers"] = 2
     params["evaluate"].update(batch_size=256, max_length=48)
+    if small_transfer is not None:
+        shutil.copytree(small_transfer, root / "transfer_small")
+        params["transfer"].update(data_dir="transfer_small", folds=2, inner_folds=2, max_iter=50, max_train=None)
     params["runtime"]["threads"] = 1
     params["package"].update(name="tiny", version="0.0.1")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

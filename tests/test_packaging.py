@@ -372,3 +372,20 @@ def test_package_refuses_missing_or_bad_inputs(inputs, tmp_path):
         build_package(inputs["settings"], twin_metrics=inputs["twin_metrics"],
                       **{**common, "twin": inputs["distilled"]})
     assert not (tmp_path / "models").exists() or list((tmp_path / "models").iterdir()) == []
+
+
+def test_model_card_carries_the_transfer_table_only_when_given(inputs):
+    from jtcse.packaging import model_card
+
+    kwargs = dict(twin_metrics={"avg": 1.0}, distilled_metrics={"avg": 2.0},
+                  distilled={"pooling": "cls", "dimension": 384, "max_seq_length": 128},
+                  twin={"combine": "sum", "pooling": "cls", "dimension": 384},
+                  provenance={"data_version": "abc.dir", "git_commit": "unknown", "hardware": "CPU: test",
+                              "versions": {}}, stage_seconds={}, total_seconds=None)
+    settings = inputs["settings"].model_copy(deep=True)
+    settings.transfer.max_train = 2000
+    transfer = {"JTCSE-D (distilled, this model)": {"mr": 75.5, "trec": 80.25, "avg": 77.875}}
+    card = model_card(settings=settings, transfer_metrics=transfer, **kwargs)
+    assert "| model | mr | trec | avg |" in card and "| JTCSE-D (distilled, this model) | 75.50 | 80.25 | 77.88 |" in card
+    assert "at most 2000 examples" in card
+    assert "SentEval transfer" not in model_card(settings=settings, **kwargs)

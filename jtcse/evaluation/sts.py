@@ -110,10 +110,11 @@ def dev_evaluator(data_dir: str | Path, selection: str = DEV_MEAN, batch_size: i
     return STSEvaluator(data_dir, tasks, batch_size=batch_size, primary_metric=selection, average_name=DEV_MEAN)
 
 
-def format_table(results: dict[str, dict[str, float]] | dict[str, float], title: str = "model") -> str:
-    """A markdown table: one row per model, one column per task (Spearman x 100)."""
+def format_table(results: dict[str, dict[str, float]] | dict[str, float], title: str = "model",
+                 tasks: tuple[str, ...] | None = None) -> str:
+    """A markdown table: one row per model, one column per task (default: the STS tasks) and the average."""
     rows = results if results and isinstance(next(iter(results.values())), dict) else {title: results}
-    columns = [t for t in (*STS_TASKS, "avg") if any(t in r for r in rows.values())]
+    columns = [t for t in (*(tasks or STS_TASKS), "avg") if any(t in r for r in rows.values())]
     header = "| model | " + " | ".join(columns) + " |"
     line = "|---|" + "---:|" * len(columns)
     body = ["| " + name + " | " + " | ".join(f"{r[c]:.2f}" if c in r else "" for c in columns) + " |"

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_bert, small_sts_dir):
-    return make_project(tmp_path_factory.mktemp("project"), tiny_bert, small_sts_dir)
+def project(tmp_path_factory, tiny_bert, small_sts_dir, small_transfer_dir):
+    return make_project(tmp_path_factory.mktemp("project"), tiny_bert, small_sts_dir, small_transfer_dir)
 
 
 def stale_stages(project) -> set[str]:
@@ -41,6 +41,10 @@ def test_retrain_flow_promotes_then_keeps_and_dvc_reruns_only_what_changed(proje
     assert entry["metrics"] == twin and len(entry["data_version"]) > 10 and len(entry["git_commit"]) == 40
     assert (project / "registry/v1/twin/twin.json").is_file()
     assert (project / "reports/sts_bars.png").stat().st_size > 1000
+    transfer = json.loads((project / "metrics/distilled/transfer.json").read_text())
+    assert set(transfer) == {"mr", "cr", "subj", "mpqa", "sst2", "trec", "mrpc", "avg"}
+    assert "| distilled (JTCSE-D) |" in (project / "reports/transfer_table.md").read_text()
+    assert "SentEval transfer tasks, accuracy x 100" in (project / "models/tiny-0.0.1/README.md").read_text()
     assert stale_stages(project) == set()  # a second `dvc repro` has nothing to do
 
     second = retrain(project_dir=str(project), pull=False)
@@ -53,7 +57,7 @@ def test_retrain_flow_promotes_then_keeps_and_dvc_reruns_only_what_changed(proje
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = stale_stages(project)
     assert "train" in changed
-    assert not changed & {"validate", "pretrain_a", "pretrain_b", "evaluate_base"}
+    assert not changed & {"validate", "pretrain_a", "pretrain_b", "evaluate_base", "evaluate_transfer_base"}
     params["train"]["lr"] = 1e-3
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert stale_stages(project) == set()
