@@ -19,11 +19,14 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jtcse.encoding import Encoder
+from jtcse.errors import UserError
+
+if TYPE_CHECKING:  # torch loads on first use, so `jtcse --help` stays fast
+    from jtcse.encoding import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ def resolve_tasks(names: list[str]):
     known = {t.metadata.name for t in mteb.get_tasks()}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown MTEB task(s) {', '.join(unknown)} (see `python -m mteb available-tasks`)")
+        raise UserError(f"unknown MTEB task(s) {', '.join(unknown)} (see `python -m mteb available-tasks`)")
     return list(mteb.get_tasks(tasks=names))
 
 
@@ -162,9 +165,10 @@ def register_cli(subparsers) -> None:
     p.add_argument("--output", required=True, help="results folder (mteb's layout) and summary.json")
     p.add_argument("--pooling", choices=["cls", "mean"], default=None, help="tower pooling (default: the model's own)")
     p.add_argument("--max-length", type=int, default=None, help="truncation (default: the model's own, else 128)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default: 64)")
     p.add_argument("--name", help="model name in the results (default: the folder name)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the model runs (default: auto = cuda if available)")
     p.set_defaults(func=cmd_mteb)
 
 

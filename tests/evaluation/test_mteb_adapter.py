@@ -111,5 +111,5 @@ def test_cli_unknown_task_is_one_line_exit_2(tiny_bert, tmp_path, capsys):
     rc = main(["mteb", "--model", str(tiny_bert), "--tasks", "NoSuchTask123", "--output", str(tmp_path / "out")])
     assert rc == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("jtcse mteb: error: unknown MTEB task(s) NoSuchTask123") and "\n" not in err
+    assert err.startswith("jtcse: error: unknown MTEB task(s) NoSuchTask123") and "\n" not in err
     assert not (tmp_path / "out").exists()

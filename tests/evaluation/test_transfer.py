@@ -248,5 +248,5 @@ def test_report_suite_transfer_writes_the_transfer_table(tmp_path, capsys):
     lines = (tmp_path / "t.md").read_text().splitlines()
     assert lines[0] == "# SentEval transfer results (logistic-regression probe, accuracy x 100)"
     assert lines[2] == "| model | mr | cr | subj | mpqa | sst2 | trec | mrpc | avg |"
-    assert lines[4] == "| base | 70.00 | 71.00 | 72.00 | 73.00 | 74.00 | 75.00 | 76.00 | 73.00 |"
+    assert lines[4] == "| base (cls pooling) | 70.00 | 71.00 | 72.00 | 73.00 | 74.00 | 75.00 | 76.00 | 73.00 |"
     assert lines[5].startswith("| twin (JTCSE) | 80.12 |") and len(lines) == 6
