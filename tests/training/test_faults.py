@@ -199,7 +199,7 @@ def test_sigterm_and_ctrl_c_write_a_checkpoint_and_say_how_to_resume(signum, sta
     watcher.join(timeout=WAIT_S)
     err = capsys.readouterr().err.strip().splitlines()
     name = signal.Signals(signum).name
-    match = re.fullmatch(rf"jtcse train-tower: tower a: interrupted by {name} at step (\d+); checkpoint saved in "
+    match = re.fullmatch(rf"jtcse(?: train-tower)?: tower a: interrupted by {name} at step (\d+); checkpoint saved in "
                          rf"(\S+); rerun the same command to resume", err[-1])
     assert code == status and match, err
     step = int(match.group(1))
