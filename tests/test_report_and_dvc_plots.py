@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jtcse.evaluation.sts import SELECTION_METRICS
 from tests.conftest import REPO
 
 TASKS = ("sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr", "avg")
@@ -123,5 +124,5 @@ def test_dvc_metrics_show_is_a_narrow_table():
     files = workspace["data"]
     assert "reports/validation.json" not in files
     keys = {k for f in files.values() for k in f.get("data", {})}
-    assert keys <= {*TASKS, "initial_stsb_dev", "best_stsb_dev", "best_step", "steps", "batch_size",
-                    "seconds_this_run", "seconds"}, keys
+    selection = {f"{when}_{metric}" for when in ("initial", "best") for metric in SELECTION_METRICS}
+    assert keys <= {*TASKS, *selection, "best_step", "steps", "batch_size", "seconds_this_run", "seconds"}, keys
