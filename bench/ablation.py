@@ -20,7 +20,6 @@ import csv
 import logging
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,7 @@ def _number(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-def cell_record(stage_path: Path, metrics_dir: Path, summary: dict) -> dict[str, Any]:
+def cell_record(metrics_dir: Path, summary: dict) -> dict[str, Any]:
     """Dev metrics at the kept step and the diagnostics at step 0 and at the last evaluation."""
     evals = _csv_rows(metrics_dir / "eval.csv")
     best = next((r for r in evals if int(r["step"]) == summary.get("best_step")), evals[-1] if evals else {})
@@ -185,48 +184,36 @@ def render_plot(report: dict, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    import torch
-
     from jtcse.api import load_twin
     from jtcse.evaluation.sts import STS_TASKS, STSEvaluator
     from jtcse.io import atomic_write_json, atomic_write_text
 
-    overrides = common.profile_overrides(args.profile, args.set)
-    settings = common.load_bench_settings(args.params, overrides)
-    if settings.runtime.threads:
-        torch.set_num_threads(settings.runtime.threads)
+    settings, overrides = common.run_settings(args)
     cells = [parse_cell(c) for c in (args.cells or list(CELLS))]
     seeds = list(dict.fromkeys(args.seeds))
     out = Path(args.out)
     evaluator = STSEvaluator(settings.data.sts_dir, STS_TASKS, batch_size=settings.evaluate.batch_size)
-    tmp = None
-    if args.reuse_dir:
-        work = Path(args.reuse_dir)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="jtcse-ablation-")
-        work = Path(tmp.name)
-    ws = Workspace(work, settings)
-    selection = settings.evaluate.selection
-    results: list[dict] = []
+    with common.work_dir(args.reuse_dir, "jtcse-ablation-") as work:
+        ws = Workspace(work, settings)
+        selection = settings.evaluate.selection
+        results: list[dict] = []
 
-    def write_report() -> dict:
-        """Written after every cell, so an interrupted run still leaves the table of what finished."""
-        ordered = sorted(results, key=lambda c: -(c["dev"].get(selection, (float("-inf"),))[0]))
-        report = {"benchmark": "ablation", "command": " ".join(sys.argv) if __name__ == "__main__" else None,
-                  "profile": args.profile, "params_file": str(args.params), "overrides": overrides, "seeds": seeds,
-                  "selection": selection, "settings": common.settings_dict(settings),
-                  "environment": common.environment(), "work_dir": str(work) if args.reuse_dir else None,
-                  "cells_planned": [name for name, _ in cells], "cells": ordered}
-        atomic_write_json(out / "ablation.json", report)
-        atomic_write_text(out / "ablation.md", render_markdown(report))
-        render_plot(report, out / "ablation.png")
-        log.info("wrote %s, %s, %s (%d of %d cells)", out / "ablation.json", out / "ablation.md",
-                 out / "ablation.png", len(results), len(cells))
-        return report
+        def write_report() -> dict:
+            """Written after every cell, so an interrupted run still leaves the table of what finished."""
+            ordered = sorted(results, key=lambda c: -(c["dev"].get(selection, (float("-inf"),))[0]))
+            report = {"benchmark": "ablation", "command": " ".join(sys.argv) if __name__ == "__main__" else None,
+                      "profile": args.profile, "params_file": str(args.params), "overrides": overrides, "seeds": seeds,
+                      "selection": selection, "settings": common.settings_dict(settings),
+                      "environment": common.environment(), "work_dir": str(work) if args.reuse_dir else None,
+                      "cells_planned": [name for name, _ in cells], "cells": ordered}
+            atomic_write_json(out / "ablation.json", report)
+            atomic_write_text(out / "ablation.md", render_markdown(report))
+            render_plot(report, out / "ablation.png")
+            log.info("wrote %s, %s, %s (%d of %d cells)", out / "ablation.json", out / "ablation.md",
+                     out / "ablation.png", len(results), len(cells))
+            return report
 
-    report: dict = {}
-    try:
+        report: dict = {}
         for i, (name, cell) in enumerate(cells, start=1):
             per_seed: dict[int, dict] = {}
             records: dict[str, dict] = {}
@@ -238,8 +225,8 @@ def run(args: argparse.Namespace) -> dict:
                 per_seed[seed] = {"scores": {k: round(v, 4) for k, v in scores.items()},
                                   "train_s": round(stage.total_seconds(), 2), "eval_s": round(eval_s, 2),
                                   "stage_summary": stage.summary, "seeds_used": seeded_overrides(settings, seed)}
-                records[str(seed)] = {**per_seed[seed], **cell_record(stage.path, work / f"seed{seed}" / "metrics" /
-                                                                     f"ablation_{name}", stage.summary)}
+                records[str(seed)] = {**per_seed[seed], **cell_record(work / f"seed{seed}" / "metrics" / f"ablation_{name}",
+                                                                     stage.summary)}
                 log.info("cell %s seed %d: dev %s, test avg %.2f", name, seed, records[str(seed)]["dev_at_best"],
                          scores["avg"])
             dev = {}
@@ -250,9 +237,6 @@ def run(args: argparse.Namespace) -> dict:
                             "best_steps": [r["stage_summary"].get("best_step") for r in records.values()],
                             "test": summarise(per_seed)})
             report = write_report()
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     return report
 
 

@@ -8,8 +8,10 @@ import logging
 import os
 import platform
 import statistics
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,31 @@ def profile_overrides(profile: str, items: Iterable[str] | None) -> dict[str, An
     if profile not in PROFILES:
         raise SystemExit(f"--profile: unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     return {**PROFILES[profile], **parse_set(items)}
+
+
+def run_settings(args: argparse.Namespace):
+    """A training benchmark's settings: the params file, then its --profile, then --set; torch threads applied.
+    Returns the settings and the overrides that made them (for the report)."""
+    import torch
+
+    overrides = profile_overrides(args.profile, args.set)
+    settings = load_bench_settings(args.params, overrides)
+    if settings.runtime.threads:
+        torch.set_num_threads(settings.runtime.threads)
+    return settings, overrides
+
+
+@contextmanager
+def work_dir(reuse_dir: str | None, prefix: str) -> Iterator[Path]:
+    """--reuse-dir (created, kept: finished stages are reused, interrupted ones resume), else a temporary folder
+    that is deleted at the end."""
+    if reuse_dir:
+        path = Path(reuse_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 def parse_set(items: Iterable[str] | None) -> dict[str, Any]:
@@ -160,18 +187,11 @@ def median(values: list[float]) -> float:
 
 
 def write_png(fig, path: Path) -> None:
-    """Save a matplotlib figure atomically (temporary file in the same folder, then rename)."""
-    import tempfile
+    """Save a matplotlib figure atomically (jtcse.io: temporary sibling, fsync, rename)."""
+    from jtcse.io import atomic_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
 
 
 def fmt(value: float | None, digits: int = 2) -> str:

@@ -30,7 +30,6 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,10 +71,6 @@ ALIASES = {"1": ["base_cls", "base_mean"], "1a": ["base_cls"], "1b": ["base_mean
            "c": ["simcse_long"], "control": ["simcse_long"], "all": DEFAULT_ROWS}
 
 
-#: Named bridge designs given with --design: row key -> train overrides (rows 5.1, 5.2, ... after row 5).
-DESIGNS: dict[str, dict[str, Any]] = {}
-
-
 def parse_design(item: str) -> tuple[str, dict[str, Any]]:
     """``name:key=value,key=value``: keys that do not start with a settings section are read under train."""
     from jtcse.config import Settings
@@ -88,33 +83,45 @@ def parse_design(item: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), {(k if k.split(".")[0] in sections else f"train.{k}"): v for k, v in overrides.items()}
 
 
-def register_designs(items: list[str]) -> None:
-    """Add one JTCSE row per --design after row 5 (keys design_<name>, usable in --rows and --repeat-rows)."""
-    global ROWS, ROW_BY_KEY
-    for i, item in enumerate(items, start=1):
+@dataclass(frozen=True)
+class RowTable:
+    """The rows of one run: the fixed ones plus one JTCSE row per --design (5.1, 5.2, ... after row 5, keys
+    design_<name>, usable in --rows and --repeat-rows), with the train overrides of each design."""
+
+    rows: tuple[Row, ...] = ROWS
+    designs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def by_key(self) -> dict[str, Row]:
+        return {r.key: r for r in self.rows}
+
+
+def row_table(design_items: list[str] | None = None) -> RowTable:
+    rows, designs = list(ROWS), {}
+    after = [r.key for r in ROWS].index("jtcse") + 1
+    for i, item in enumerate(design_items or [], start=1):
         name, overrides = parse_design(item)
-        key = f"design_{name}"
-        DESIGNS[key] = overrides
-        if key not in ROW_BY_KEY:
-            at = [r.key for r in ROWS].index("jtcse") + i
-            ROWS = (*ROWS[:at], Row(key, f"5.{i}", f"JTCSE twin, {name}"), *ROWS[at:])
-            ROW_BY_KEY = {r.key: r for r in ROWS}
+        designs[f"design_{name}"] = overrides
+        rows.insert(after + i - 1, Row(f"design_{name}", f"5.{i}", f"JTCSE twin, {name}"))
+    return RowTable(tuple(rows), designs)
 
 
-def select_rows(items: list[str] | None) -> list[str]:
+def select_rows(items: list[str] | None, table: RowTable | None = None) -> list[str]:
+    table = table or RowTable()
     if not items:
-        return [r.key for r in ROWS if r.key in DEFAULT_ROWS or r.key in DESIGNS]
+        return [r.key for r in table.rows if r.key in DEFAULT_ROWS or r.key in table.designs]
+    by_key = table.by_key
     chosen: set[str] = set()
     for item in items:
         for part in item.replace(",", " ").split():
             key = part.strip().lower()
             if key in ALIASES:
                 chosen.update(ALIASES[key])
-            elif key in ROW_BY_KEY or f"design_{key}" in ROW_BY_KEY:
-                chosen.add(key if key in ROW_BY_KEY else f"design_{key}")
+            elif key in by_key or f"design_{key}" in by_key:
+                chosen.add(key if key in by_key else f"design_{key}")
             else:
-                raise SystemExit(f"--rows: unknown row {part!r}; use 1-6, C or one of {', '.join(ROW_BY_KEY)}")
-    return [r.key for r in ROWS if r.key in chosen]
+                raise SystemExit(f"--rows: unknown row {part!r}; use 1-6, C or one of {', '.join(by_key)}")
+    return [r.key for r in table.rows if r.key in chosen]
 
 
 def seeded_overrides(settings, seed: int) -> dict[str, int]:
@@ -257,7 +264,8 @@ class Workspace:
                          lambda **kw: distill_twin(settings, twin=str(twin.path), **kw))
 
 
-def make_encoder(row: str, ws: Workspace, seed: int, settings) -> tuple[Any, Stage | None]:
+def make_encoder(row: str, ws: Workspace, seed: int, settings,
+                 designs: dict[str, dict[str, Any]] | None = None) -> tuple[Any, Stage | None]:
     from jtcse.api import load_twin
     from jtcse.config import resolve_model_path
     from jtcse.encoding import TowerEncoder, TwinEncoder
@@ -281,9 +289,9 @@ def make_encoder(row: str, ws: Workspace, seed: int, settings) -> tuple[Any, Sta
     if row in ("tncse", "jtcse"):
         stage = ws.twin(seed, cross_attention=row == "jtcse")
         return load_twin(stage.path, device=device, max_length=max_length), stage
-    if row in DESIGNS:
+    if row in (designs or {}):
         # Named like bench/ablation.py's cells, so a design trained there is reused here and vice versa.
-        stage = ws.twin(seed, design=DESIGNS[row], name=f"ablation_{row.removeprefix('design_')}")
+        stage = ws.twin(seed, design=designs[row], name=f"ablation_{row.removeprefix('design_')}")
         return load_twin(stage.path, device=device, max_length=max_length), stage
     if row == "jtcse_d":
         stage = ws.distilled(seed)
@@ -421,41 +429,30 @@ def render_plot(report: dict, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    import torch
-
     from jtcse.evaluation.sts import STS_TASKS, STSEvaluator
     from jtcse.io import atomic_write_json, atomic_write_text
 
-    overrides = common.profile_overrides(args.profile, args.set)
-    settings = common.load_bench_settings(args.params, overrides)
-    if settings.runtime.threads:
-        torch.set_num_threads(settings.runtime.threads)
-    register_designs(args.design)
-    rows = select_rows(args.rows)
+    settings, overrides = common.run_settings(args)
+    table = row_table(args.design)
+    spec_of = table.by_key
+    rows = select_rows(args.rows, table)
     seeds = list(dict.fromkeys(args.seeds))
-    repeat = set(select_rows(args.repeat_rows)) if args.repeat_rows else set()
+    repeat = set(select_rows(args.repeat_rows, table)) if args.repeat_rows else set()
     out = Path(args.out)
     evaluator = STSEvaluator(settings.data.sts_dir, STS_TASKS, batch_size=settings.evaluate.batch_size,
                              show_progress=True)
 
-    tmp = None
-    if args.reuse_dir:
-        work = Path(args.reuse_dir)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="jtcse-quality-")
-        work = Path(tmp.name)
-    log.info("rows %s, seeds %s (repeated rows: %s), work dir %s", rows, seeds, sorted(repeat & set(rows)), work)
-    ws = Workspace(work, settings)
-    results: list[dict] = []
-    plan = [(row, seed) for row in rows for seed in (seeds if (row in repeat) else seeds[:1])
-            if ROW_BY_KEY[row].needs_training or seed == seeds[0]]
-    try:
+    with common.work_dir(args.reuse_dir, "jtcse-quality-") as work:
+        log.info("rows %s, seeds %s (repeated rows: %s), work dir %s", rows, seeds, sorted(repeat & set(rows)), work)
+        ws = Workspace(work, settings)
+        results: list[dict] = []
+        plan = [(row, seed) for row in rows for seed in (seeds if (row in repeat) else seeds[:1])
+                if spec_of[row].needs_training or seed == seeds[0]]
         per_row: dict[str, dict[int, dict]] = {}
         for i, (row, seed) in enumerate(plan, start=1):
-            log.info("[%d/%d] %s, seed %d", i, len(plan), ROW_BY_KEY[row].label, seed)
+            log.info("[%d/%d] %s, seed %d", i, len(plan), spec_of[row].label, seed)
             seed_settings = ws.settings_for(seed)
-            encoder, stage = make_encoder(row, ws, seed, seed_settings)
+            encoder, stage = make_encoder(row, ws, seed, seed_settings, table.designs)
             started = time.perf_counter()
             scores = evaluator(encoder)
             eval_s = time.perf_counter() - started
@@ -470,12 +467,9 @@ def run(args: argparse.Namespace) -> dict:
             log.info("%s seed %d: avg %.2f (eval %.1f s)", row, seed, scores["avg"], eval_s)
             per_row.setdefault(row, {})[seed] = entry
         for row in rows:
-            spec = ROW_BY_KEY[row]
+            spec = spec_of[row]
             results.append({"key": row, "number": spec.number, "label": spec.label, "control": spec.control,
                             "trained": spec.needs_training, "per_seed": per_row[row], **summarise(per_row[row])})
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
 
     report = {
         "benchmark": "quality",
@@ -487,7 +481,7 @@ def run(args: argparse.Namespace) -> dict:
                            f"{SEED_STRIDE} * (s - 1); seed 1 = the params file",
         "repeated_rows": sorted(repeat & set(rows)),
         "profile": args.profile,
-        "row_overrides": {"tncse": {"train.cross_attention.num_layers": 0}, **{k: DESIGNS[k] for k in rows if k in DESIGNS},
+        "row_overrides": {"tncse": {"train.cross_attention.num_layers": 0}, **{k: table.designs[k] for k in rows if k in table.designs},
                           "simcse_long": {"pretrain.steps": settings.train.steps, "init": "tower_a"}},
         "settings": common.settings_dict(settings),
         "environment": common.environment(),

@@ -172,30 +172,14 @@ def cmd_evaluate(args) -> None:
 
 
 def read_sentences(name: str) -> list[str]:
-    """One sentence per line of a UTF-8 file ("-": standard input); warns once about blank lines.
+    """One sentence per line of a UTF-8 file ("-": standard input); warns once about blank lines."""
+    from jtcse.data import blank_lines_warning
+    from jtcse.data import read_sentences as read
 
-    A file (or input) with no sentence at all is an error; a blank line is kept as an empty sentence, so row i of
-    the output is still line i."""
-    from jtcse.data import DataError, decode_lines, read_lines
-
-    label = "<stdin>" if name == "-" else name
-    if name == "-":
-        lines, notes = decode_lines(sys.stdin.buffer.read())
-        bad = next((i for i, note in enumerate(notes, start=1) if note), None)
-        if bad is not None:
-            raise DataError(f"{label}:{bad}: not valid UTF-8 ({notes[bad - 1]}); send UTF-8 text")
-    else:
-        lines = read_lines(name, "input file")
-    if not lines:
-        raise DataError(f"{label}: empty {'input' if name == '-' else 'file'}, expected one sentence per line")
-    blank = [lineno for lineno, line in enumerate(lines, start=1) if not line.strip()]
-    if len(blank) == len(lines):
-        raise DataError(f"{label}: all {len(lines)} line(s) are blank, expected one sentence per line")
-    if blank:
-        shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
-        print(f"jtcse: warning: {label}: {len(blank)} blank line{'s' if len(blank) > 1 else ''} (line "
-              f"{shown}) encoded as empty sentences; each output row still matches its input line",
-              file=sys.stderr)
+    lines = read(name, stdin=sys.stdin.buffer)
+    warning = blank_lines_warning("<stdin>" if name == "-" else name, lines)
+    if warning:
+        print(f"jtcse: warning: {warning}", file=sys.stderr)
     return lines
 
 

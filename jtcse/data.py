@@ -188,20 +188,34 @@ def check_corpus_fits(sentences: list[str], batch_size: int, *, corpus: str | Pa
                     corpus, repeats, len(sentences))
 
 
-def read_sentences(path: str | Path) -> list[str]:
-    """Sentences to encode, one per line (row i of the output is line i). Blank lines are kept, so the rows still
-    line up with the lines, with a warning that counts them; a file with no sentence at all is an error."""
-    path = Path(path)
-    lines = read_lines(path, "input file")
+def read_sentences(path: str | Path, stdin=None) -> list[str]:
+    """Sentences to encode, one per line of a UTF-8 file, or of ``stdin`` (a binary stream) when ``path`` is "-".
+
+    Row i of the output is line i, so blank lines are kept (:func:`blank_lines_warning` says how many); a file with
+    no sentence at all is an error."""
+    label = "<stdin>" if str(path) == "-" else str(path)
+    if str(path) == "-":
+        lines, notes = decode_lines(stdin.read())
+        bad = next((i for i, note in enumerate(notes, start=1) if note), None)
+        if bad is not None:
+            raise DataError(f"{label}:{bad}: not valid UTF-8 ({notes[bad - 1]}); send UTF-8 text")
+    else:
+        lines = read_lines(path, "input file")
     if not lines:
-        raise DataError(f"{path}: empty file, expected one sentence per line")
-    blank = [i for i, line in enumerate(lines, start=1) if not line.strip()]
-    if len(blank) == len(lines):
-        raise DataError(f"{path}: all {len(lines)} line(s) are blank, expected one sentence per line")
-    if blank:
-        log.warning("%s: %d of %d lines are blank (first: line %d); their rows hold the vector of an empty "
-                    "sentence", path, len(blank), len(lines), blank[0])
+        raise DataError(f"{label}: empty {'input' if label == '<stdin>' else 'file'}, expected one sentence per line")
+    if not any(line.strip() for line in lines):
+        raise DataError(f"{label}: all {len(lines)} line(s) are blank, expected one sentence per line")
     return lines
+
+
+def blank_lines_warning(label: str, lines: list[str]) -> str | None:
+    """What to tell the user about the blank lines of :func:`read_sentences`' result (None when there are none)."""
+    blank = [lineno for lineno, line in enumerate(lines, start=1) if not line.strip()]
+    if not blank:
+        return None
+    shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
+    return (f"{label}: {len(blank)} blank line{'s' if len(blank) > 1 else ''} (line {shown}) encoded as empty "
+            "sentences; each output row still matches its input line")
 
 
 class SentenceStream:

@@ -46,6 +46,15 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
+def encode_distinct(encoder: "Encoder", sentences, *, batch_size: int, show_progress: bool = False):
+    """Encode every distinct sentence once (sorted, so batches are reproducible); returns the number encoded and a
+    lookup: a list of sentences -> the matrix of their vectors, in that order."""
+    distinct = sorted(set(sentences))
+    vectors = encoder.encode(distinct, batch_size=batch_size, show_progress=show_progress)
+    index = {s: i for i, s in enumerate(distinct)}
+    return len(distinct), lambda texts: vectors[[index[s] for s in texts]]
+
+
 class Encoder:
     """Shared batching and the sentence-transformers ``encode`` interface.
 

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from jtcse.errors import InputNotFoundError, UserError
 
-from jtcse.errors import UserError
+if TYPE_CHECKING:  # numpy and torch load on first use, so `jtcse --help` stays fast
+    import numpy as np
 
-if TYPE_CHECKING:  # torch loads on first use, so `jtcse --help` stays fast
     from jtcse.encoding import Encoder
 
 log = logging.getLogger(__name__)
@@ -41,11 +40,13 @@ def _require_mteb():
 
 def _revision(path: Path) -> str:
     """A stable revision id for a local model: the SHA256 of its weights' and configs' checksums."""
+    from jtcse.api import sha256_file
+
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json", ".txt"))
     for file in files:
         digest.update(file.relative_to(path).as_posix().encode())
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
+        digest.update(bytes.fromhex(sha256_file(file)))  # streamed: weights files can be GBs
     return digest.hexdigest()[:12] if files else "local"
 
 
@@ -133,8 +134,7 @@ def cmd_mteb(args) -> None:
     try:
         _require_mteb()
     except ImportError as err:  # an absent optional extra is a set-up problem, not a bug: one line, status 2
-        print(f"jtcse mteb: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise UserError(str(err)) from None
     tasks = resolve_tasks(args.tasks)
     model = MTEBEncoder.from_path(resolve_model_path(args.model), pooling=args.pooling, device=args.device,
                                   max_length=args.max_length, batch_size=args.batch_size, name=args.name)
@@ -142,7 +142,7 @@ def cmd_mteb(args) -> None:
         scores = run_mteb(model, tasks, args.output, batch_size=args.batch_size)
     except Exception as err:  # datasets raises several types when the hub is offline and nothing is cached
         if _is_offline_miss(err):
-            raise FileNotFoundError(f"an MTEB dataset is not in the local Hugging Face cache and the hub is offline "
+            raise InputNotFoundError(f"an MTEB dataset is not in the local Hugging Face cache and the hub is offline "
                                     f"(jtcse never downloads at run time): {str(err).splitlines()[0]}") from None
         raise
     print("| task | main score x 100 |\n|---|---:|")

@@ -13,10 +13,12 @@ from jtcse.evaluation.transfer import TRANSFER_TASKS
 from jtcse.io import atomic_file, atomic_write_text
 
 TASKS = (*STS_TASKS, "avg")
-#: suite -> (tasks, unit of the scores, heading of the markdown report)
+#: suite -> (tasks, unit of the scores, heading of the markdown report, chart title, plot-data score column)
 SUITES = {
-    "sts": (tuple(STS_TASKS), "Spearman x 100", "STS results (Spearman x 100)"),
-    "transfer": (TRANSFER_TASKS, "accuracy x 100", "SentEval transfer results (logistic-regression probe, accuracy x 100)"),
+    "sts": (tuple(STS_TASKS), "Spearman x 100", "STS results (Spearman x 100)",
+            "STS test sets, Spearman x 100 of cosine similarity", "spearman"),
+    "transfer": (TRANSFER_TASKS, "accuracy x 100", "SentEval transfer results (logistic-regression probe, accuracy x 100)",
+                 "SentEval transfer tasks, accuracy x 100 of a logistic-regression probe", "accuracy"),
 }
 
 
@@ -58,19 +60,19 @@ def bar_chart(rows: dict[str, dict[str, float]], path: str | Path, suite: str = 
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=max(1, len(rows)), frameon=False)
-    what = "STS test sets, Spearman x 100 of cosine similarity" if suite == "sts" else \
-        "SentEval transfer tasks, accuracy x 100 of a logistic-regression probe"
-    ax.set_title(f"{what} (y axis from {low:g})")
+    ax.set_title(f"{SUITES[suite][3]} (y axis from {low:g})")
     fig.tight_layout()
     with atomic_file(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
 
 
-def plot_data(rows: dict[str, dict[str, float]]) -> str:
-    """Long-format CSV (task, model, spearman) for the grouped-bars DVC plot."""
-    lines = ["task,model,spearman"]
-    lines += [f"{task},{name},{metrics[task]}" for task in TASKS for name, metrics in rows.items() if task in metrics]
+def plot_data(rows: dict[str, dict[str, float]], suite: str = "sts") -> str:
+    """Long-format CSV (task, model, score) for the grouped-bars DVC plot."""
+    tasks, *_, column = SUITES[suite]
+    lines = [f"task,model,{column}"]
+    lines += [f"{task},{name},{metrics[task]}" for task in (*tasks, "avg") for name, metrics in rows.items()
+              if task in metrics]
     return "\n".join(lines) + "\n"
 
 
@@ -84,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distilled", help="metrics of the distilled JTCSE-D tower")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--plot", help="write the bar chart (PNG) here")
-    parser.add_argument("--plot-data", help="write task,model,spearman CSV here (DVC plot)")
+    parser.add_argument("--plot-data", help="write task,model,score CSV here (DVC plot)")
     args = parser.parse_args(argv)
     named = {f"base ({args.base_pooling} pooling)": args.base}
     if args.base_pooling != "mean":  # with mean-pooled models, --base is already the mean-pooled base
         named["base (mean pooling)"] = args.base_mean
     rows = load_rows({**named, "twin (JTCSE)": args.twin, "distilled (JTCSE-D)": args.distilled})
-    tasks, _, heading = SUITES[args.suite]
+    tasks, _, heading, *_ = SUITES[args.suite]
     table = format_table(rows, tasks=tasks)
     print(table)
     if args.markdown:
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         bar_chart(rows, args.plot, args.suite)
     if args.plot_data:
-        atomic_write_text(args.plot_data, plot_data(rows))
+        atomic_write_text(args.plot_data, plot_data(rows, args.suite))
     return 0
 
 

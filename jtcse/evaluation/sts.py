@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from jtcse.data import DataError, STSPairs, missing_input, read_sts
-from jtcse.encoding import Encoder, check_batch_size
+from jtcse.encoding import Encoder, check_batch_size, encode_distinct
 
 STS_TASKS: dict[str, str] = {
     "sts12": "sts12.test.tsv",
@@ -70,14 +70,17 @@ class STSEvaluator:
             raise ValueError(f"primary metric {self.primary_metric!r} is none of {[*self.tasks, average_name]}")
         self.subset_means: dict[str, float] = {}
 
+    @property
+    def metric_names(self) -> list[str]:
+        """The keys :meth:`__call__` returns: one per task, then the average when there are several."""
+        return [*self.tasks, *([self.average_name] if len(self.tasks) > 1 else [])]
+
     def __call__(self, encoder: Encoder) -> dict[str, float]:
-        sentences = sorted({s for p in self.pairs.values() for s in (*p.sentence1, *p.sentence2)})
-        vectors = encoder.encode(sentences, batch_size=self.batch_size, show_progress=self.show_progress)
-        index = {s: i for i, s in enumerate(sentences)}
+        _, vectors_of = encode_distinct(encoder, (s for p in self.pairs.values() for s in (*p.sentence1, *p.sentence2)),
+                                        batch_size=self.batch_size, show_progress=self.show_progress)
         results: dict[str, float] = {}
         for task, pairs in self.pairs.items():
-            predicted = cosine_scores(vectors[[index[s] for s in pairs.sentence1]],
-                                      vectors[[index[s] for s in pairs.sentence2]])
+            predicted = cosine_scores(vectors_of(pairs.sentence1), vectors_of(pairs.sentence2))
             results[task] = self.score_task(predicted, pairs)
             self.subset_means[task] = self.subset_mean(predicted, pairs)
         if len(self.tasks) > 1:

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from jtcse.data import DataError
-from jtcse.encoding import Encoder
+from jtcse.encoding import Encoder, check_batch_size, encode_distinct
+from jtcse.errors import InputNotFoundError
 from jtcse.evaluation.sts import format_table
 from jtcse.probe import cross_validated_accuracy, cv_selected_accuracy, dev_selected_accuracy
 
@@ -203,10 +204,6 @@ class TransferTimings:
     sentences: int = 0
     probes: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def total(self) -> float:
-        return self.encode + sum(self.probes.values())
-
 
 class TransferEvaluator:
     """Evaluates an :class:`Encoder` on SentEval transfer tasks; returns named metrics with one primary metric.
@@ -227,11 +224,13 @@ class TransferEvaluator:
             raise ValueError(f"unknown transfer task(s) {', '.join(unknown)}; known: {', '.join(TRANSFER_TASKS)}")
         if folds < 2 or inner_folds < 2:
             raise ValueError(f"folds and inner_folds must be at least 2, got {folds} and {inner_folds}")
-        pair_features(np.zeros((1, 1)), np.zeros((1, 1)), mrpc_features)  # reject a bad kind before encoding
+        if mrpc_features not in ("full", "senteval"):
+            raise ValueError(f"pair features must be 'full' or 'senteval', got {mrpc_features!r}")
         missing = [f for t in self.tasks for f in TRANSFER_FILES[t] if not (self.data_dir / f).is_file()]
         if missing:
-            raise FileNotFoundError(f"{self.data_dir}: missing transfer file(s) {', '.join(missing)}")
-        self.batch_size, self.folds, self.inner_folds, self.seed = batch_size, folds, inner_folds, seed
+            raise InputNotFoundError(f"{self.data_dir}: missing transfer file(s) {', '.join(missing)}")
+        self.batch_size = check_batch_size(batch_size)
+        self.folds, self.inner_folds, self.seed = folds, inner_folds, seed
         self.max_iter, self.mrpc_features, self.show_progress = max_iter, mrpc_features, show_progress
         self.jobs = jobs or os.cpu_count() or 1
         if max_train is not None and max_train < 2 * folds:
@@ -249,15 +248,14 @@ class TransferEvaluator:
 
     def __call__(self, encoder: Encoder) -> dict[str, float]:
         started = time.perf_counter()
-        sentences = self.sentences()
-        vectors = encoder.encode(sentences, batch_size=self.batch_size, show_progress=self.show_progress)
-        self.timings = TransferTimings(encode=time.perf_counter() - started, sentences=len(sentences))
-        log.info("transfer: encoded %d distinct sentences in %.1f s", len(sentences), self.timings.encode)
-        index = {s: i for i, s in enumerate(sentences)}
+        count, vectors_of = encode_distinct(encoder, self.sentences(), batch_size=self.batch_size,
+                                            show_progress=self.show_progress)
+        self.timings = TransferTimings(encode=time.perf_counter() - started, sentences=count)
+        log.info("transfer: encoded %d distinct sentences in %.1f s", count, self.timings.encode)
         results: dict[str, float] = {}
         for task, splits in self.splits.items():
             started = time.perf_counter()
-            data = {name: self._features(task, split, vectors, index) for name, split in splits.items()}
+            data = {name: self._features(split, vectors_of) for name, split in splits.items()}
             results[task] = self.score_task(task, data)
             self.timings.probes[task] = time.perf_counter() - started
             log.info("transfer: %s %.2f (probe %.1f s)", task, results[task], self.timings.probes[task])
@@ -265,12 +263,11 @@ class TransferEvaluator:
             results["avg"] = float(np.mean([results[t] for t in self.tasks]))
         return results
 
-    def _features(self, task: str, split: Labelled, vectors: np.ndarray,
-                  index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-        first = vectors[[index[s] for s in split.first]]
+    def _features(self, split: Labelled, vectors_of) -> tuple[np.ndarray, np.ndarray]:
+        first = vectors_of(split.first)
         if split.second is None:
             return first, split.labels
-        return pair_features(first, vectors[[index[s] for s in split.second]], self.mrpc_features), split.labels
+        return pair_features(first, vectors_of(split.second), self.mrpc_features), split.labels
 
     def score_task(self, task: str, data: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
         common = dict(seed=self.seed, max_iter=self.max_iter)

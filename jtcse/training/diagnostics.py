@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from jtcse.io import atomic_write_bytes
+from jtcse.io import atomic_file
 
 #: Loss terms of the twin, in the order they are logged.
 TERMS = ("nce", "icnce", "cross", "tm")
@@ -67,8 +67,6 @@ def plot_diagnostics(csv_path: Path, png_path: Path, title: str = "stage 2 diagn
         rows = list(csv.DictReader(fh))
     if not rows:
         return None
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,8 +96,7 @@ def plot_diagnostics(csv_path: Path, png_path: Path, title: str = "stage 2 diagn
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    with atomic_file(png_path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
-    atomic_write_bytes(png_path, buffer.getvalue())
     return png_path

@@ -132,15 +132,17 @@ class JTCSEObjective(Objective):
     def _probe(self, sentences: list[str]) -> dict[str, float]:
         enc = self.tokenizer(sentences, padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt").to(self.device)
-        out_a, out_b = self.twin(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+        mask = enc["attention_mask"]
         states = [t(**enc).last_hidden_state for t in (self.twin.tower_a, self.twin.tower_b)]
+        h_a, h_b = (pool(st, mask, self.pooling) for st in states)
         row = {
-            "cos_towers": float(torch.nn.functional.cosine_similarity(out_a.embedding, out_b.embedding).mean()),
-            "aniso_h": 0.5 * (diagnostics.anisotropy(out_a.embedding) + diagnostics.anisotropy(out_b.embedding)),
-            "e_cls_a": float(diagnostics.e_cls(states[0], enc["attention_mask"]).mean()),
-            "e_cls_b": float(diagnostics.e_cls(states[1], enc["attention_mask"]).mean()),
+            "cos_towers": float(torch.nn.functional.cosine_similarity(h_a, h_b).mean()),
+            "aniso_h": 0.5 * (diagnostics.anisotropy(h_a) + diagnostics.anisotropy(h_b)),
+            "e_cls_a": float(diagnostics.e_cls(states[0], mask).mean()),
+            "e_cls_b": float(diagnostics.e_cls(states[1], mask).mean()),
         }
-        if out_a.cross is not None:
+        if self.twin.bridged:  # the bridge's vectors need the layer-by-layer pass; the towers' are above
+            out_a, out_b = self.twin(enc["input_ids"], mask, enc.get("token_type_ids"))
             row["aniso_c"] = 0.5 * (diagnostics.anisotropy(out_a.cross) + diagnostics.anisotropy(out_b.cross))
         return row
 

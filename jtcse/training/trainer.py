@@ -307,12 +307,10 @@ class Trainer:
         model = distributed.wrap(self.objective, self.device)
 
         logs = {}
-        dev_columns = list(dict.fromkeys([*self.dev_evaluator.tasks, self.dev_evaluator.primary_metric,
-                                          *([self.dev_evaluator.average_name] if len(self.dev_evaluator.tasks) > 1 else [])]))
         diagnose = self._diagnostics_enabled()
         if self.metrics_dir and main:
             logs["train"] = CsvLog(self.metrics_dir / "train.csv", ["step", "loss", *self.objective.loss_names, "lr"])
-            logs["eval"] = CsvLog(self.metrics_dir / "eval.csv", ["step", *dev_columns])
+            logs["eval"] = CsvLog(self.metrics_dir / "eval.csv", ["step", *self.dev_evaluator.metric_names])
             if diagnose:
                 logs["diagnostics"] = CsvLog(self.metrics_dir / "diagnostics.csv", ["step", *self.objective.diagnostic_names])
             for csv_log in logs.values():
