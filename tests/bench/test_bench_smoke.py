@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from bench import quality, speed
+from bench import quality, speed, transfer
 
 
 @pytest.fixture(autouse=True)
@@ -130,3 +130,34 @@ def test_quality_design_rows_and_profiles(tiny_settings, tmp_path):
     assert report["row_overrides"]["design_side1"] == {"train.cross_attention.mode": "side",
                                                         "train.cross_attention.num_layers": 1, "train.w_cross": 2}
     assert "| 5.1 | JTCSE twin, side1 |" in (tmp_path / "r" / "quality.md").read_text()
+
+
+def test_transfer_writes_every_row_and_reuses_finished_ones(tiny_settings, tiny_bert, small_transfer_dir, tmp_path):
+    params = _params_file(tiny_settings, tmp_path / "params.yaml")
+    out, work = tmp_path / "results", tmp_path / "work"
+    argv = ["--params", str(params), "--out", str(out), "--reuse-dir", str(work), "--set", "runtime.threads=1",
+            "--set", f"transfer.data_dir={small_transfer_dir}", "--set", "transfer.folds=2",
+            "--set", "transfer.inner_folds=2", "--set", "transfer.max_train=null",
+            "--rows", "base_cls=@base", f"tower_mean={tiny_bert}@mean"]
+    report = transfer.main(argv)
+
+    data = json.loads((out / "transfer.json").read_text())
+    assert [(r["name"], r["pooling"]) for r in data["rows"]] == [("base_cls", "cls"), ("tower_mean", "mean")]
+    for row in data["rows"]:
+        assert set(row["scores"]) == {"mr", "cr", "subj", "mpqa", "sst2", "trec", "mrpc", "avg"}
+        assert 0 <= row["scores"]["avg"] <= 100 and row["seconds"] > 0 and row["sentences"] > 0
+        assert row["scores"]["avg"] == pytest.approx(sum(v for k, v in row["scores"].items() if k != "avg") / 7,
+                                                     abs=1e-3)
+    # cls and mean pooling of the same weights are different vectors, so different probes.
+    assert data["rows"][0]["scores"] != data["rows"][1]["scores"]
+    md = (out / "transfer.md").read_text()
+    assert "| base zero-shot (cls) |" in md and "| tower_mean |" in md and "| MR | CR |" in md
+    assert report["rows"] == data["rows"]
+
+    again = transfer.main([*argv, "--out", str(tmp_path / "again")])
+    assert again["rows"] == data["rows"]  # reused from the work dir: same scores, same recorded times
+
+    with pytest.raises(SystemExit, match="pooling must be cls or mean"):
+        transfer.main([*argv, "--rows", "bad=@base@max"])
+    with pytest.raises(SystemExit, match="not found"):
+        transfer.main([*argv, "--rows", f"gone={tmp_path / 'missing'}"])
