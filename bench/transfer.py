@@ -2,7 +2,8 @@
 compares, with the time each model's suite takes.
 
 A row is ``name=PATH`` or ``name=PATH@POOLING``: a model folder (twin or single tower) or a base checkpoint
-name, evaluated here with the ``transfer`` settings of the params file. The default rows are the make-run
+name, evaluated here with the ``transfer`` settings of the params file; or ``name=FILE.json``, the metrics a
+``dvc repro`` transfer stage wrote with the same settings (read, not recomputed; no time column). The default rows are the make-run
 profile's models: the base (cls and mean pooling), the SimCSE tower and the TNCSE twin of
 ``bench/quality.py``/``bench/ablation.py``'s seed-1 work dir, and the pipeline's JTCSE twin and JTCSE-D tower
 (``dvc repro``'s models/). The seed-1 SimCSE tower is the pipeline's tower A (same settings and seed).
@@ -33,12 +34,12 @@ log = logging.getLogger("bench.transfer")
 
 QUALITY_SEED1 = "runs/bench/quality/seed1"
 DEFAULT_ROWS = (
-    "base_cls=@base@cls",
+    "base_cls=metrics/base/transfer.json",
     "base_mean=@base@mean",
     f"simcse={QUALITY_SEED1}/tower_a",
     f"tncse={QUALITY_SEED1}/ablation_tncse",
-    "jtcse=models/twin",
-    "jtcse_d=models/distilled",
+    "jtcse=metrics/twin/transfer.json",
+    "jtcse_d=metrics/distilled/transfer.json",
 )
 LABELS = {"base_cls": "base zero-shot (cls)", "base_mean": "base zero-shot (mean)",
           "simcse": "unsup SimCSE (one tower)", "tncse": "TNCSE twin", "jtcse": "JTCSE twin",
@@ -53,6 +54,8 @@ def parse_row(item: str, base: str, default_pooling: str) -> tuple[str, str, str
     if spec.startswith("@base"):
         spec = base + spec[len("@base"):]
     model, _, pooling = spec.partition("@")
+    if model.endswith(".json"):
+        return name.strip(), model, "-"
     pooling = pooling or default_pooling
     if pooling not in ("cls", "mean"):
         raise SystemExit(f"--rows {name}: pooling must be cls or mean, got {pooling!r}")
@@ -87,8 +90,9 @@ def render_markdown(report: dict) -> str:
     for row in report["rows"]:
         scores = row["scores"]
         cells = " | ".join(f"{scores[t]:.2f}" for t in tasks)
+        seconds = "from dvc repro" if row["seconds"] is None else f"{row['seconds']:.0f}"
         lines.append(f"| {LABELS.get(row['name'], row['name'])} | `{row['model']}` | {row['pooling']} | {cells} | "
-                     f"**{scores['avg']:.2f}** | {row['seconds']:.0f} |")
+                     f"**{scores['avg']:.2f}** | {seconds} |")
     lines += ["", "Suite time: encoding every distinct sentence once plus the seven probes, on this machine "
               f"({report['environment'].get('cpu_count', '?')} CPU threads)."]
     return "\n".join(lines) + "\n"
@@ -103,6 +107,8 @@ def run(args: argparse.Namespace) -> dict:
     cfg = settings.transfer
     rows = [parse_row(r, settings.model.base, settings.model.pooling) for r in (args.rows or DEFAULT_ROWS)]
     missing = [m for _, m, _ in rows if m != settings.model.base and not Path(m).exists()]
+    if any(m.endswith(".json") for m in missing):
+        raise SystemExit(f"--rows: metrics file(s) not found: {', '.join(missing)} (run dvc repro first)")
     if missing:
         raise SystemExit(f"--rows: model folder(s) not found: {', '.join(missing)} (train them first: dvc repro, "
                          "bench/ablation.py --cells tncse --reuse-dir runs/bench/quality)")
@@ -113,6 +119,11 @@ def run(args: argparse.Namespace) -> dict:
     results: list[dict] = []
     with common.work_dir(args.reuse_dir, "jtcse-transfer-") as work:
         for i, (name, model, pooling) in enumerate(rows, start=1):
+            if model.endswith(".json"):
+                scores = json.loads(Path(model).read_text(encoding="utf-8"))
+                log.info("[%d/%d] %s: read %s", i, len(rows), name, model)
+                results.append({"name": name, "model": model, "pooling": "-", "scores": scores, "seconds": None})
+                continue
             key = fingerprint(model, pooling, settings)
             cache = work / f"{name}.json"
             cached = json.loads(cache.read_text()) if cache.is_file() else None

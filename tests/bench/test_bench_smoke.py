@@ -138,12 +138,16 @@ def test_transfer_writes_every_row_and_reuses_finished_ones(tiny_settings, tiny_
     argv = ["--params", str(params), "--out", str(out), "--reuse-dir", str(work), "--set", "runtime.threads=1",
             "--set", f"transfer.data_dir={small_transfer_dir}", "--set", "transfer.folds=2",
             "--set", "transfer.inner_folds=2", "--set", "transfer.max_train=null",
-            "--rows", "base_cls=@base", f"tower_mean={tiny_bert}@mean"]
+            "--rows", "base_cls=@base", f"tower_mean={tiny_bert}@mean", f"from_dvc={tmp_path / 'dvc.json'}"]
+    (tmp_path / "dvc.json").write_text(json.dumps({"mr": 60.0, "cr": 70.0, "subj": 80.0, "mpqa": 75.0, "sst2": 65.0,
+                                                  "trec": 50.0, "mrpc": 66.0, "avg": 66.5714}))
     report = transfer.main(argv)
 
     data = json.loads((out / "transfer.json").read_text())
-    assert [(r["name"], r["pooling"]) for r in data["rows"]] == [("base_cls", "cls"), ("tower_mean", "mean")]
-    for row in data["rows"]:
+    assert [(r["name"], r["pooling"]) for r in data["rows"]] == [("base_cls", "cls"), ("tower_mean", "mean"),
+                                                                  ("from_dvc", "-")]
+    assert data["rows"][2]["scores"]["trec"] == 50.0 and data["rows"][2]["seconds"] is None
+    for row in data["rows"][:2]:
         assert set(row["scores"]) == {"mr", "cr", "subj", "mpqa", "sst2", "trec", "mrpc", "avg"}
         assert 0 <= row["scores"]["avg"] <= 100 and row["seconds"] > 0 and row["sentences"] > 0
         assert row["scores"]["avg"] == pytest.approx(sum(v for k, v in row["scores"].items() if k != "avg") / 7,
@@ -152,6 +156,7 @@ def test_transfer_writes_every_row_and_reuses_finished_ones(tiny_settings, tiny_
     assert data["rows"][0]["scores"] != data["rows"][1]["scores"]
     md = (out / "transfer.md").read_text()
     assert "| base zero-shot (cls) |" in md and "| tower_mean |" in md and "| MR | CR |" in md
+    assert "| 50.00 | 66.00 | **66.57** | from dvc repro |" in md
     assert report["rows"] == data["rows"]
 
     again = transfer.main([*argv, "--out", str(tmp_path / "again")])
