@@ -21,11 +21,6 @@ from jtcse.config import (
 from jtcse.io import atomic_write_text
 
 
-def metric_name(settings: Settings) -> str:
-    """The study's objective: the dev metric that also selects checkpoints (``evaluate.selection``)."""
-    return f"{settings.evaluate.selection}_spearman"
-
-
 META_KEY = "_meta"  # key of best_params.yaml that tune-apply ignores
 SETTINGS_FILE = "study_settings.yaml"  # the resolved settings the workers of a run load
 BEST_FILE = "best_params.yaml"
@@ -35,6 +30,12 @@ IMPORTANCE_PLOT = "param_importances.png"
 TRIALS_CSV = "trials.csv"
 DEFAULT_TOWER_A = "models/tower_a"
 DEFAULT_TOWER_B = "models/tower_b"
+
+
+def metric_name(settings: Settings) -> str:
+    """The study's objective: the dev metric that also selects checkpoints (``evaluate.selection``)."""
+    return f"{settings.evaluate.selection}_spearman"
+
 
 def with_overrides(settings: Settings, *, n_trials: int | None = None, storage: str | None = None,
                    study_name: str | None = None, workers: int | None = None) -> Settings:

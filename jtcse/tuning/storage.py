@@ -29,6 +29,12 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def make_url_backend(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).get_backend_name()
+
+
 def quiet_experimental_warnings() -> None:
     import optuna
 
@@ -41,6 +47,7 @@ def quiet_experimental_warnings() -> None:
 SIGKILL_AFTER_CREATING_TRIAL_ENV = "JTCSE_FAULT_SIGKILL_AFTER_CREATING_TRIAL"
 #: Seconds a PostgreSQL (or any network) storage may take to accept a connection before the run fails.
 CONNECT_TIMEOUT_SECONDS = 10
+
 
 @functools.cache
 def _heartbeat_storage_class() -> type:
@@ -114,13 +121,6 @@ def make_storage(tune: TuneSettings) -> optuna.storages.RDBStorage:
         raise StorageUnavailableError(
             f"tune.storage {safe_url(tune.storage)}: cannot open the study database "
             f"({reason[0] if reason else type(err).__name__}); is the server running and the URL right?") from None
-
-
-def make_url_backend(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).get_backend_name()
-
 
 
 def derive_seed(seed: int, worker_index: int, n_existing: int) -> int:
