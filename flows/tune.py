@@ -1,7 +1,7 @@
 """Hyperparameter search as a Prefect flow: create or resume the Optuna study, run its workers, report.
 
 A thin shell over :mod:`jtcse.tuning`: one task prepares the study (once, before any worker starts), one task per
-worker runs trials (in the flow's process for a single worker, as a ``python -m jtcse.tuning worker`` process
+worker runs trials (in the flow's process for a single worker, as a ``jtcse tune-worker`` process
 each when there are several), a last task writes best_params.yaml, the plots and summary.md, which is also
 published as a Prefect markdown artifact. Tasks return paths and numbers, never models.
 """

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jtcse.errors import InputNotFoundError, UserError
+from jtcse.errors import UserError
 
 if TYPE_CHECKING:  # numpy and torch load on first use, so `jtcse --help` stays fast
     import numpy as np
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # numpy and torch load on first use, so `jtcse --help` stays 
 log = logging.getLogger(__name__)
 
 
-def _require_mteb():
+def require_mteb():
     try:
         import mteb
     except ImportError:
@@ -55,7 +55,7 @@ class MTEBEncoder:
 
     def __init__(self, encoder: Encoder, *, name: str, revision: str = "local", batch_size: int = 64,
                  max_tokens: int | None = None):
-        _require_mteb()
+        require_mteb()
         from mteb.models.model_meta import ModelMeta, ScoringFunction
 
         self.encoder, self.batch_size = encoder, batch_size
@@ -99,7 +99,7 @@ class MTEBEncoder:
 
 def resolve_tasks(names: list[str]):
     """mteb task objects for the given names; an unknown name is a ValueError naming it."""
-    mteb = _require_mteb()
+    mteb = require_mteb()
     known = {t.metadata.name for t in mteb.get_tasks()}
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -112,7 +112,7 @@ def run_mteb(model: MTEBEncoder, tasks: list, output_dir: str | Path, *, batch_s
 
     Returns task name -> main score (x 100, as the MTEB leaderboard shows it).
     """
-    mteb = _require_mteb()
+    mteb = require_mteb()
     from mteb.cache import ResultCache
 
     from jtcse.io import atomic_write_json
@@ -128,48 +128,4 @@ def run_mteb(model: MTEBEncoder, tasks: list, output_dir: str | Path, *, batch_s
     return scores
 
 
-def cmd_mteb(args) -> None:
-    from jtcse.config import resolve_model_path
-
-    try:
-        _require_mteb()
-    except ImportError as err:  # an absent optional extra is a set-up problem, not a bug: one line, status 2
-        raise UserError(str(err)) from None
-    tasks = resolve_tasks(args.tasks)
-    model = MTEBEncoder.from_path(resolve_model_path(args.model), pooling=args.pooling, device=args.device,
-                                  max_length=args.max_length, batch_size=args.batch_size, name=args.name)
-    try:
-        scores = run_mteb(model, tasks, args.output, batch_size=args.batch_size)
-    except Exception as err:  # datasets raises several types when the hub is offline and nothing is cached
-        if _is_offline_miss(err):
-            raise InputNotFoundError(f"an MTEB dataset is not in the local Hugging Face cache and the hub is offline "
-                                    f"(jtcse never downloads at run time): {str(err).splitlines()[0]}") from None
-        raise
-    print("| task | main score x 100 |\n|---|---:|")
-    for task, score in scores.items():
-        print(f"| {task} | {score:.2f} |")
-    print(f"results -> {args.output} (mteb's layout; summary.json lists the main scores)")
-
-
-def _is_offline_miss(err: BaseException) -> bool:
-    text = f"{type(err).__name__}: {err}"
-    return any(marker in text for marker in ("offline", "OfflineModeIsEnabled", "LocalEntryNotFound",
-                                             "Couldn't reach", "couldn't be found on the Hugging Face Hub",
-                                             "is not cached"))
-
-
-def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("mteb", help="run mteb's own evaluation (needs the [mteb] extra and cached datasets)")
-    p.add_argument("--model", required=True, help="tower, twin folder, package, or any HF / sentence-transformers model")
-    p.add_argument("--tasks", nargs="+", required=True, help="MTEB task names, e.g. STSBenchmark Banking77Classification")
-    p.add_argument("--output", required=True, help="results folder (mteb's layout) and summary.json")
-    p.add_argument("--pooling", choices=["cls", "mean"], default=None, help="tower pooling (default: the model's own)")
-    p.add_argument("--max-length", type=int, default=None, help="truncation (default: the model's own, else 128)")
-    p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default: 64)")
-    p.add_argument("--name", help="model name in the results (default: the folder name)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where the model runs (default: auto = cuda if available)")
-    p.set_defaults(func=cmd_mteb)
-
-
-__all__ = ["MTEBEncoder", "resolve_tasks", "run_mteb"]
+__all__ = ["MTEBEncoder", "require_mteb", "resolve_tasks", "run_mteb"]

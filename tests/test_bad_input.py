@@ -459,16 +459,16 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tiny_bert, sentences
     out = tmp_path / "v.npy"
     np.save(out, np.ones((2, 2), dtype=np.float32))
 
-    real_write_bytes = Path.write_bytes
+    real_fsync = os.fsync
 
-    def full_disk(self, data):  # what the kernel answers when the disk is full, mid-write
-        real_write_bytes(self, data[:10])
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+    def full_disk(fd):  # what the kernel answers when the disk is full and the written pages cannot be stored
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".v.npy."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
 
-    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    monkeypatch.setattr(os, "fsync", full_disk)
     line = user_error_line(capsys, "encode", "--model", tiny_bert, "--input", sentences, "--output", out)
-    assert line == (f"jtcse: error: no space left on device writing {out.with_name('.v.npy.tmp')}; free some space "
-                    "and rerun")
+    assert line == f"jtcse: error: no space left on device writing {out}; free some space and rerun"
     monkeypatch.undo()
     assert np.load(out).shape == (2, 2) and sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "v.npy"]
 
@@ -498,9 +498,9 @@ def test_a_database_that_refuses_is_one_line_fast(tmp_path, capsys):
 
 def test_a_database_that_never_answers_fails_within_the_connect_timeout(tmp_path, capsys, monkeypatch):
     """A server that accepts the TCP connection and then says nothing (a hung or firewalled host)."""
-    from jtcse import tuning
+    from jtcse.tuning import storage
 
-    monkeypatch.setattr(tuning, "CONNECT_TIMEOUT_SECONDS", 2)
+    monkeypatch.setattr(storage, "CONNECT_TIMEOUT_SECONDS", 2)
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)  # the kernel completes the handshake; nobody ever replies
@@ -521,9 +521,9 @@ def test_a_database_that_never_answers_fails_within_the_connect_timeout(tmp_path
 
 def test_a_bug_keeps_its_traceback_and_exit_status_1(tmp_path):
     """Only UserError is bad input: a plain ValueError from inside jtcse is a bug and must stay visible."""
-    code = ("import sys, jtcse.cli as c\n"
+    code = ("import sys, jtcse.cli as c, jtcse.commands.encode as e\n"
             "def broken(args):\n    raise ValueError('an internal invariant broke')\n"
-            "c.cmd_similarity = broken\n"
+            "e.similarity_command = broken\n"
             "sys.exit(c.main(['similarity', 'a', 'b', '--model', 'x']))\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=240)

@@ -1,53 +1,22 @@
-"""The `jtcse` command line: fast help, a help text on every option, encode/similarity formats, --set."""
+"""The root `jtcse` command line (jtcse/cli.py): fast help, a help text on every option, `python -m jtcse`, and no
+module but the entry points imports the root. The commands have their tests in tests/commands/."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import ast
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import numpy as np
-import pytest
-import torch
-import yaml
 
 from tests.conftest import REPO
 
-SENTENCES = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply.",
-             "Two dogs run across a snowy field."]
 HEAVY = ("torch", "transformers", "sentence_transformers", "great_expectations", "prefect", "optuna", "scipy")
 
 
 def env() -> dict:
     return dict(os.environ, PYTHONPATH=str(REPO))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, tiny_bert) -> Path:
-    from jtcse.packaging import export_sentence_transformer
-
-    target = tmp_path_factory.mktemp("cli_model") / "tower"
-    export_sentence_transformer(tiny_bert, target, pooling="mean", max_seq_length=32)
-    return target
-
-
-@pytest.fixture(scope="module")
-def reference(model) -> np.ndarray:
-    import jtcse
-
-    return jtcse.load(model, device="cpu").encode(SENTENCES)
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -88,170 +57,36 @@ def test_every_option_has_plain_help_text():
     assert not markup, f"RST markup in the help of: {markup}"
 
 
-@pytest.mark.parametrize("suffix", [".npy", ".csv", ".jsonl"])
-def test_encode_writes_the_format_of_the_suffix(model, reference, tmp_path, suffix, capsys):
-    from jtcse.cli import main
-
-    text = tmp_path / "in.txt"
-    text.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-    out = tmp_path / f"vectors{suffix}"
-    assert main(["encode", "--model", str(model), "--input", str(text), "--output", str(out), "--device", "cpu"]) == 0
-    if suffix == ".npy":
-        got = np.load(out)
-    elif suffix == ".csv":
-        got = np.loadtxt(out, delimiter=",", dtype=np.float32, ndmin=2)
-    else:
-        rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-        assert [r["sentence"] for r in rows] == SENTENCES
-        got = np.array([r["embedding"] for r in rows], dtype=np.float32)
-    assert got.shape == (4, 32) and got.dtype == np.float32
-    assert np.array_equal(got, reference)  # 9 significant digits: float32 round-trips exactly
-    assert f"4 sentences -> {out}" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.txt", out.name])  # no temporary file left
+def test_no_module_imports_the_root_command_line():
+    """The root imports the commands (jtcse/commands/), never the reverse; only the entry points import it."""
+    entry_points = {REPO / "jtcse" / "__main__.py"}  # and pyproject's [project.scripts] jtcse = "jtcse.cli:main"
+    offenders = []
+    for path in sorted([*(REPO / "jtcse").rglob("*.py"), *(REPO / "flows").rglob("*.py"),
+                        *(REPO / "bench").rglob("*.py")]):
+        if path in entry_points:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{alias.name}" for alias in node.names] if node.module else []
+            else:
+                continue
+            if any(name == "jtcse.cli" or name.startswith("jtcse.cli.") for name in names):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert offenders == []
 
 
-def test_encode_refuses_an_unknown_suffix_before_any_work(model, tmp_path, capsys):
-    from jtcse.cli import main
+def test_python_dash_m_jtcse_is_the_jtcse_command():
+    """What torchrun (runtime.nproc_per_node > 1) and `jtcse tune`'s worker processes start."""
+    from jtcse.tuning import worker_command
 
-    text = tmp_path / "in.txt"
-    text.write_text("a sentence\n", encoding="utf-8")
-    out = tmp_path / "vectors.txt"
-    assert main(["encode", "--model", str(model), "--input", str(text), "--output", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert f"{out}: unknown output suffix '.txt'; use .npy, .csv or .jsonl (or --format)" in err
-    assert not out.exists()
-    assert main(["encode", "--model", str(model), "--input", str(text), "--output", str(out), "--format", "csv",
-                 "--device", "cpu"]) == 0
-    assert len(out.read_text().strip().split(",")) == 32
-
-
-def test_encode_reads_stdin_and_writes_stdout(model, reference):
-    proc = subprocess.run([sys.executable, "-m", "jtcse.cli", "encode", "--model", str(model), "--input", "-",
-                           "--output", "-", "--device", "cpu"], input="\n".join(SENTENCES) + "\n", env=env(),
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [r["sentence"] for r in rows] == SENTENCES
-    assert np.array_equal(np.array([r["embedding"] for r in rows], dtype=np.float32), reference)
-    assert "4 sentences -> standard output (jsonl, 4 x 32)" in proc.stderr
-
-
-def test_blank_lines_are_counted_in_one_warning(model, tmp_path, capsys):
-    import jtcse
-    from jtcse.cli import main
-
-    lines = [SENTENCES[0], "", SENTENCES[1], "   ", SENTENCES[2]]
-    text = tmp_path / "in.txt"
-    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    out = tmp_path / "v.npy"
-    assert main(["encode", "--model", str(model), "--input", str(text), "--output", str(out), "--device", "cpu"]) == 0
-    err = capsys.readouterr().err
-    assert f"jtcse: warning: {text}: 2 blank lines (line 2, 4) encoded as empty sentences" in err
-    assert np.array_equal(np.load(out), jtcse.load(model, device="cpu").encode(lines))  # row i is still line i
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return a @ b.T
-
-
-def test_similarity_of_two_sentences_line_pairs_and_a_matrix(model, reference, tmp_path, capsys):
-    from jtcse.cli import main
-
-    left, right = tmp_path / "a.txt", tmp_path / "b.txt"
-    left.write_text("\n".join(SENTENCES[:2]) + "\n", encoding="utf-8")
-    right.write_text("\n".join(SENTENCES[2:]) + "\n", encoding="utf-8")
-    full = cosine(reference, reference)
-    common = ["--model", str(model), "--device", "cpu"]
-
-    assert main(["similarity", SENTENCES[0], SENTENCES[3], *common]) == 0
-    assert float(capsys.readouterr().out) == pytest.approx(full[0, 3], abs=1e-4)
-
-    out = tmp_path / "one.jsonl"
-    assert main(["similarity", SENTENCES[0], SENTENCES[3], "--output", str(out), *common]) == 0
-    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert (row["a"], row["b"]) == (SENTENCES[0], SENTENCES[3]) and abs(row["cosine"] - full[0, 3]) < 1e-5
-
-    assert main(["similarity", "--pairs", str(left), str(right), *common]) == 0
-    pairs = np.array([float(x) for x in capsys.readouterr().out.split()])
-    assert np.abs(pairs - [full[0, 2], full[1, 3]]).max() < 1e-5
-
-    out = tmp_path / "pairs.jsonl"
-    assert main(["similarity", "--pairs", str(left), str(right), "--output", str(out), *common]) == 0
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(r["a"], r["b"]) for r in rows] == [(SENTENCES[0], SENTENCES[2]), (SENTENCES[1], SENTENCES[3])]
-    assert abs(rows[1]["cosine"] - full[1, 3]) < 1e-5
-
-    out = tmp_path / "matrix.npy"
-    assert main(["similarity", "--matrix", str(left), str(right), "--output", str(out), *common]) == 0
-    assert np.abs(np.load(out) - full[:2, 2:]).max() < 1e-5
-    assert main(["similarity", "--matrix", str(left), *common]) == 0  # one file: against itself, CSV on stdout
-    matrix = np.array([[float(x) for x in line.split(",")] for line in capsys.readouterr().out.splitlines()])
-    assert matrix.shape == (2, 2) and np.abs(matrix - full[:2, :2]).max() < 1e-5
-
-
-def test_similarity_refuses_unequal_pairs_and_mixed_arguments(model, tmp_path, capsys):
-    from jtcse.cli import main
-
-    left, right = tmp_path / "a.txt", tmp_path / "b.txt"
-    left.write_text("one\ntwo\nthree\n", encoding="utf-8")
-    right.write_text("one\ntwo\n", encoding="utf-8")
-    assert main(["similarity", "--pairs", str(left), str(right), "--model", str(model), "--device", "cpu"]) == 2
-    assert f"--pairs: {left} has 3 lines but {right} has 2" in capsys.readouterr().err
-    for argv in (["only one"], ["a", "b", "--pairs", str(left), str(left)], ["--matrix", "a", "b", "c"], []):
-        assert main(["similarity", *argv, "--model", str(model)]) == 2
-        assert "similarity takes two sentences, or --pairs FILE_A FILE_B, or --matrix" in capsys.readouterr().err
-
-
-@pytest.fixture()
-def params_file(tmp_path, tiny_bert, small_sts_dir, sample_corpus) -> Path:
-    path = tmp_path / "params.yaml"
-    stage = {"steps": 6, "batch_size": 8, "lr": 1e-3, "eval_every": 3, "checkpoint_every": 3, "keep_checkpoints": 3}
-    path.write_text(yaml.safe_dump({
-        "model": {"base": str(tiny_bert), "max_length": 24, "attn_implementation": "eager"},
-        "runtime": {"threads": 1},
-        "data": {"corpus": str(sample_corpus), "sts_dir": str(small_sts_dir), "max_sentences": 200},
-        "pretrain": stage, "evaluate": {"batch_size": 64, "max_length": 32},
-    }))
-    return path
-
-
-def test_set_overrides_dotted_keys_with_yaml_values(params_file):
-    from jtcse.cli import _settings, build_parser
-
-    args = build_parser().parse_args(["train", "--params", str(params_file), "--output", "x", "--tower-a", "a",
-                                      "--tower-b", "b", "--set", "train.lr=2e-5", "--set", "train.modulus_on=embedding",
-                                      "--set", "train.cross_attention.num_layers=2", "--set", "data.max_sentences=null"])
-    settings = _settings(args)
-    assert settings.train.lr == 2e-5 and settings.train.modulus_on == "embedding"
-    assert settings.train.cross_attention.num_layers == 2 and settings.data.max_sentences is None
-    assert settings.pretrain.steps == 6  # the rest comes from the file
-
-
-def test_set_errors_name_the_key(params_file, tmp_path, capsys):
-    from jtcse.cli import build_parser, main
-
-    common = ["train-tower", "--params", str(params_file), "--tower", "a", "--output", str(tmp_path / "t")]
-    assert main([*common, "--set", "pretrain.lr=fast"]) == 2
-    err = capsys.readouterr().err
-    assert "pretrain.lr: expected a number" in err and "--set pretrain.lr=..." in err
-    assert main([*common, "--set", "pretrain.l_r=1e-3"]) == 2
-    assert "pretrain.l_r: Extra inputs are not permitted" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as info:
-        build_parser().parse_args([*common, "--set", "pretrain.lr"])
-    assert info.value.code == 2
-    assert "argument --set: expected KEY=VALUE with a dotted key (train.lr=2e-5), got 'pretrain.lr'" in capsys.readouterr().err
-    assert not (tmp_path / "t").exists()
-
-
-def test_set_reaches_the_training_run(params_file, tmp_path):
-    from jtcse.cli import main
-
-    metrics = tmp_path / "metrics"
-    assert main(["train-tower", "--params", str(params_file), "--tower", "a", "--output", str(tmp_path / "tower"),
-                 "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-dir", str(metrics),
-                 "--set", "pretrain.steps=2", "--set", "pretrain.eval_every=1"]) == 0
-    summary = json.loads((metrics / "summary.json").read_text())
-    assert summary["steps"] == 2
-    assert [line.split(",")[0] for line in (metrics / "eval.csv").read_text().splitlines()] == ["step", "0", "1", "2"]
+    version = subprocess.run([sys.executable, "-m", "jtcse", "--version"], env=env(), capture_output=True, text=True,
+                             timeout=60)
+    assert (version.returncode, version.stdout.strip()) == (0, "jtcse 0.1.0")
+    command = worker_command("tune/study_settings.yaml", tower_a="a", tower_b="b", worker_index=1, workers=2)
+    assert command == [sys.executable, "-m", "jtcse", "tune-worker", "--params", "tune/study_settings.yaml",
+                       "--tower-a", "a", "--tower-b", "b", "--worker-index", "1", "--workers", "2", "--no-create"]
+    bad = subprocess.run([*command[:3], "tune-worker", "--params", "no/such/params.yaml", "--no-create"], env=env(),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("jtcse: error: no/such/params.yaml")

@@ -126,11 +126,12 @@ def shutdown() -> None:
 
 
 def relaunch(nproc_per_node: int, argv: Sequence[str]) -> int:
-    """Run ``python -m jtcse.cli <argv>`` as ``nproc_per_node`` processes under torchrun and wait for them."""
+    """Run ``python -m jtcse <argv>`` (the ``jtcse`` command) as ``nproc_per_node`` processes under torchrun and
+    wait for them."""
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc_per_node}",
-                                         "--module", "jtcse.cli", *argv])
+                                         "--module", "jtcse", *argv])
     log.info("relaunching `jtcse %s` as %d processes under torchrun", " ".join(argv), nproc_per_node)
     try:
         run(args)

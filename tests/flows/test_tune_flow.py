@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 
 from jtcse import tuning
-from tests.test_tuning import with_tune
+from tests.tuning.helpers import with_tune
 
 
 def test_tune_flow_writes_the_report_and_publishes_the_summary(prefect_harness, tiny_settings, tiny_bert, tmp_path):
