@@ -187,11 +187,10 @@ def median(values: list[float]) -> float:
 
 
 def write_png(fig, path: Path) -> None:
-    """Save a matplotlib figure atomically (jtcse.io: temporary sibling, fsync, rename)."""
-    from jtcse.io import atomic_file
+    """The benchmarks' figure format (120 dpi, tight box), saved atomically by jtcse.io."""
+    from jtcse.io import atomic_savefig
 
-    with atomic_file(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
+    atomic_savefig(fig, path, dpi=120, bbox_inches="tight")
 
 
 def fmt(value: float | None, digits: int = 2) -> str:

@@ -411,7 +411,7 @@ def evaluate_stage(model: str, sts_dir: str, pooling: str, max_length: int, batc
 
 
 def bench_prefect(settings, *, repeats: int, dev_pairs: int | None) -> dict[str, Any]:
-    from jtcse.config import resolve_model_path
+    from jtcse.formats import resolve_model_path
 
     home = tempfile.TemporaryDirectory(prefix="jtcse-prefect-")
     sts = tempfile.TemporaryDirectory(prefix="jtcse-stsdev-")

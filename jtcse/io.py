@@ -106,13 +106,29 @@ def check_output_file(path: str | os.PathLike, option: str = "--output", *, pare
     return path
 
 
-def atomic_write_json(path: str | os.PathLike, payload) -> None:
+def atomic_write_json(path: str | os.PathLike, payload, *, sort_keys: bool = False) -> None:
     """Strict JSON: NaN or infinity is refused (ValueError), never written as the non-standard NaN/Infinity."""
     try:
-        text = json.dumps(payload, indent=2, allow_nan=False)
+        text = json.dumps(payload, indent=2, allow_nan=False, sort_keys=sort_keys)
     except ValueError as err:
         raise ValueError(f"{path}: refusing to write a non-finite number as JSON ({err}): {payload!r:.300}") from None
     atomic_write_text(path, text + "\n")
+
+
+def atomic_savefig(figure, path: str | os.PathLike, **savefig_kwargs) -> None:
+    """Save a matplotlib figure atomically (PNG unless ``format=`` says otherwise); ``savefig_kwargs`` go to
+    ``Figure.savefig`` (dpi, bbox_inches...)."""
+    savefig_kwargs.setdefault("format", "png")
+    with atomic_file(path, "wb") as fh:
+        figure.savefig(fh, **savefig_kwargs)
+
+
+def atomic_save_npy(path: str | os.PathLike, array) -> None:
+    """Save a numpy array in ``.npy`` format atomically (``np.save`` to a temporary sibling, fsync, rename)."""
+    import numpy as np
+
+    with atomic_file(path, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
 
 
 def atomic_rename(source: str | os.PathLike, target: str | os.PathLike) -> None:

@@ -20,10 +20,8 @@ each case is noted next to the code.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ import pandas as pd
 
 from jtcse.data import STS_SCORE_RANGES, decode_lines, missing_input, parse_score
 from jtcse.errors import UserError
+from jtcse.io import atomic_write_json
 
 # GX phones home on import/context creation unless told not to; training
 # machines are often offline, where that costs time and log noise.
@@ -372,22 +371,6 @@ def _explain(table: _Table, config: Any, result: Any) -> tuple[int, str]:
     return count, f"line {line}: {value}"
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    """Readers (CI, dashboards) must never see a half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def validate_data(
     data_dir: Path,
     corpus: Path,
@@ -538,7 +521,7 @@ def validate_data(
         logger.info("data docs written to %s", docs_dir / "index.html")
 
     if report is not None:
-        _write_json_atomic(Path(report), summary)
+        atomic_write_json(report, summary, sort_keys=True)
 
     if failures:
         logger.error("data validation failed: %d expectation(s)", len(failures))
