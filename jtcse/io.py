@@ -228,3 +228,29 @@ def clean_leftovers(path: str | os.PathLike) -> list[Path]:
             continue
         removed.append(leftover)
     return removed
+
+
+def leftover_target(path: str | os.PathLike) -> Path | None:
+    """The path whose killed writer left ``path`` behind (``.<name>.<random>.tmp`` or ``.<name>.old``: the
+    names this module gives its temporary siblings); None for any other name."""
+    path = Path(path)
+    name = path.name
+    if not name.startswith("."):
+        return None
+    if name.endswith(OLD_SUFFIX) and len(name) > 1 + len(OLD_SUFFIX):
+        return path.with_name(name[1:-len(OLD_SUFFIX)])
+    if name.endswith(TMP_SUFFIX):
+        target, dot, random_part = name[1:-len(TMP_SUFFIX)].rpartition(".")
+        if dot and target and random_part:
+            return path.with_name(target)
+    return None
+
+
+def clean_folder_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """:func:`clean_leftovers` for every path inside ``folder`` that a killed writer left siblings of (a
+    ``.<name>.old`` folder whose ``<name>`` is gone is put back). Same caveat: no other writer may be running."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    targets = {target for child in folder.iterdir() if (target := leftover_target(child)) is not None}
+    return [removed for target in sorted(targets) for removed in clean_leftovers(target)]

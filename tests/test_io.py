@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io as stdio
 import json
+import os
 
 import numpy as np
 import pytest
@@ -73,3 +74,36 @@ def test_atomic_save_npy_matches_np_save_and_refuses_pickled_objects(tmp_path):
         atomic_save_npy(tmp_path / "v.npy", np.array([{"a": 1}], dtype=object))
     np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), values)  # the old array survives
     assert [p.name for p in tmp_path.iterdir()] == ["v.npy"]
+
+
+def test_leftover_target_reads_back_the_names_io_gives_its_temporary_siblings(tmp_path):
+    import tempfile
+
+    from jtcse.io import leftover_target
+
+    fd, tmp = tempfile.mkstemp(prefix=".ckpt-10.", suffix=".tmp", dir=tmp_path)
+    os.close(fd)
+    assert leftover_target(tmp) == tmp_path / "ckpt-10"
+    assert leftover_target(tmp_path / ".model.v1.abc_123.tmp") == tmp_path / "model.v1"
+    assert leftover_target(tmp_path / ".best.old") == tmp_path / "best"
+    for other in ("ckpt-10", ".lock", ".tmp", ".old", ".name.tmp", "x.tmp"):
+        assert leftover_target(tmp_path / other) is None, other
+
+
+def test_clean_folder_leftovers_removes_every_killed_writers_siblings_and_restores_a_swapped_folder(tmp_path):
+    import tempfile
+
+    from jtcse.io import atomic_directory, clean_folder_leftovers
+
+    with atomic_directory(tmp_path / "ckpt-20") as new:
+        (new / "model.safetensors").write_bytes(b"20")
+    tempfile.mkdtemp(prefix=".ckpt-30.", suffix=".tmp", dir=tmp_path)  # a writer killed while filling ckpt-30
+    os.close(tempfile.mkstemp(prefix=".run.json.", suffix=".tmp", dir=tmp_path)[0])
+    (tmp_path / ".ckpt-10.old").mkdir()  # killed between the two renames of a swap: ckpt-10 is gone
+    (tmp_path / ".ckpt-10.old" / "model.safetensors").write_bytes(b"10")
+    (tmp_path / ".lock").write_text("")
+    removed = clean_folder_leftovers(tmp_path)
+    assert sorted(p.name.split(".")[1] for p in removed) == ["ckpt-30", "run"]  # the two temporaries
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "ckpt-10", "ckpt-20"]
+    assert (tmp_path / "ckpt-10" / "model.safetensors").read_bytes() == b"10"
+    assert clean_folder_leftovers(tmp_path) == [] and clean_folder_leftovers(tmp_path / "missing") == []
