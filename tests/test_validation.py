@@ -205,3 +205,18 @@ def test_real_bundle_passes(tmp_path: Path) -> None:
     assert all(r["success"] for checks in summary.values() for r in checks.values())
     # The official releases repeat some pairs; the gate tolerates exactly those.
     assert summary["sts/sts12.test.tsv"]["expect_compound_columns_to_be_unique(sentence1,sentence2)"]["unexpected_count"] == 272
+
+
+def test_great_expectations_info_noise_is_quiet_and_the_level_restored(bundle: Path, caplog) -> None:
+    import logging
+
+    from jtcse.validation import GX_NOISY_LOGGER
+
+    noisy = logging.getLogger(GX_NOISY_LOGGER)
+    before = noisy.level
+    with caplog.at_level(logging.INFO):
+        _run(bundle)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("data validation passed" in m for m in messages)  # INFO records are captured here
+    assert not [m for m in messages if "_get_default_value called with key" in m]
+    assert noisy.level == before  # only while validating: importing or running jtcse changes no logging set-up

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from jtcse.config import resolve_model_path
 from jtcse.errors import InputNotFoundError, UserError
+from jtcse.formats import resolve_model_path
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from jtcse.io import atomic_file
+from jtcse.io import atomic_savefig
 
 #: Loss terms of the twin, in the order they are logged.
 TERMS = ("nce", "icnce", "cross", "tm")
@@ -96,7 +96,6 @@ def plot_diagnostics(csv_path: Path, png_path: Path, title: str = "stage 2 diagn
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_file(png_path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
+    atomic_savefig(fig, png_path, dpi=110)
     plt.close(fig)
     return png_path

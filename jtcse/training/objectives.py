@@ -17,14 +17,12 @@ import torch
 from torch import nn
 
 from jtcse.encoding import Encoder, TowerEncoder, TwinEncoder
+from jtcse.formats import TWIN_MANIFEST
 from jtcse.losses import DistillationLoss, InfoNCELoss, JTCSELoss
 from jtcse.modeling.towers import pool, save_tower
 from jtcse.modeling.twin import BridgedTwin, TowerOutput
 from jtcse.training import diagnostics
 from jtcse.training.distributed import gather_rows, shard_rows
-
-TWIN_MANIFEST = "twin.json"
-
 
 def tokenize_views(tokenizer, sentences: list[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Token ids of this process's rows of the doubled batch (all rows outside torchrun)."""

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
-from jtcse.config import ConfigError, Settings, resolve_model_path
+from jtcse.config import ConfigError, Settings
 from jtcse.data import check_corpus_fits, read_corpus
 from jtcse.encoding import pick_device
 from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator, dev_evaluator
+from jtcse.formats import resolve_model_path, sha256_file
 from jtcse.losses import DistillationLoss, JTCSELoss
 from jtcse.modeling.towers import load_tower
 from jtcse.modeling.twin import BridgedTwin
@@ -37,8 +38,6 @@ def _prepare(settings: Settings, section: str) -> tuple[torch.device, list[str],
 def fingerprint(settings: Settings, section: str, inputs: list[str]) -> dict:
     """What a stage's checkpoints depend on: its settings, the exact weights it started from and the contents
     of the corpus and the dev files (a corpus replaced at the same path starts afresh, never resumes)."""
-    from jtcse.api import sha256_file
-
     digests = {}
     for name in inputs:
         root = Path(resolve_model_path(name))

@@ -33,7 +33,7 @@ from jtcse.config import OptimSettings, RuntimeSettings
 from jtcse.data import SentenceStream
 from jtcse.evaluation.sts import STSEvaluator
 from jtcse.errors import UserError
-from jtcse.io import atomic_directory, atomic_write_json, clean_leftovers
+from jtcse.io import atomic_directory, atomic_write_json, clean_folder_leftovers, clean_leftovers
 from jtcse.training import distributed
 from jtcse.training.guards import CheckpointLock, StopSignals, TrainingDiverged, TrainingInterrupted
 from jtcse.training.objectives import Objective
@@ -242,13 +242,7 @@ class Trainer:
     def _clean_leftovers(self) -> None:
         """Temporary folders of writers killed mid-write (we hold the lock: no other writer is running)."""
         clean_leftovers(self.output_dir)
-        if self.checkpoint_dir.is_dir():
-            for child in list(self.checkpoint_dir.iterdir()):
-                name = child.name
-                if name.startswith(".") and name.endswith(".old"):
-                    clean_leftovers(child.with_name(name[1:].removesuffix(".old")))
-                elif name.startswith(".") and name.endswith(".tmp"):  # .<target>.<random>.tmp
-                    clean_leftovers(child.with_name(name[1:].removesuffix(".tmp").rsplit(".", 1)[0]))
+        clean_folder_leftovers(self.checkpoint_dir)
 
     def fit(self, *, resume: bool = True, stop_after: int | None = None,
             on_eval: Callable[[int, float], None] | None = None) -> TrainResult:

@@ -109,3 +109,15 @@ def test_non_finite_loss_stops_the_run_naming_its_step(tiny_settings, tmp_path):
     with pytest.raises(FloatingPointError, match=r"tower a: loss became nan at step 1; "):
         train_tower(settings, which="a", output=tmp_path / "tower", checkpoint_dir=tmp_path / "ckpt")
     assert not list((tmp_path / "ckpt").glob("step-*"))  # nothing trained on a nan is checkpointed
+
+
+def test_a_run_first_removes_what_killed_writers_left_in_its_folders(tiny_settings, tmp_path):
+    """A checkpoint write killed mid-way leaves `.step-N.<random>.tmp`; the next run (holding the lock) removes
+    it, and a swap killed between its renames (`.step-N.old`, no `step-N`) is put back, never deleted."""
+    ckpt = tmp_path / "ckpt"
+    (ckpt / ".step-00000001.k1ll3d.tmp").mkdir(parents=True)
+    (ckpt / ".run.json.x_y.tmp").write_text("{")
+    (tmp_path / ".tower.a1b2.tmp").mkdir()
+    train_tower(tiny_settings, which="a", output=tmp_path / "tower", checkpoint_dir=ckpt)
+    assert not [p for p in ckpt.rglob("*") if p.name.endswith(".tmp")]
+    assert not (tmp_path / ".tower.a1b2.tmp").exists() and (tmp_path / "tower" / "model.safetensors").is_file()
