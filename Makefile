@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM := false
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: env lock data run test test-fast clean-runs
+.PHONY: env lock data run test test-fast lint format clean-runs
 
 env: $(STAMP)
 
@@ -47,8 +47,19 @@ run: data
 	$(DVC) repro
 	@cat reports/sts_table.md reports/transfer_table.md
 
+# ruff: lint (pycodestyle, pyflakes, import order, bugbear, pyupgrade) and the formatter's check, line length 120.
+LINT_PATHS := jtcse flows bench tests
+lint: env
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+# Rewrites the code in place: the formatter, then ruff's safe fixes.
+format: env
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+
 # The [mteb] extra is in the lock: its tests must run here, not skip.
-test: data
+test: data lint
 	JTCSE_REQUIRE_MTEB=1 $(PY) -m pytest -q
 
 test-fast: env

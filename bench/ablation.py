@@ -45,8 +45,22 @@ CELLS: dict[str, dict[str, Any]] = {
     "stream3_w3": {CA + "mode": "stream", CA + "num_layers": 3, "train.w_cross": 3.0},
     "stream3_noclip": {CA + "mode": "stream", CA + "num_layers": 3, "train.w_cross": 1.0, "train.max_grad_norm": None},
 }
-DIAGNOSTIC_KEYS = ("loss_nce", "loss_icnce", "loss_cross", "loss_tm", "grad_nce", "grad_icnce", "grad_cross",
-                   "grad_tm", "grad_total", "cos_towers", "aniso_h", "aniso_c", "e_cls_a", "e_cls_b")
+DIAGNOSTIC_KEYS = (
+    "loss_nce",
+    "loss_icnce",
+    "loss_cross",
+    "loss_tm",
+    "grad_nce",
+    "grad_icnce",
+    "grad_cross",
+    "grad_tm",
+    "grad_total",
+    "cos_towers",
+    "aniso_h",
+    "aniso_c",
+    "e_cls_a",
+    "e_cls_b",
+)
 
 
 def parse_cell(item: str) -> tuple[str, dict[str, Any]]:
@@ -111,8 +125,11 @@ def render_markdown(report: dict) -> str:
         f"selection `{selection}`; seeds {report['seeds']}; commit `{report['environment']['git_commit'][:12]}`"
         f"{' (uncommitted changes)' if report['environment'].get('git_dirty') else ''}; "
         f"{report['environment']['created']}.",
-        *([f"Overrides of the params file: {', '.join(f'`{k}={v}`' for k, v in report['overrides'].items())}."]
-          if report.get("overrides") else []),
+        *(
+            [f"Overrides of the params file: {', '.join(f'`{k}={v}`' for k, v in report['overrides'].items())}."]
+            if report.get("overrides")
+            else []
+        ),
         "",
         "Sorted by the dev selection metric; test columns only report (designs are chosen on dev).",
         "",
@@ -130,31 +147,44 @@ def render_markdown(report: dict) -> str:
         layers = o.get(CA + "num_layers", s["train"]["cross_attention"]["num_layers"])
         mode = "none" if layers == 0 else o.get(CA + "mode", s["train"]["cross_attention"]["mode"])
         w_cross = "" if layers == 0 else o.get("train.w_cross", s["train"]["w_cross"])
-        other = ", ".join(f"{k.removeprefix('train.')}={v}" for k, v in o.items()
-                          if k not in (CA + "mode", CA + "num_layers", "train.w_cross"))
+        other = ", ".join(
+            f"{k.removeprefix('train.')}={v}"
+            for k, v in o.items()
+            if k not in (CA + "mode", CA + "num_layers", "train.w_cross")
+        )
         d = cell["dev"]
         lines.append(
             f"| {cell['name']} | {mode} | {layers} | {w_cross} | {other} | {'/'.join(str(b) for b in cell['best_steps'])} | "
             f"{fmt(*d.get('stsb_dev', (None, None)))} | {fmt(*d.get('sickr_dev', (None, None)))} | "
             f"{fmt(*d.get('dev_mean', (None, None)))} | {fmt(cell['test']['mean']['avg'], cell['test']['std']['avg'])} | "
-            f"{cell['test']['n_seeds']} | {cell['test']['train_s']:.0f} |")
+            f"{cell['test']['n_seeds']} | {cell['test']['train_s']:.0f} |"
+        )
     missing = [n for n in report.get("cells_planned", []) if n not in {c["name"] for c in report["cells"]}]
     if missing:
         lines += ["", f"Not run yet (the run was interrupted or is still going): {', '.join(missing)}."]
-    lines += ["", "## Diagnostics at step 0 and at the end (first seed)", "",
-              "Gradient norms are of each *weighted* term over the towers' parameters, before clipping; cosines and "
-              "E_CLS are on the fixed probe set (the first corpus sentences), eval mode.", "",
-              "| cell | step | loss nce | loss icnce | loss cross | loss tm | grad nce | grad icnce | grad cross | "
-              "grad tm | cos(A,B) | aniso h | aniso c | E_CLS A | E_CLS B |",
-              "|---|---:|" + "---:|" * 13]
+    lines += [
+        "",
+        "## Diagnostics at step 0 and at the end (first seed)",
+        "",
+        "Gradient norms are of each *weighted* term over the towers' parameters, before clipping; cosines and "
+        "E_CLS are on the fixed probe set (the first corpus sentences), eval mode.",
+        "",
+        "| cell | step | loss nce | loss icnce | loss cross | loss tm | grad nce | grad icnce | grad cross | "
+        "grad tm | cos(A,B) | aniso h | aniso c | E_CLS A | E_CLS B |",
+        "|---|---:|" + "---:|" * 13,
+    ]
     for cell in report["cells"]:
         rec = cell["per_seed"][str(report["seeds"][0])] if str(report["seeds"][0]) in cell["per_seed"] else None
         if not rec or not rec["diagnostics_first"]:
             continue
-        for label, row, step in (("first", rec["diagnostics_first"], rec["diagnostics_steps"][0]),
-                                 ("last", rec["diagnostics_last"], rec["diagnostics_steps"][-1])):
+        for row, step in (
+            (rec["diagnostics_first"], rec["diagnostics_steps"][0]),
+            (rec["diagnostics_last"], rec["diagnostics_steps"][-1]),
+        ):
             vals = [row.get(k) for k in DIAGNOSTIC_KEYS if k != "grad_total"]
-            lines.append(f"| {cell['name']} | {step} | " + " | ".join("" if v is None else f"{v:.4g}" for v in vals) + " |")
+            lines.append(
+                f"| {cell['name']} | {step} | " + " | ".join("" if v is None else f"{v:.4g}" for v in vals) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -201,16 +231,31 @@ def run(args: argparse.Namespace) -> dict:
         def write_report() -> dict:
             """Written after every cell, so an interrupted run still leaves the table of what finished."""
             ordered = sorted(results, key=lambda c: -(c["dev"].get(selection, (float("-inf"),))[0]))
-            report = {"benchmark": "ablation", "command": " ".join(sys.argv) if __name__ == "__main__" else None,
-                      "profile": args.profile, "params_file": str(args.params), "overrides": overrides, "seeds": seeds,
-                      "selection": selection, "settings": common.settings_dict(settings),
-                      "environment": common.environment(), "work_dir": str(work) if args.reuse_dir else None,
-                      "cells_planned": [name for name, _ in cells], "cells": ordered}
+            report = {
+                "benchmark": "ablation",
+                "command": " ".join(sys.argv) if __name__ == "__main__" else None,
+                "profile": args.profile,
+                "params_file": str(args.params),
+                "overrides": overrides,
+                "seeds": seeds,
+                "selection": selection,
+                "settings": common.settings_dict(settings),
+                "environment": common.environment(),
+                "work_dir": str(work) if args.reuse_dir else None,
+                "cells_planned": [name for name, _ in cells],
+                "cells": ordered,
+            }
             atomic_write_json(out / "ablation.json", report)
             atomic_write_text(out / "ablation.md", render_markdown(report))
             render_plot(report, out / "ablation.png")
-            log.info("wrote %s, %s, %s (%d of %d cells)", out / "ablation.json", out / "ablation.md",
-                     out / "ablation.png", len(results), len(cells))
+            log.info(
+                "wrote %s, %s, %s (%d of %d cells)",
+                out / "ablation.json",
+                out / "ablation.md",
+                out / "ablation.png",
+                len(results),
+                len(cells),
+            )
             return report
 
         report: dict = {}
@@ -220,38 +265,80 @@ def run(args: argparse.Namespace) -> dict:
             for seed in seeds:
                 log.info("[%d/%d] cell %s, seed %d: %s", i, len(cells), name, seed, cell)
                 stage = ws.twin(seed, design=cell, name=f"ablation_{name}")
-                scores, eval_s = test_scores(stage, work / f"seed{seed}" / f"ablation_{name}.test.json", lambda: evaluator(
-                    load_twin(stage.path, device=settings.runtime.device, max_length=settings.evaluate.max_length)))
-                per_seed[seed] = {"scores": {k: round(v, 4) for k, v in scores.items()},
-                                  "train_s": round(stage.total_seconds(), 2), "eval_s": round(eval_s, 2),
-                                  "stage_summary": stage.summary, "seeds_used": seeded_overrides(settings, seed)}
-                records[str(seed)] = {**per_seed[seed], **cell_record(work / f"seed{seed}" / "metrics" / f"ablation_{name}",
-                                                                     stage.summary)}
-                log.info("cell %s seed %d: dev %s, test avg %.2f", name, seed, records[str(seed)]["dev_at_best"],
-                         scores["avg"])
+                scores, eval_s = test_scores(
+                    stage,
+                    work / f"seed{seed}" / f"ablation_{name}.test.json",
+                    lambda: evaluator(
+                        load_twin(stage.path, device=settings.runtime.device, max_length=settings.evaluate.max_length)
+                    ),
+                )
+                per_seed[seed] = {
+                    "scores": {k: round(v, 4) for k, v in scores.items()},
+                    "train_s": round(stage.total_seconds(), 2),
+                    "eval_s": round(eval_s, 2),
+                    "stage_summary": stage.summary,
+                    "seeds_used": seeded_overrides(settings, seed),
+                }
+                records[str(seed)] = {
+                    **per_seed[seed],
+                    **cell_record(work / f"seed{seed}" / "metrics" / f"ablation_{name}", stage.summary),
+                }
+                log.info(
+                    "cell %s seed %d: dev %s, test avg %.2f",
+                    name,
+                    seed,
+                    records[str(seed)]["dev_at_best"],
+                    scores["avg"],
+                )
             dev = {}
             for k in sorted({k for r in records.values() for k in r["dev_at_best"]}):
                 values = [r["dev_at_best"][k] for r in records.values() if r["dev_at_best"].get(k) is not None]
                 dev[k] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None)
-            results.append({"name": name, "overrides": cell, "per_seed": records, "dev": dev,
-                            "best_steps": [r["stage_summary"].get("best_step") for r in records.values()],
-                            "test": summarise(per_seed)})
+            results.append(
+                {
+                    "name": name,
+                    "overrides": cell,
+                    "per_seed": records,
+                    "dev": dev,
+                    "best_steps": [r["stage_summary"].get("best_step") for r in records.values()],
+                    "test": summarise(per_seed),
+                }
+            )
             report = write_report()
     return report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--params", default=str(common.REPO / "params.yaml"), help="settings file (default: params.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting for every cell, dotted key, YAML value (repeatable)")
-    p.add_argument("--profile", default="make-run", choices=list(common.PROFILES),
-                   help="step budget: make-run (params.yaml, 60 steps per stage) or long (300 steps per stage)")
-    p.add_argument("--cells", nargs="+", help=f"cells to run: grid names ({', '.join(CELLS)}) or "
-                   "name:key=value,... (keys under train. unless they name a section); default: the whole grid")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting for every cell, dotted key, YAML value (repeatable)",
+    )
+    p.add_argument(
+        "--profile",
+        default="make-run",
+        choices=list(common.PROFILES),
+        help="step budget: make-run (params.yaml, 60 steps per stage) or long (300 steps per stage)",
+    )
+    p.add_argument(
+        "--cells",
+        nargs="+",
+        help=f"cells to run: grid names ({', '.join(CELLS)}) or "
+        "name:key=value,... (keys under train. unless they name a section); default: the whole grid",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[1], help="seeds (1 = the params file; default: 1)")
-    p.add_argument("--out", default=str(common.RESULTS / "ablation"), help="results folder (default: bench/results/ablation)")
-    p.add_argument("--reuse-dir", help="persistent work dir (shared with bench/quality.py's towers), e.g. runs/bench/quality")
+    p.add_argument(
+        "--out", default=str(common.RESULTS / "ablation"), help="results folder (default: bench/results/ablation)"
+    )
+    p.add_argument(
+        "--reuse-dir", help="persistent work dir (shared with bench/quality.py's towers), e.g. runs/bench/quality"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

@@ -24,15 +24,19 @@ log = logging.getLogger("bench")
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], dict],
-            argv: list[str] | None = None) -> dict:
+def run_cli(
+    parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], dict], argv: list[str] | None = None
+) -> dict:
     """Parse a benchmark's arguments, set up logging and run it (the shared ``main`` of the scripts)."""
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -43,8 +47,11 @@ def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace],
 #: stage, what `make run` trains); 'long' is the larger CPU budget: 300 steps per stage, evaluated every 50.
 PROFILES: dict[str, dict[str, Any]] = {
     "make-run": {},
-    "long": {f"{stage}.{key}": value for stage in ("pretrain", "train", "distill")
-             for key, value in (("steps", 300), ("eval_every", 50), ("checkpoint_every", 50))},
+    "long": {
+        f"{stage}.{key}": value
+        for stage in ("pretrain", "train", "distill")
+        for key, value in (("steps", 300), ("eval_every", 50), ("checkpoint_every", 50))
+    },
 }
 
 
@@ -102,7 +109,12 @@ def resolve_paths(settings, root: Path):
         if not value.is_absolute() and not value.exists() and (root / value).exists():
             setattr(data, name, root / value)
     base = settings.model.base
-    if base not in SYMBOLIC_MODELS and not Path(base).is_absolute() and (root / base).exists() and not Path(base).exists():
+    if (
+        base not in SYMBOLIC_MODELS
+        and not Path(base).is_absolute()
+        and (root / base).exists()
+        and not Path(base).exists()
+    ):
         settings.model.base = str(root / base)
     return settings
 
@@ -148,7 +160,7 @@ def environment() -> dict[str, Any]:
         "git_commit": git_commit(REPO),
         "git_dirty": git_dirty(REPO),
         "load_average": _loadavg(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     try:
         import transformers

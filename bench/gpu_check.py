@@ -50,7 +50,9 @@ def default_bridge_mode() -> str:
 
     return CrossAttentionSettings().mode
 
+
 # --- 1. training steps -------------------------------------------------------------------------------------
+
 
 def _views(batch: int, length: int, vocab: int, device, seed: int = 0):
     """Random token ids, each 'sentence' fed twice (rows 2k, 2k+1), [CLS] ... [SEP], no padding."""
@@ -60,8 +62,11 @@ def _views(batch: int, length: int, vocab: int, device, seed: int = 0):
     ids = torch.randint(1000, vocab, (batch, length), generator=g)
     ids[:, 0], ids[:, -1] = 101, 102
     ids = ids.repeat_interleave(2, 0)
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
-            "token_type_ids": torch.zeros_like(ids).to(device)}
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "token_type_ids": torch.zeros_like(ids).to(device),
+    }
 
 
 def build_variant(name: str, config_kwargs: dict, num_ca_layers: int, device):
@@ -94,8 +99,9 @@ def build_variant(name: str, config_kwargs: dict, num_ca_layers: int, device):
     return model, loss
 
 
-def _time_variant(name: str, batch: dict, device, config_kwargs: dict, num_ca_layers: int, steps: int, warmup: int,
-                  bf16: bool) -> tuple[float, float, float]:
+def _time_variant(
+    name: str, batch: dict, device, config_kwargs: dict, num_ca_layers: int, steps: int, warmup: int, bf16: bool
+) -> tuple[float, float, float]:
     """(seconds per step, last loss, parameters in millions) of one variant; everything it allocates is freed when it returns."""
     import torch
 
@@ -124,8 +130,9 @@ def _time_variant(name: str, batch: dict, device, config_kwargs: dict, num_ca_la
     return (time.perf_counter() - started) / steps, float(last.detach()), sum(p.numel() for p in params) / 1e6
 
 
-def bench_training_steps(device, config_kwargs: dict, batches, length: int, steps: int, warmup: int,
-                         num_ca_layers: int, bf16: bool) -> list[dict]:
+def bench_training_steps(
+    device, config_kwargs: dict, batches, length: int, steps: int, warmup: int, num_ca_layers: int, bf16: bool
+) -> list[dict]:
     import torch
 
     cuda = device.type == "cuda"
@@ -137,12 +144,30 @@ def bench_training_steps(device, config_kwargs: dict, batches, length: int, step
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            seconds, loss, params_m = _time_variant(name, batch, device, config_kwargs, num_ca_layers, steps, warmup, bf16)
+            seconds, loss, params_m = _time_variant(
+                name, batch, device, config_kwargs, num_ca_layers, steps, warmup, bf16
+            )
             peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-            rows.append({"batch": batch_size, "rows": 2 * batch_size, "variant": name, "ms_per_step": seconds * 1e3,
-                         "sentences_per_s": batch_size / seconds, "peak_gib": peak, "loss": loss, "params_m": params_m})
-            log.info("step %-14s batch %3d: %.1f ms/step, %.0f sentences/s, peak %s GiB", name, batch_size,
-                     seconds * 1e3, batch_size / seconds, f"{peak:.2f}" if peak is not None else "n/a")
+            rows.append(
+                {
+                    "batch": batch_size,
+                    "rows": 2 * batch_size,
+                    "variant": name,
+                    "ms_per_step": seconds * 1e3,
+                    "sentences_per_s": batch_size / seconds,
+                    "peak_gib": peak,
+                    "loss": loss,
+                    "params_m": params_m,
+                }
+            )
+            log.info(
+                "step %-14s batch %3d: %.1f ms/step, %.0f sentences/s, peak %s GiB",
+                name,
+                batch_size,
+                seconds * 1e3,
+                batch_size / seconds,
+                f"{peak:.2f}" if peak is not None else "n/a",
+            )
     for row in rows:
         ref = next(r for r in rows if r["batch"] == row["batch"] and r["variant"] == "one_tower")
         row["x_one_tower"] = row["ms_per_step"] / ref["ms_per_step"]
@@ -150,6 +175,7 @@ def bench_training_steps(device, config_kwargs: dict, batches, length: int, step
 
 
 # --- 2. encoding throughput --------------------------------------------------------------------------------
+
 
 def bench_encode_random(device, config_kwargs: dict, n: int, batch: int, length: int) -> list[dict]:
     import torch
@@ -160,10 +186,12 @@ def bench_encode_random(device, config_kwargs: dict, n: int, batch: int, length:
     ids = _views(batch // 2, length, config_kwargs.get("vocab_size", 30522), device)
     out = []
     for bf16 in (True, False):
+
         def run(batches: int):
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 for _ in range(batches):
                     model(**ids).last_hidden_state[:, 0].float()
+
         run(2)
         n_batches = max(1, n // batch)
         if device.type == "cuda":
@@ -174,8 +202,16 @@ def bench_encode_random(device, config_kwargs: dict, n: int, batch: int, length:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         cfg = model.config
-        out.append({"model": f"{cfg.num_hidden_layers}x{cfg.hidden_size} BERT (random init), random ids", "dtype": "bf16" if bf16 else "fp32", "batch": batch,
-                    "length": length, "sentences": n_batches * batch, "sentences_per_s": n_batches * batch / seconds})
+        out.append(
+            {
+                "model": f"{cfg.num_hidden_layers}x{cfg.hidden_size} BERT (random init), random ids",
+                "dtype": "bf16" if bf16 else "fp32",
+                "batch": batch,
+                "length": length,
+                "sentences": n_batches * batch,
+                "sentences_per_s": n_batches * batch / seconds,
+            }
+        )
         log.info("encode random ids %s: %.0f sentences/s", out[-1]["dtype"], out[-1]["sentences_per_s"])
     return out
 
@@ -210,15 +246,26 @@ def bench_encode_real(device, model_dir: Path, sts_dir: Path, batch: int, dev_pa
         _sync(device)
         seconds = time.perf_counter() - started
         dev = evaluator(encoder)["stsb_dev"]
-        out.append({"model": "MiniLM (jtcse TowerEncoder, cls)", "dtype": "bf16" if bf16 else "fp32", "batch": batch,
-                    "length": "as tokenized (<= 128)", "sentences": len(sentences),
-                    "sentences_per_s": len(sentences) / seconds, "stsb_dev": dev})
-        log.info("encode MiniLM STS-B dev %s: %.0f sentences/s, dev %.2f", out[-1]["dtype"], out[-1]["sentences_per_s"], dev)
+        out.append(
+            {
+                "model": "MiniLM (jtcse TowerEncoder, cls)",
+                "dtype": "bf16" if bf16 else "fp32",
+                "batch": batch,
+                "length": "as tokenized (<= 128)",
+                "sentences": len(sentences),
+                "sentences_per_s": len(sentences) / seconds,
+                "stsb_dev": dev,
+            }
+        )
+        log.info(
+            "encode MiniLM STS-B dev %s: %.0f sentences/s, dev %.2f", out[-1]["dtype"], out[-1]["sentences_per_s"], dev
+        )
         del model, encoder
     return out
 
 
 # --- 3. short real training --------------------------------------------------------------------------------
+
 
 def _sync(device) -> None:
     import torch
@@ -248,8 +295,20 @@ def _dev_evaluator(sts_dir: Path, dev_pairs: int | None, batch: int):
     return STSEvaluator(sts_dir, {"stsb_dev": DEV_TASKS["stsb_dev"]}, batch_size=batch)
 
 
-def _train(objective, sentences, *, steps: int, batch: int, lr: float, seed: int, eval_every: int, evaluator,
-           device, bf16: bool, desc: str) -> dict:
+def _train(
+    objective,
+    sentences,
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    eval_every: int,
+    evaluator,
+    device,
+    bf16: bool,
+    desc: str,
+) -> dict:
     """The trainer's loop without its files: AdamW, bf16 autocast, clipping 1.0, dev every eval_every, best kept."""
     import torch
 
@@ -269,7 +328,11 @@ def _train(objective, sentences, *, steps: int, batch: int, lr: float, seed: int
 
     objective.train()
     initial = dev()
-    best, best_step, best_state = initial, 0, copy.deepcopy({k: v.detach().cpu() for k, v in objective.state_dict().items()})
+    best, best_step, best_state = (
+        initial,
+        0,
+        copy.deepcopy({k: v.detach().cpu() for k, v in objective.state_dict().items()}),
+    )
     curve = [(0, initial)]
     _sync(device)
     started = time.perf_counter()
@@ -290,21 +353,47 @@ def _train(objective, sentences, *, steps: int, batch: int, lr: float, seed: int
             if metric > best:
                 best, best_step = metric, step
                 best_state = {k: v.detach().cpu().clone() for k, v in objective.state_dict().items()}
-            log.info("%s step %d: loss %.4f, dev %.2f (best %.2f at %d)", desc, step, loss.item(), metric, best, best_step)
+            log.info(
+                "%s step %d: loss %.4f, dev %.2f (best %.2f at %d)", desc, step, loss.item(), metric, best, best_step
+            )
         else:
             train_seconds += time.perf_counter() - t0
     _sync(device)
     wall = time.perf_counter() - started
     final = curve[-1][1]
     objective.load_state_dict(best_state)
-    return {"stage": desc, "steps": steps, "batch": batch, "lr": lr, "seed": seed, "initial_dev": initial,
-            "final_dev": final, "best_dev": best, "best_step": best_step, "wall_s": wall,
-            "ms_per_step": 1e3 * train_seconds / steps, "curve": curve}
+    return {
+        "stage": desc,
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "seed": seed,
+        "initial_dev": initial,
+        "final_dev": final,
+        "best_dev": best,
+        "best_step": best_step,
+        "wall_s": wall,
+        "ms_per_step": 1e3 * train_seconds / steps,
+        "curve": curve,
+    }
 
 
-def short_training(device, model_dir: Path, sts_dir: Path, corpus: Path, *, steps: int, twin_steps: int, batch: int,
-                   max_length: int, eval_every: int, num_ca_layers: int, bf16: bool, dev_pairs: int | None,
-                   max_sentences: int | None) -> dict:
+def short_training(
+    device,
+    model_dir: Path,
+    sts_dir: Path,
+    corpus: Path,
+    *,
+    steps: int,
+    twin_steps: int,
+    batch: int,
+    max_length: int,
+    eval_every: int,
+    num_ca_layers: int,
+    bf16: bool,
+    dev_pairs: int | None,
+    max_sentences: int | None,
+) -> dict:
     from jtcse.data import read_corpus
     from jtcse.encoding import TowerEncoder
     from jtcse.losses import JTCSELoss
@@ -316,42 +405,85 @@ def short_training(device, model_dir: Path, sts_dir: Path, corpus: Path, *, step
     zero_shot = {}
     for pooling in ("cls", "mean"):
         model, tokenizer = _load_float32(model_dir)
-        zero_shot[pooling] = evaluator(TowerEncoder(model.to(device).eval(), tokenizer, pooling, 128, device))["stsb_dev"]
+        zero_shot[pooling] = evaluator(TowerEncoder(model.to(device).eval(), tokenizer, pooling, 128, device))[
+            "stsb_dev"
+        ]
         del model
     log.info("zero-shot STS-B dev: cls %.2f, mean %.2f", zero_shot["cls"], zero_shot["mean"])
     stages, towers = [], {}
     for which, seed in (("a", 1), ("b", 2)):
         model, tokenizer = _load_float32(model_dir)
-        objective = SimCSEObjective(model, tokenizer, temperature=0.05, pooling="cls", max_length=max_length,
-                                    eval_max_length=128).to(device)
-        stages.append(_train(objective, sentences, steps=steps, batch=batch, lr=2e-5, seed=seed, eval_every=eval_every,
-                             evaluator=evaluator, device=device, bf16=bf16, desc=f"SimCSE tower {which}"))
+        objective = SimCSEObjective(
+            model, tokenizer, temperature=0.05, pooling="cls", max_length=max_length, eval_max_length=128
+        ).to(device)
+        stages.append(
+            _train(
+                objective,
+                sentences,
+                steps=steps,
+                batch=batch,
+                lr=2e-5,
+                seed=seed,
+                eval_every=eval_every,
+                evaluator=evaluator,
+                device=device,
+                bf16=bf16,
+                desc=f"SimCSE tower {which}",
+            )
+        )
         towers[which] = objective.tower
     layers = towers["a"].config.num_hidden_layers
     num_ca_layers = num_ca_layers if num_ca_layers and layers % num_ca_layers == 0 else max(1, layers // 2)
     twin = BridgedTwin(towers["a"], towers["b"], num_ca_layers=num_ca_layers, mode=default_bridge_mode(), pooling="cls")
     objective = JTCSEObjective(twin, tokenizer, JTCSELoss(), max_length=max_length, eval_max_length=128).to(device)
-    stages.append(_train(objective, sentences, steps=twin_steps, batch=batch, lr=1e-5, seed=42, eval_every=eval_every,
-                         evaluator=evaluator, device=device, bf16=bf16, desc="JTCSE twin"))
+    stages.append(
+        _train(
+            objective,
+            sentences,
+            steps=twin_steps,
+            batch=batch,
+            lr=1e-5,
+            seed=42,
+            eval_every=eval_every,
+            evaluator=evaluator,
+            device=device,
+            bf16=bf16,
+            desc="JTCSE twin",
+        )
+    )
     del objective, twin, towers
     gc.collect()
-    return {"zero_shot_dev": zero_shot, "stages": stages, "dev_pairs": len(evaluator.pairs["stsb_dev"]),
-            "corpus_sentences": len(sentences), "max_length": max_length, "bridged_layers": num_ca_layers}
+    return {
+        "zero_shot_dev": zero_shot,
+        "stages": stages,
+        "dev_pairs": len(evaluator.pairs["stsb_dev"]),
+        "corpus_sentences": len(sentences),
+        "max_length": max_length,
+        "bridged_layers": num_ca_layers,
+    }
 
 
 # --- report ------------------------------------------------------------------------------------------------
+
 
 def environment(device) -> dict:
     import torch
     import transformers
 
-    info = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda,
-            "device": str(device), "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-            "cpu_count": os.cpu_count()}
+    info = {
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+        "cpu_count": os.cpu_count(),
+    }
     try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                            check=True).stdout.strip()
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         info["git_commit"] = "unknown"
     if device.type == "cuda":
@@ -364,49 +496,80 @@ def environment(device) -> dict:
 def render_markdown(report: dict) -> str:
     env = report["environment"]
     cfg = report["config"]
-    lines = ["# GPU check", "",
-             f"{env.get('gpu') or env['device']} ({env.get('gpu_memory_gib', '?')} GiB), torch {env['torch']}, CUDA "
-             f"{env['cuda']}, transformers {env['transformers']}; commit `{env['git_commit'][:12]}`; {env['created']}"
-             f"{'; CPU SMOKE RUN (tiny sizes, numbers meaningless)' if report['cpu_smoke'] else ''}."]
+    lines = [
+        "# GPU check",
+        "",
+        f"{env.get('gpu') or env['device']} ({env.get('gpu_memory_gib', '?')} GiB), torch {env['torch']}, CUDA "
+        f"{env['cuda']}, transformers {env['transformers']}; commit `{env['git_commit'][:12]}`; {env['created']}"
+        f"{'; CPU SMOKE RUN (tiny sizes, numbers meaningless)' if report['cpu_smoke'] else ''}.",
+    ]
     lines += [f"Note: {n}." for n in report["notes"]]
-    lines += ["", f"## 1. Training step ({cfg['layers']} layers x {cfg['hidden']} hidden, random init, max length "
-              f"{cfg['length']}, bf16 autocast: {cfg['bf16']}, AdamW + clipping; {cfg['steps']} timed steps after "
-              f"{cfg['warmup']} warm-up)", "",
-              "| batch | rows/tower | variant | ms/step | sentences/s | peak GiB | x one tower |",
-              "|---:|---:|---|---:|---:|---:|---:|"]
-    names = {"one_tower": "one tower (SimCSE)", "twin_no_bridge": "twin, no bridge (TNCSE)",
-             "jtcse_twin": f"JTCSE twin, {cfg['bridged_layers']} bridged layers"}
+    lines += [
+        "",
+        f"## 1. Training step ({cfg['layers']} layers x {cfg['hidden']} hidden, random init, max length "
+        f"{cfg['length']}, bf16 autocast: {cfg['bf16']}, AdamW + clipping; {cfg['steps']} timed steps after "
+        f"{cfg['warmup']} warm-up)",
+        "",
+        "| batch | rows/tower | variant | ms/step | sentences/s | peak GiB | x one tower |",
+        "|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    names = {
+        "one_tower": "one tower (SimCSE)",
+        "twin_no_bridge": "twin, no bridge (TNCSE)",
+        "jtcse_twin": f"JTCSE twin, {cfg['bridged_layers']} bridged layers",
+    }
     for r in report["steps"]:
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "n/a"
-        lines.append(f"| {r['batch']} | {r['rows']} | {names[r['variant']]} | {r['ms_per_step']:.1f} | "
-                     f"{r['sentences_per_s']:.0f} | {peak} | {r['x_one_tower']:.2f} |")
+        lines.append(
+            f"| {r['batch']} | {r['rows']} | {names[r['variant']]} | {r['ms_per_step']:.1f} | "
+            f"{r['sentences_per_s']:.0f} | {peak} | {r['x_one_tower']:.2f} |"
+        )
     loss = report["loss"]
-    lines += ["", f"Tensor-modulus loss on {loss['device']} ({loss['what']}, {loss['dtype']}, median of "
-              f"{loss['rows'][0]['repeats']}; agreement in float64: |value diff| {loss['agreement']['max_abs_diff_value']:.1e}, "
-              f"max |grad diff| {loss['agreement']['max_abs_diff_grad']:.1e}):", "",
-              "| batch | rows | hidden | vectorised ms | per-sample loop ms (one sync per sentence) | speed-up |",
-              "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['batch']} | {r['rows']} | {r['hidden']} | {r['vectorised_ms']:.3f} | {r['naive_ms']:.2f} | "
-              f"x{r['speedup']:.1f} |" for r in loss["rows"]]
-    lines += ["", "## 2. Encoding throughput", "", "| model | dtype | batch | sentences | sentences/s | STS-B dev |",
-              "|---|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        f"Tensor-modulus loss on {loss['device']} ({loss['what']}, {loss['dtype']}, median of "
+        f"{loss['rows'][0]['repeats']}; agreement in float64: |value diff| {loss['agreement']['max_abs_diff_value']:.1e}, "
+        f"max |grad diff| {loss['agreement']['max_abs_diff_grad']:.1e}):",
+        "",
+        "| batch | rows | hidden | vectorised ms | per-sample loop ms (one sync per sentence) | speed-up |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['batch']} | {r['rows']} | {r['hidden']} | {r['vectorised_ms']:.3f} | {r['naive_ms']:.2f} | "
+        f"x{r['speedup']:.1f} |"
+        for r in loss["rows"]
+    ]
+    lines += [
+        "",
+        "## 2. Encoding throughput",
+        "",
+        "| model | dtype | batch | sentences | sentences/s | STS-B dev |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in report["encode"]:
         dev = f"{r['stsb_dev']:.2f}" if "stsb_dev" in r else ""
-        lines.append(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['sentences']} | {r['sentences_per_s']:.0f} | {dev} |")
+        lines.append(
+            f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['sentences']} | {r['sentences_per_s']:.0f} | {dev} |"
+        )
     lines += ["", "## 3. Short real training of the MiniLM base (STS-B dev Spearman x 100)", ""]
     t = report.get("training")
     if not t:
         lines.append(f"Skipped: {report.get('training_skipped', 'no MiniLM weights carried')}.")
     else:
-        lines += [f"Zero-shot: cls {t['zero_shot_dev']['cls']:.2f}, mean {t['zero_shot_dev']['mean']:.2f}; "
-                  f"{t['dev_pairs']} dev pairs, {t['corpus_sentences']} corpus sentences, max length {t['max_length']}, "
-                  f"{t['bridged_layers']} bridged layers; each stage starts from the best weights of the one before.", "",
-                  "| stage | steps | batch | lr | ms/step | wall s | dev at start | best (step) | final |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"Zero-shot: cls {t['zero_shot_dev']['cls']:.2f}, mean {t['zero_shot_dev']['mean']:.2f}; "
+            f"{t['dev_pairs']} dev pairs, {t['corpus_sentences']} corpus sentences, max length {t['max_length']}, "
+            f"{t['bridged_layers']} bridged layers; each stage starts from the best weights of the one before.",
+            "",
+            "| stage | steps | batch | lr | ms/step | wall s | dev at start | best (step) | final |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for s in t["stages"]:
-            lines.append(f"| {s['stage']} | {s['steps']} | {s['batch']} | {s['lr']:.0e} | {s['ms_per_step']:.1f} | "
-                         f"{s['wall_s']:.1f} | {s['initial_dev']:.2f} | {s['best_dev']:.2f} ({s['best_step']}) | "
-                         f"{s['final_dev']:.2f} |")
+            lines.append(
+                f"| {s['stage']} | {s['steps']} | {s['batch']} | {s['lr']:.0e} | {s['ms_per_step']:.1f} | "
+                f"{s['wall_s']:.1f} | {s['initial_dev']:.2f} | {s['best_dev']:.2f} ({s['best_step']}) | "
+                f"{s['final_dev']:.2f} |"
+            )
     lines += ["", f"Total wall time of the check: {report['total_s']:.0f} s.", ""]
     return "\n".join(lines)
 
@@ -421,8 +584,10 @@ def prepare_carry(carry: Path) -> None:
     model, tokenizer = load_tower("minilm")
     shutil.rmtree(carry / "minilm", ignore_errors=True)
     save_tower(model.to(torch.float16), tokenizer, carry / "minilm")
-    for src, dst in ((REPO / "data" / "sts" / "stsb.dev.tsv", carry / "stsb.dev.tsv"),
-                     (REPO / "data" / "corpus" / "train.txt", carry / "train.txt")):
+    for src, dst in (
+        (REPO / "data" / "sts" / "stsb.dev.tsv", carry / "stsb.dev.tsv"),
+        (REPO / "data" / "corpus" / "train.txt", carry / "train.txt"),
+    ):
         if not src.is_file():
             raise SystemExit(f"{src} is missing: run `dvc pull` first")
         shutil.copy2(src, dst)
@@ -440,7 +605,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-steps", type=int, help="steps of each SimCSE tower in the short training (default: 500)")
     p.add_argument("--twin-steps", type=int, help="steps of the JTCSE twin in the short training (default: 500)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -456,16 +623,43 @@ def main(argv: list[str] | None = None) -> dict:
     if args.cpu_smoke:
         device = torch.device("cpu")
         config = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64)
-        sizes = dict(batches=[4, 8], length=16, steps=2, warmup=1, num_ca=2, enc_n=64, enc_batch=32, train_steps=3,
-                     twin_steps=3, train_batch=8, max_length=24, eval_every=3, dev_pairs=60, max_sentences=400)
+        sizes = dict(
+            batches=[4, 8],
+            length=16,
+            steps=2,
+            warmup=1,
+            num_ca=2,
+            enc_n=64,
+            enc_batch=32,
+            train_steps=3,
+            twin_steps=3,
+            train_batch=8,
+            max_length=24,
+            eval_every=3,
+            dev_pairs=60,
+            max_sentences=400,
+        )
     else:
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device: run this on the GPU machine, or pass --cpu-smoke")
         device = torch.device("cuda")
         config = {}  # BertConfig() defaults: 12 layers x 768, 12 heads, vocab 30522 (bert-base)
-        sizes = dict(batches=[64, 256], length=64, steps=10, warmup=3, num_ca=6, enc_n=16384, enc_batch=128,
-                     train_steps=500, twin_steps=500, train_batch=64, max_length=32, eval_every=100, dev_pairs=None,
-                     max_sentences=None)
+        sizes = dict(
+            batches=[64, 256],
+            length=64,
+            steps=10,
+            warmup=3,
+            num_ca=6,
+            enc_n=16384,
+            enc_batch=128,
+            train_steps=500,
+            twin_steps=500,
+            train_batch=64,
+            max_length=32,
+            eval_every=100,
+            dev_pairs=None,
+            max_sentences=None,
+        )
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         notes.append("fp32 rows use TF32 matmuls (torch.backends.cuda.matmul.allow_tf32 = True)")
@@ -479,40 +673,70 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import BertConfig
 
     base_cfg = BertConfig(**config)
-    report = {"benchmark": "gpu_check", "cpu_smoke": args.cpu_smoke, "notes": notes, "sizes": sizes,
-              "environment": environment(device),
-              "config": {"layers": base_cfg.num_hidden_layers, "hidden": base_cfg.hidden_size, "length": sizes["length"],
-                         "bf16": bf16, "steps": sizes["steps"], "warmup": sizes["warmup"],
-                         "bridged_layers": sizes["num_ca"]}}
-    report["steps"] = bench_training_steps(device, config, sizes["batches"], sizes["length"], sizes["steps"],
-                                           sizes["warmup"], sizes["num_ca"], bf16)
+    report = {
+        "benchmark": "gpu_check",
+        "cpu_smoke": args.cpu_smoke,
+        "notes": notes,
+        "sizes": sizes,
+        "environment": environment(device),
+        "config": {
+            "layers": base_cfg.num_hidden_layers,
+            "hidden": base_cfg.hidden_size,
+            "length": sizes["length"],
+            "bf16": bf16,
+            "steps": sizes["steps"],
+            "warmup": sizes["warmup"],
+            "bridged_layers": sizes["num_ca"],
+        },
+    }
+    report["steps"] = bench_training_steps(
+        device, config, sizes["batches"], sizes["length"], sizes["steps"], sizes["warmup"], sizes["num_ca"], bf16
+    )
     from bench import speed  # its loss part needs torch and jtcse.losses only
 
-    loss_sizes = dict(batches=(4, 8), hidden=16, repeats=2) if args.cpu_smoke else dict(batches=(64, 256), hidden=768, repeats=15)
-    report["loss"] = speed.bench_loss(loss_sizes["batches"], loss_sizes["hidden"], loss_sizes["repeats"], device=device.type)
+    loss_sizes = (
+        dict(batches=(4, 8), hidden=16, repeats=2)
+        if args.cpu_smoke
+        else dict(batches=(64, 256), hidden=768, repeats=15)
+    )
+    report["loss"] = speed.bench_loss(
+        loss_sizes["batches"], loss_sizes["hidden"], loss_sizes["repeats"], device=device.type
+    )
     report["loss"]["agreement"] = speed.loss_agreement(device=device.type)
     report["encode"] = bench_encode_random(device, config, sizes["enc_n"], sizes["enc_batch"], sizes["length"])
 
     model_dir, sts_dir, corpus = carry / "minilm", carry, carry / "train.txt"
     if args.cpu_smoke and not (model_dir / "config.json").is_file():
         # Here: a tiny random tower with the MiniLM vocabulary, and the repository's data.
-        from tests.conftest import build_tiny_model
-
         import tempfile
+
+        from tests.conftest import build_tiny_model
 
         model_dir = build_tiny_model(Path(tempfile.mkdtemp(prefix="gpu-check-tiny-")))
         sts_dir, corpus = REPO / "data" / "sts", REPO / "data" / "corpus" / "sample.txt"
         notes.append("cpu smoke: a tiny random tower with the MiniLM vocabulary stands in for MiniLM")
     if (model_dir / "config.json").is_file() and (sts_dir / "stsb.dev.tsv").is_file() and corpus.is_file():
         report["encode"] += bench_encode_real(device, model_dir, sts_dir, sizes["enc_batch"], sizes["dev_pairs"])
-        report["training"] = short_training(device, model_dir, sts_dir, corpus, steps=sizes["train_steps"],
-                                            twin_steps=sizes["twin_steps"], batch=sizes["train_batch"],
-                                            max_length=sizes["max_length"], eval_every=sizes["eval_every"],
-                                            num_ca_layers=3, bf16=bf16, dev_pairs=sizes["dev_pairs"],
-                                            max_sentences=sizes["max_sentences"])
+        report["training"] = short_training(
+            device,
+            model_dir,
+            sts_dir,
+            corpus,
+            steps=sizes["train_steps"],
+            twin_steps=sizes["twin_steps"],
+            batch=sizes["train_batch"],
+            max_length=sizes["max_length"],
+            eval_every=sizes["eval_every"],
+            num_ca_layers=3,
+            bf16=bf16,
+            dev_pairs=sizes["dev_pairs"],
+            max_sentences=sizes["max_sentences"],
+        )
     else:
-        report["training_skipped"] = (f"{carry} lacks minilm/, stsb.dev.tsv or train.txt: run `bash bench/gpu_check.sh "
-                                      "--prepare` on the CPU machine and carry bench/.carry")
+        report["training_skipped"] = (
+            f"{carry} lacks minilm/, stsb.dev.tsv or train.txt: run `bash bench/gpu_check.sh "
+            "--prepare` on the CPU machine and carry bench/.carry"
+        )
         log.warning(report["training_skipped"])
     report["total_s"] = time.perf_counter() - began
 

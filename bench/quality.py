@@ -66,9 +66,20 @@ ROWS: tuple[Row, ...] = (
 )
 ROW_BY_KEY = {r.key: r for r in ROWS}
 DEFAULT_ROWS = [r.key for r in ROWS if not r.control]
-ALIASES = {"1": ["base_cls", "base_mean"], "1a": ["base_cls"], "1b": ["base_mean"], "base": ["base_cls", "base_mean"],
-           "2": ["simcse"], "3": ["ensemble"], "4": ["tncse"], "5": ["jtcse"], "6": ["jtcse_d"],
-           "c": ["simcse_long"], "control": ["simcse_long"], "all": DEFAULT_ROWS}
+ALIASES = {
+    "1": ["base_cls", "base_mean"],
+    "1a": ["base_cls"],
+    "1b": ["base_mean"],
+    "base": ["base_cls", "base_mean"],
+    "2": ["simcse"],
+    "3": ["ensemble"],
+    "4": ["tncse"],
+    "5": ["jtcse"],
+    "6": ["jtcse_d"],
+    "c": ["simcse_long"],
+    "control": ["simcse_long"],
+    "all": DEFAULT_ROWS,
+}
 
 
 def parse_design(item: str) -> tuple[str, dict[str, Any]]:
@@ -128,8 +139,12 @@ def seeded_overrides(settings, seed: int) -> dict[str, int]:
     if seed < 1:
         raise SystemExit(f"--seeds must be positive integers (seed 1 = params.yaml), got {seed}")
     shift = SEED_STRIDE * (seed - 1)
-    return {"pretrain.seed_a": settings.pretrain.seed_a + shift, "pretrain.seed_b": settings.pretrain.seed_b + shift,
-            "train.seed": settings.train.seed + shift, "distill.seed": settings.distill.seed + shift}
+    return {
+        "pretrain.seed_a": settings.pretrain.seed_a + shift,
+        "pretrain.seed_b": settings.pretrain.seed_b + shift,
+        "train.seed": settings.train.seed + shift,
+        "distill.seed": settings.distill.seed + shift,
+    }
 
 
 def _digest(payload: Any) -> str:
@@ -145,11 +160,11 @@ class Stage:
     seconds: float
     fingerprint: str
     reused: bool
-    requires: list["Stage"] = field(default_factory=list)
+    requires: list[Stage] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     synthetic: bool = False  # a row made of other stages, with no training of its own (the ensemble)
 
-    def _walk(self) -> dict[str, "Stage"]:
+    def _walk(self) -> dict[str, Stage]:
         found: dict[str, Stage] = {}
 
         def walk(stage: Stage) -> None:
@@ -181,7 +196,9 @@ class Workspace:
         self.cache: dict[tuple[int, str], Stage] = {}
 
     def settings_for(self, seed: int, extra: dict[str, Any] | None = None):
-        return common.derive_settings(self.base_settings, {**seeded_overrides(self.base_settings, seed), **(extra or {})})
+        return common.derive_settings(
+            self.base_settings, {**seeded_overrides(self.base_settings, seed), **(extra or {})}
+        )
 
     def _run(self, seed: int, name: str, section: str, settings, requires: list[Stage], train) -> Stage:
         key = (seed, name)
@@ -199,7 +216,9 @@ class Workspace:
             done = json.loads(marker.read_text(encoding="utf-8"))
             if done.get("fingerprint") == fingerprint:
                 log.info("seed %d: reusing %s from %s (trained in %.1f s)", seed, name, output, done["seconds"])
-                stage = Stage(name, output, float(done["seconds"]), fingerprint, True, requires, done.get("summary", {}))
+                stage = Stage(
+                    name, output, float(done["seconds"]), fingerprint, True, requires, done.get("summary", {})
+                )
                 self.cache[key] = stage
                 return stage
             log.info("seed %d: %s in %s was made with other settings or inputs; retraining", seed, name, folder)
@@ -210,15 +229,27 @@ class Workspace:
         started = time.perf_counter()
         result = train(output=output, checkpoint_dir=checkpoints, metrics_dir=metrics)
         seconds = time.perf_counter() - started
-        summary = {"dev_metric": settings.evaluate.selection, "best_dev": round(result.best_metric, 4),
-                   "best_step": result.best_step, "initial_dev": round(result.initial_metric, 4), "steps": result.steps,
-                   "trainer_seconds": round(result.seconds, 2), "checkpoint_found": resumed}
+        summary = {
+            "dev_metric": settings.evaluate.selection,
+            "best_dev": round(result.best_metric, 4),
+            "best_step": result.best_step,
+            "initial_dev": round(result.initial_metric, 4),
+            "steps": result.steps,
+            "trainer_seconds": round(result.seconds, 2),
+            "checkpoint_found": resumed,
+        }
         shutil.rmtree(checkpoints, ignore_errors=True)  # the model is final: resumable state is no longer needed
         from jtcse.io import atomic_write_json
 
         atomic_write_json(marker, {"fingerprint": fingerprint, "seconds": round(seconds, 3), "summary": summary})
-        log.info("seed %d: %s done in %.1f s (best dev %.2f at step %d)", seed, name, seconds,
-                 result.best_metric, result.best_step)
+        log.info(
+            "seed %d: %s done in %.1f s (best dev %.2f at step %d)",
+            seed,
+            name,
+            seconds,
+            result.best_metric,
+            result.best_step,
+        )
         stage = Stage(name, output, seconds, fingerprint, False, requires, summary)
         self.cache[key] = stage
         return stage
@@ -227,8 +258,9 @@ class Workspace:
         from jtcse.training.stages import train_tower
 
         settings = self.settings_for(seed)
-        return self._run(seed, f"tower_{which}", "pretrain", settings, [],
-                         lambda **kw: train_tower(settings, which=which, **kw))
+        return self._run(
+            seed, f"tower_{which}", "pretrain", settings, [], lambda **kw: train_tower(settings, which=which, **kw)
+        )
 
     def simcse_long(self, seed: int) -> Stage:
         """Tower A trained train.steps more SimCSE steps (pretrain settings otherwise), from its stage-1 weights."""
@@ -237,11 +269,18 @@ class Workspace:
         base = self.settings_for(seed)
         settings = self.settings_for(seed, {"pretrain.steps": base.train.steps})
         tower_a = self.tower(seed, "a")
-        return self._run(seed, "simcse_long", "pretrain", settings, [tower_a],
-                         lambda **kw: train_tower(settings, which="a", init=str(tower_a.path), **kw))
+        return self._run(
+            seed,
+            "simcse_long",
+            "pretrain",
+            settings,
+            [tower_a],
+            lambda **kw: train_tower(settings, which="a", init=str(tower_a.path), **kw),
+        )
 
-    def twin(self, seed: int, cross_attention: bool = True, *, design: dict[str, Any] | None = None,
-             name: str | None = None) -> Stage:
+    def twin(
+        self, seed: int, cross_attention: bool = True, *, design: dict[str, Any] | None = None, name: str | None = None
+    ) -> Stage:
         """Stage 2 from this seed's towers: the train settings, without the bridge (TNCSE), or with ``design``
         overrides (an ablation cell or a named design row, stored under ``name``)."""
         from jtcse.training.stages import train_twin
@@ -252,23 +291,36 @@ class Workspace:
         settings = self.settings_for(seed, extra)
         a, b = self.tower(seed, "a"), self.tower(seed, "b")
         name = name or ("twin_jtcse" if cross_attention else "twin_tncse")
-        return self._run(seed, name, "train", settings, [a, b],
-                         lambda **kw: train_twin(settings, tower_a=str(a.path), tower_b=str(b.path), **kw))
+        return self._run(
+            seed,
+            name,
+            "train",
+            settings,
+            [a, b],
+            lambda **kw: train_twin(settings, tower_a=str(a.path), tower_b=str(b.path), **kw),
+        )
 
     def distilled(self, seed: int) -> Stage:
         from jtcse.training.stages import distill_twin
 
         settings = self.settings_for(seed)
         twin = self.twin(seed, cross_attention=True)
-        return self._run(seed, "distilled", "distill", settings, [twin],
-                         lambda **kw: distill_twin(settings, twin=str(twin.path), **kw))
+        return self._run(
+            seed,
+            "distilled",
+            "distill",
+            settings,
+            [twin],
+            lambda **kw: distill_twin(settings, twin=str(twin.path), **kw),
+        )
 
 
-def make_encoder(row: str, ws: Workspace, seed: int, settings,
-                 designs: dict[str, dict[str, Any]] | None = None) -> tuple[Any, Stage | None]:
+def make_encoder(
+    row: str, ws: Workspace, seed: int, settings, designs: dict[str, dict[str, Any]] | None = None
+) -> tuple[Any, Stage | None]:
     from jtcse.api import load_twin
-    from jtcse.formats import resolve_model_path
     from jtcse.encoding import TowerEncoder, TwinEncoder
+    from jtcse.formats import resolve_model_path
 
     device, max_length, pooling = settings.runtime.device, settings.evaluate.max_length, settings.model.pooling
 
@@ -277,7 +329,9 @@ def make_encoder(row: str, ws: Workspace, seed: int, settings,
 
     if row in ("base_cls", "base_mean"):
         base = resolve_model_path(settings.model.base)
-        return TowerEncoder.from_pretrained(base, row.split("_")[1], max_length, device, settings.model.trust_remote_code), None
+        return TowerEncoder.from_pretrained(
+            base, row.split("_")[1], max_length, device, settings.model.trust_remote_code
+        ), None
     if row == "simcse":
         stage = ws.tower(seed, "a")
         return tower(stage.path), stage
@@ -324,14 +378,18 @@ def comparisons(rows: list[dict]) -> list[str]:
     for above, row in zip(main, main[1:]):
         a, b = row["mean"]["avg"], above["mean"]["avg"]
         if not a > b:
-            lines.append(f"row {row['number']} ({row['label']}) does not beat row {above['number']} "
-                         f"({above['label']}) on avg ({a:.2f} vs {b:.2f})")
+            lines.append(
+                f"row {row['number']} ({row['label']}) does not beat row {above['number']} "
+                f"({above['label']}) on avg ({a:.2f} vs {b:.2f})"
+            )
     by_key = {r["key"]: r for r in rows}
     if "simcse_long" in by_key and "jtcse" in by_key:
         c, j = by_key["simcse_long"], by_key["jtcse"]
         verb = "beats" if j["mean"]["avg"] > c["mean"]["avg"] else "does not beat"
-        lines.append(f"control: row 5 ({j['label']}) {verb} row C ({c['label']}) on avg "
-                     f"({j['mean']['avg']:.2f} vs {c['mean']['avg']:.2f})")
+        lines.append(
+            f"control: row 5 ({j['label']}) {verb} row C ({c['label']}) on avg "
+            f"({j['mean']['avg']:.2f} vs {c['mean']['avg']:.2f})"
+        )
     return lines
 
 
@@ -339,8 +397,16 @@ def render_markdown(report: dict) -> str:
     from jtcse.evaluation.sts import STS_TASKS
 
     tasks = [*STS_TASKS, "avg"]
-    names = {"sts12": "STS12", "sts13": "STS13", "sts14": "STS14", "sts15": "STS15", "sts16": "STS16",
-             "stsb": "STS-B", "sickr": "SICK-R", "avg": "avg"}
+    names = {
+        "sts12": "STS12",
+        "sts13": "STS13",
+        "sts14": "STS14",
+        "sts15": "STS15",
+        "sts16": "STS16",
+        "stsb": "STS-B",
+        "sickr": "SICK-R",
+        "avg": "avg",
+    }
     s = report["settings"]
     lines = [
         "# Quality benchmark: seven-task STS (Spearman x 100)",
@@ -353,8 +419,11 @@ def render_markdown(report: dict) -> str:
         f"({s['train']['cross_attention']['mode']}); seeds {report['seeds']}.",
         f"Hardware: {report['environment']['hardware']}; commit `{report['environment']['git_commit'][:12]}`"
         f"{' (uncommitted changes)' if report['environment'].get('git_dirty') else ''}; {report['environment']['created']}.",
-        *([f"Overrides of the params file: {', '.join(f'`{k}={v}`' for k, v in report['overrides'].items())}."]
-          if report.get("overrides") else []),
+        *(
+            [f"Overrides of the params file: {', '.join(f'`{k}={v}`' for k, v in report['overrides'].items())}."]
+            if report.get("overrides")
+            else []
+        ),
         "",
         "| # | model | " + " | ".join(names[t] for t in tasks) + " | train s | eval s | seeds |",
         "|---|---|" + "---:|" * (len(tasks) + 3),
@@ -365,8 +434,11 @@ def render_markdown(report: dict) -> str:
             m, sd = row["mean"][t], row["std"][t]
             cells.append(f"{m:.2f} ± {sd:.2f}" if sd is not None else f"{m:.2f}")
         train = common.fmt(row["train_s"], 1) if row["trained"] else "0"
-        lines.append(f"| {row['number']} | {row['label']} | " + " | ".join(cells)
-                     + f" | {train} | {common.fmt(row['eval_s'], 1)} | {row['n_seeds']} |")
+        lines.append(
+            f"| {row['number']} | {row['label']} | "
+            + " | ".join(cells)
+            + f" | {train} | {common.fmt(row['eval_s'], 1)} | {row['n_seeds']} |"
+        )
     lines.append("")
     verdicts = report["comparisons"]
     if verdicts:
@@ -376,8 +448,10 @@ def render_markdown(report: dict) -> str:
     for row in report["rows"]:
         kept = [str(seed) for seed, r in row["per_seed"].items() if r["stage_summary"].get("best_step") == 0]
         if kept:
-            lines.append(f"- row {row['number']} ({row['label']}): its last training stage kept its starting weights "
-                         f"(best dev score at step 0) for seed(s) {', '.join(kept)}")
+            lines.append(
+                f"- row {row['number']} ({row['label']}): its last training stage kept its starting weights "
+                f"(best dev score at step 0) for seed(s) {', '.join(kept)}"
+            )
     lines += [
         "",
         "Mean ± sample std over seeds where a row ran with several. *train s*: wall seconds of every training stage "
@@ -387,12 +461,20 @@ def render_markdown(report: dict) -> str:
     ]
     repeated = [r for r in report["rows"] if r["n_seeds"] > 1]
     if repeated:
-        lines += ["", "## Per seed", "", "| # | model | seed | " + " | ".join(names[t] for t in tasks) + " | train s |",
-                  "|---|---|---:|" + "---:|" * (len(tasks) + 1)]
+        lines += [
+            "",
+            "## Per seed",
+            "",
+            "| # | model | seed | " + " | ".join(names[t] for t in tasks) + " | train s |",
+            "|---|---|---:|" + "---:|" * (len(tasks) + 1),
+        ]
         for row in repeated:
             for seed, r in row["per_seed"].items():
-                lines.append(f"| {row['number']} | {row['label']} | {seed} | "
-                             + " | ".join(f"{r['scores'][t]:.2f}" for t in tasks) + f" | {r['train_s']:.1f} |")
+                lines.append(
+                    f"| {row['number']} | {row['label']} | {seed} | "
+                    + " | ".join(f"{r['scores'][t]:.2f}" for t in tasks)
+                    + f" | {r['train_s']:.1f} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -414,8 +496,14 @@ def render_plot(report: dict, path: Path) -> None:
     for i, row in enumerate(rows):
         means = [row["mean"][t] for t in tasks]
         errs = [row["std"][t] or 0.0 for t in tasks]
-        ax.bar(x - 0.42 + width * (i + 0.5), means, width, yerr=errs if any(errs) else None, capsize=2,
-               label=f"{row['number']} {row['label']}")
+        ax.bar(
+            x - 0.42 + width * (i + 0.5),
+            means,
+            width,
+            yerr=errs if any(errs) else None,
+            capsize=2,
+            label=f"{row['number']} {row['label']}",
+        )
     ax.set_xticks(x, [names.get(t, t.upper()) for t in tasks])
     ax.set_ylabel("Spearman x 100")
     lo = min(min(r["mean"][t] for t in tasks) for r in rows)
@@ -439,15 +527,20 @@ def run(args: argparse.Namespace) -> dict:
     seeds = list(dict.fromkeys(args.seeds))
     repeat = set(select_rows(args.repeat_rows, table)) if args.repeat_rows else set()
     out = Path(args.out)
-    evaluator = STSEvaluator(settings.data.sts_dir, STS_TASKS, batch_size=settings.evaluate.batch_size,
-                             show_progress=True)
+    evaluator = STSEvaluator(
+        settings.data.sts_dir, STS_TASKS, batch_size=settings.evaluate.batch_size, show_progress=True
+    )
 
     with common.work_dir(args.reuse_dir, "jtcse-quality-") as work:
         log.info("rows %s, seeds %s (repeated rows: %s), work dir %s", rows, seeds, sorted(repeat & set(rows)), work)
         ws = Workspace(work, settings)
         results: list[dict] = []
-        plan = [(row, seed) for row in rows for seed in (seeds if (row in repeat) else seeds[:1])
-                if spec_of[row].needs_training or seed == seeds[0]]
+        plan = [
+            (row, seed)
+            for row in rows
+            for seed in (seeds if (row in repeat) else seeds[:1])
+            if spec_of[row].needs_training or seed == seeds[0]
+        ]
         per_row: dict[str, dict[int, dict]] = {}
         for i, (row, seed) in enumerate(plan, start=1):
             log.info("[%d/%d] %s, seed %d", i, len(plan), spec_of[row].label, seed)
@@ -457,19 +550,30 @@ def run(args: argparse.Namespace) -> dict:
             scores = evaluator(encoder)
             eval_s = time.perf_counter() - started
             del encoder
-            entry = {"scores": {k: round(v, 4) for k, v in scores.items()},
-                     "train_s": round(stage.total_seconds(), 2) if stage else 0.0,
-                     "train_stages_s": stage.breakdown() if stage else {},
-                     "reused_stages": stage.reused_stages() if stage else [],
-                     "eval_s": round(eval_s, 2),
-                     "stage_summary": stage.summary if stage else {},
-                     "seeds_used": seeded_overrides(settings, seed) if stage else {}}
+            entry = {
+                "scores": {k: round(v, 4) for k, v in scores.items()},
+                "train_s": round(stage.total_seconds(), 2) if stage else 0.0,
+                "train_stages_s": stage.breakdown() if stage else {},
+                "reused_stages": stage.reused_stages() if stage else [],
+                "eval_s": round(eval_s, 2),
+                "stage_summary": stage.summary if stage else {},
+                "seeds_used": seeded_overrides(settings, seed) if stage else {},
+            }
             log.info("%s seed %d: avg %.2f (eval %.1f s)", row, seed, scores["avg"], eval_s)
             per_row.setdefault(row, {})[seed] = entry
         for row in rows:
             spec = spec_of[row]
-            results.append({"key": row, "number": spec.number, "label": spec.label, "control": spec.control,
-                            "trained": spec.needs_training, "per_seed": per_row[row], **summarise(per_row[row])})
+            results.append(
+                {
+                    "key": row,
+                    "number": spec.number,
+                    "label": spec.label,
+                    "control": spec.control,
+                    "trained": spec.needs_training,
+                    "per_seed": per_row[row],
+                    **summarise(per_row[row]),
+                }
+            )
 
     report = {
         "benchmark": "quality",
@@ -478,11 +582,14 @@ def run(args: argparse.Namespace) -> dict:
         "overrides": overrides,
         "seeds": seeds,
         "seed_derivation": f"seed s shifts pretrain.seed_a, pretrain.seed_b, train.seed, distill.seed by "
-                           f"{SEED_STRIDE} * (s - 1); seed 1 = the params file",
+        f"{SEED_STRIDE} * (s - 1); seed 1 = the params file",
         "repeated_rows": sorted(repeat & set(rows)),
         "profile": args.profile,
-        "row_overrides": {"tncse": {"train.cross_attention.num_layers": 0}, **{k: table.designs[k] for k in rows if k in table.designs},
-                          "simcse_long": {"pretrain.steps": settings.train.steps, "init": "tower_a"}},
+        "row_overrides": {
+            "tncse": {"train.cross_attention.num_layers": 0},
+            **{k: table.designs[k] for k in rows if k in table.designs},
+            "simcse_long": {"pretrain.steps": settings.train.steps, "init": "tower_a"},
+        },
         "settings": common.settings_dict(settings),
         "environment": common.environment(),
         "work_dir": str(work) if args.reuse_dir else None,
@@ -499,25 +606,53 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--params", default=str(common.REPO / "params.yaml"), help="settings file (default: params.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, dotted key, value parsed as YAML (repeatable): --set train.steps=60")
-    p.add_argument("--profile", default="make-run", choices=list(common.PROFILES),
-                   help="step budget: make-run (params.yaml, 60 steps per stage) or long (300 steps per stage)")
-    p.add_argument("--design", action="append", default=[], metavar="NAME:KEY=VALUE,...",
-                   help="an extra JTCSE row with these train overrides, e.g. "
-                   "stream6:cross_attention.mode=stream,cross_attention.num_layers=6 (repeatable)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3],
-                   help="seeds of the repeated rows; the first one is used by the others (default: 1 2 3)")
-    p.add_argument("--rows", nargs="+", help="rows to run: 1-6, C (control), or keys "
-                   f"({', '.join(ROW_BY_KEY)}); default: 1-6")
-    p.add_argument("--repeat-rows", nargs="*", default=["simcse", "jtcse"],
-                   help="rows run with every seed (default: simcse jtcse; 'all' for 1-6)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, dotted key, value parsed as YAML (repeatable): --set train.steps=60",
+    )
+    p.add_argument(
+        "--profile",
+        default="make-run",
+        choices=list(common.PROFILES),
+        help="step budget: make-run (params.yaml, 60 steps per stage) or long (300 steps per stage)",
+    )
+    p.add_argument(
+        "--design",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="an extra JTCSE row with these train overrides, e.g. "
+        "stream6:cross_attention.mode=stream,cross_attention.num_layers=6 (repeatable)",
+    )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[1, 2, 3],
+        help="seeds of the repeated rows; the first one is used by the others (default: 1 2 3)",
+    )
+    p.add_argument(
+        "--rows", nargs="+", help=f"rows to run: 1-6, C (control), or keys ({', '.join(ROW_BY_KEY)}); default: 1-6"
+    )
+    p.add_argument(
+        "--repeat-rows",
+        nargs="*",
+        default=["simcse", "jtcse"],
+        help="rows run with every seed (default: simcse jtcse; 'all' for 1-6)",
+    )
     p.add_argument("--out", default=str(common.RESULTS), help="results folder (default: bench/results)")
-    p.add_argument("--reuse-dir", help="persistent work dir for models: finished stages with the same settings are "
-                   "reused and interrupted ones resume (e.g. runs/bench/quality); default: a temporary dir, deleted")
+    p.add_argument(
+        "--reuse-dir",
+        help="persistent work dir for models: finished stages with the same settings are "
+        "reused and interrupted ones resume (e.g. runs/bench/quality); default: a temporary dir, deleted",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

@@ -37,14 +37,36 @@ from bench import common  # noqa: E402
 log = logging.getLogger("bench.speed")
 
 PARTS = ("loss", "step", "encode", "orchestration")
-FULL = {"loss_batches": (64, 256), "loss_hidden": 768, "loss_repeats": 15, "step_repeats": 8, "step_warmup": 2,
-        "encode_sentences": 2000, "encode_repeats": 3, "flow_repeats": 3, "dvc_repeats": 2, "dev_pairs": None}
-QUICK = {"loss_batches": (16, 32), "loss_hidden": 64, "loss_repeats": 3, "step_repeats": 2, "step_warmup": 1,
-         "encode_sentences": 128, "encode_repeats": 1, "flow_repeats": 1, "dvc_repeats": 1, "dev_pairs": 60,
-         "step_batch": 4, "step_max_length": 16}
+FULL = {
+    "loss_batches": (64, 256),
+    "loss_hidden": 768,
+    "loss_repeats": 15,
+    "step_repeats": 8,
+    "step_warmup": 2,
+    "encode_sentences": 2000,
+    "encode_repeats": 3,
+    "flow_repeats": 3,
+    "dvc_repeats": 2,
+    "dev_pairs": None,
+}
+QUICK = {
+    "loss_batches": (16, 32),
+    "loss_hidden": 64,
+    "loss_repeats": 3,
+    "step_repeats": 2,
+    "step_warmup": 1,
+    "encode_sentences": 128,
+    "encode_repeats": 1,
+    "flow_repeats": 1,
+    "dvc_repeats": 1,
+    "dev_pairs": 60,
+    "step_batch": 4,
+    "step_max_length": 16,
+}
 
 
 # --- 1. the modulus loss -----------------------------------------------------------------------------------
+
 
 def naive_modulus_loss(h_a, h_b, x_a, x_b, clamp: float = 1e-4):
     """The reference's per-sample loop: for each first view k, the cosine is computed with torch ops and compared
@@ -91,14 +113,26 @@ def loss_agreement(batch: int = 8, hidden: int = 16, device: str = "cpu") -> dic
     g_fast = torch.autograd.grad(fast, leaves)
     g_slow = torch.autograd.grad(slow, leaves)
     cos = F.cosine_similarity(leaves[0][0::2], leaves[1][1::2], dim=-1)
-    return {"batch": batch, "hidden": hidden, "dtype": "float64", "vectorised": fast.item(), "naive": slow.item(),
-            "max_abs_diff_value": abs(fast.item() - slow.item()),
-            "max_abs_diff_grad": max((a - b).abs().max().item() for a, b in zip(g_fast, g_slow)),
-            "clamped_rows": int((cos <= 0).sum())}
+    return {
+        "batch": batch,
+        "hidden": hidden,
+        "dtype": "float64",
+        "vectorised": fast.item(),
+        "naive": slow.item(),
+        "max_abs_diff_value": abs(fast.item() - slow.item()),
+        "max_abs_diff_grad": max((a - b).abs().max().item() for a, b in zip(g_fast, g_slow)),
+        "clamped_rows": int((cos <= 0).sum()),
+    }
 
 
-def bench_loss(batches=(64, 256), hidden: int = 768, repeats: int = 15, warmup: int = 2, device: str = "cpu",
-               dtype_name: str = "float32") -> dict[str, Any]:
+def bench_loss(
+    batches=(64, 256),
+    hidden: int = 768,
+    repeats: int = 15,
+    warmup: int = 2,
+    device: str = "cpu",
+    dtype_name: str = "float32",
+) -> dict[str, Any]:
     import torch
 
     from jtcse.losses import TensorModulusLoss
@@ -115,6 +149,7 @@ def bench_loss(batches=(64, 256), hidden: int = 768, repeats: int = 15, warmup: 
                 for t in leaves:
                     t.grad = None
                 fn(*leaves).backward()
+
             return call
 
         variants = {"vectorised": step(vectorised), "naive": step(naive_modulus_loss)}
@@ -126,13 +161,25 @@ def bench_loss(batches=(64, 256), hidden: int = 768, repeats: int = 15, warmup: 
             for name, call in variants.items():
                 times[name].append(common.time_call(call, dev)[0])
         v, n = common.median(times["vectorised"]), common.median(times["naive"])
-        rows.append({"batch": batch, "rows": 2 * batch, "hidden": hidden, "vectorised_ms": v * 1e3,
-                     "naive_ms": n * 1e3, "speedup": n / v, "repeats": repeats})
-        log.info("modulus loss batch %d: vectorised %.3f ms, naive %.2f ms, speed-up x%.1f", batch, v * 1e3, n * 1e3, n / v)
+        rows.append(
+            {
+                "batch": batch,
+                "rows": 2 * batch,
+                "hidden": hidden,
+                "vectorised_ms": v * 1e3,
+                "naive_ms": n * 1e3,
+                "speedup": n / v,
+                "repeats": repeats,
+            }
+        )
+        log.info(
+            "modulus loss batch %d: vectorised %.3f ms, naive %.2f ms, speed-up x%.1f", batch, v * 1e3, n * 1e3, n / v
+        )
     return {"device": str(dev), "dtype": dtype_name, "what": "one TM call, forward + backward", "rows": rows}
 
 
 # --- 2. a training step ------------------------------------------------------------------------------------
+
 
 class _TwoTowersNCE:
     """Both towers of a bridge-less twin with only each tower's InfoNCE: the 'two plain SimCSE towers' baseline."""
@@ -172,16 +219,31 @@ def bench_step(settings, *, batch_size: int, max_length: int, repeats: int, warm
     base, m, t = settings.model.base, settings.model, settings.train
     layers = t.cross_attention.num_layers
 
-    tower, tokenizer = load_tower(base, dropout=m.dropout, attn_implementation=m.attn_implementation,
-                                  trust_remote_code=m.trust_remote_code)
-    simcse = SimCSEObjective(tower, tokenizer, temperature=t.temperature, pooling=m.pooling, max_length=max_length,
-                             eval_max_length=settings.evaluate.max_length).to(device).train()
+    tower, tokenizer = load_tower(
+        base, dropout=m.dropout, attn_implementation=m.attn_implementation, trust_remote_code=m.trust_remote_code
+    )
+    simcse = (
+        SimCSEObjective(
+            tower,
+            tokenizer,
+            temperature=t.temperature,
+            pooling=m.pooling,
+            max_length=max_length,
+            eval_max_length=settings.evaluate.max_length,
+        )
+        .to(device)
+        .train()
+    )
     jtcse = build_twin_objective(settings, base, base).to(device).train()
-    plain = build_twin_objective(common.derive_settings(settings, {"train.cross_attention.num_layers": 0}),
-                                 base, base).to(device).train()
+    plain = (
+        build_twin_objective(common.derive_settings(settings, {"train.cross_attention.num_layers": 0}), base, base)
+        .to(device)
+        .train()
+    )
     variants = {"simcse": simcse, "two_towers_nce": _TwoTowersNCE(plain), "twin_no_bridge": plain, "jtcse": jtcse}
-    optimizers = {k: torch.optim.AdamW([p for p in v.parameters() if p.requires_grad], lr=1e-7)
-                  for k, v in variants.items()}
+    optimizers = {
+        k: torch.optim.AdamW([p for p in v.parameters() if p.requires_grad], lr=1e-7) for k, v in variants.items()
+    }
 
     def one_step(name: str) -> dict[str, float]:
         objective, optimizer = variants[name], optimizers[name]
@@ -210,10 +272,18 @@ def bench_step(settings, *, batch_size: int, max_length: int, repeats: int, warm
     for r in range(repeats):
         for name in variants:
             times[name].append(one_step(name))
-        log.info("training step repeat %d/%d: %s", r + 1, repeats,
-                 ", ".join(f"{k} {times[k][-1]['total'] * 1e3:.0f} ms" for k in variants))
-    med = {k: {phase: common.median([x[phase] for x in v]) * 1e3 for phase in ("forward", "backward", "optimizer", "total")}
-           for k, v in times.items()}
+        log.info(
+            "training step repeat %d/%d: %s",
+            r + 1,
+            repeats,
+            ", ".join(f"{k} {times[k][-1]['total'] * 1e3:.0f} ms" for k in variants),
+        )
+    med = {
+        k: {
+            phase: common.median([x[phase] for x in v]) * 1e3 for phase in ("forward", "backward", "optimizer", "total")
+        }
+        for k, v in times.items()
+    }
 
     # The losses alone (forward + backward on fixed tower outputs), for the record.
     hidden = tower.config.hidden_size
@@ -222,10 +292,19 @@ def bench_step(settings, *, batch_size: int, max_length: int, repeats: int, warm
 
     def outputs():
         make = lambda: torch.randn(rows, hidden, generator=g).to(device).requires_grad_()  # noqa: E731
-        return TowerOutput(make(), make(), make() if layers else None), TowerOutput(make(), make(), make() if layers else None)
+        return TowerOutput(make(), make(), make() if layers else None), TowerOutput(
+            make(), make(), make() if layers else None
+        )
 
-    loss = JTCSELoss(w_nce=t.w_nce, w_icnce=t.w_icnce, w_tm=t.w_tm, temperature=t.temperature,
-                     icnce_direction=t.icnce_direction, modulus_on=t.modulus_on, tm_clamp=t.tm_clamp)
+    loss = JTCSELoss(
+        w_nce=t.w_nce,
+        w_icnce=t.w_icnce,
+        w_tm=t.w_tm,
+        temperature=t.temperature,
+        icnce_direction=t.icnce_direction,
+        modulus_on=t.modulus_on,
+        tm_clamp=t.tm_clamp,
+    )
     loss_times = []
     for _ in range(max(3, repeats)):
         out_a, out_b = outputs()
@@ -238,15 +317,27 @@ def bench_step(settings, *, batch_size: int, max_length: int, repeats: int, warm
         "losses_extra": (med["twin_no_bridge"]["total"] - med["two_towers_nce"]["total"]) / s,
         "bridge_extra": (med["jtcse"]["total"] - med["twin_no_bridge"]["total"]) / s,
     }
-    return {"device": str(device), "bf16_autocast": autocast, "base": str(base), "batch_size": batch_size,
-            "rows_per_tower": rows, "max_length": max_length, "bridged_layers": layers,
-            "cross_attention_mode": t.cross_attention.mode, "modulus_on": t.modulus_on, "repeats": repeats,
-            "ms": med, "losses_alone_ms": losses_alone, "ratio": med["jtcse"]["total"] / s,
-            "parts_in_simcse_steps": parts,
-            "over_two": med["jtcse"]["total"] / s - 2.0}
+    return {
+        "device": str(device),
+        "bf16_autocast": autocast,
+        "base": str(base),
+        "batch_size": batch_size,
+        "rows_per_tower": rows,
+        "max_length": max_length,
+        "bridged_layers": layers,
+        "cross_attention_mode": t.cross_attention.mode,
+        "modulus_on": t.modulus_on,
+        "repeats": repeats,
+        "ms": med,
+        "losses_alone_ms": losses_alone,
+        "ratio": med["jtcse"]["total"] / s,
+        "parts_in_simcse_steps": parts,
+        "over_two": med["jtcse"]["total"] / s - 2.0,
+    }
 
 
 # --- 3. encoding throughput --------------------------------------------------------------------------------
+
 
 def sts_sentences(sts_dir: Path, n: int) -> list[str]:
     from jtcse.data import read_sts
@@ -270,18 +361,36 @@ def build_st_dir(base: str, directory: Path, pooling: str = "cls", max_seq_lengt
 
     model, tokenizer = load_tower(base)
     save_tower(model, tokenizer, directory)
-    (directory / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ], indent=2), encoding="utf-8")
+    (directory / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ],
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     (directory / "1_Pooling").mkdir(exist_ok=True)
-    (directory / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": model.config.hidden_size, "pooling_mode_cls_token": pooling == "cls",
-        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": False, "include_prompt": True}, indent=2), encoding="utf-8")
+    (directory / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": model.config.hidden_size,
+                "pooling_mode_cls_token": pooling == "cls",
+                "pooling_mode_mean_tokens": pooling == "mean",
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+                "pooling_mode_weightedmean_tokens": False,
+                "pooling_mode_lasttoken": False,
+                "include_prompt": True,
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     (directory / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}), encoding="utf-8")
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}), encoding="utf-8"
+    )
     return directory
 
 
@@ -323,7 +432,9 @@ def bench_encode(settings, *, package: str | None, n: int, batch_size: int, repe
         st_dir = build_st_dir(settings.model.base, Path(tmp.name) / "st", "cls", settings.evaluate.max_length)
         jtcse_path, twin_dir = st_dir, None
         source = f"temporary sentence-transformers dir built from the base model {settings.model.base} (cls pooling)"
-        notes.append("no --package: the distilled model is stood in for by the base model; the twin by two copies of it")
+        notes.append(
+            "no --package: the distilled model is stood in for by the base model; the twin by two copies of it"
+        )
     try:
         st = SentenceTransformer(str(st_dir), device=str(device))
         max_length = int(st.max_seq_length)
@@ -335,8 +446,9 @@ def bench_encode(settings, *, package: str | None, n: int, batch_size: int, repe
             twin = TwinEncoder(tower, TowerEncoder.from_pretrained(str(st_dir), "cls", max_length, str(device)))
         variants = {
             "jtcse_distilled": lambda: ours.encode(sentences, batch_size=batch_size),
-            "sentence_transformers": lambda: st.encode(sentences, batch_size=batch_size, convert_to_numpy=True,
-                                                       show_progress_bar=False),
+            "sentence_transformers": lambda: st.encode(
+                sentences, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
+            ),
             "jtcse_twin": lambda: twin.encode(sentences, batch_size=batch_size),
         }
         probe = sentences[:batch_size]
@@ -348,20 +460,34 @@ def bench_encode(settings, *, package: str | None, n: int, batch_size: int, repe
         for r in range(repeats):
             for name, fn in variants.items():
                 times[name].append(common.time_call(fn, device)[0])
-            log.info("encode repeat %d/%d: %s", r + 1, repeats,
-                     ", ".join(f"{k} {len(sentences) / times[k][-1]:.0f}/s" for k in variants))
+            log.info(
+                "encode repeat %d/%d: %s",
+                r + 1,
+                repeats,
+                ", ".join(f"{k} {len(sentences) / times[k][-1]:.0f}/s" for k in variants),
+            )
         rates = {k: len(sentences) / common.median(v) for k, v in times.items()}
     finally:
         if tmp is not None:
             tmp.cleanup()
-    return {"device": str(device), "source": source, "sentences": len(sentences), "batch_size": batch_size,
-            "max_length": max_length, "repeats": repeats, "threads": torch.get_num_threads(),
-            "sentences_per_s": rates, "ratio_jtcse_vs_st": rates["jtcse_distilled"] / rates["sentence_transformers"],
-            "twin_vs_distilled": rates["jtcse_twin"] / rates["jtcse_distilled"],
-            "max_abs_diff_jtcse_vs_st": diff, "notes": notes}
+    return {
+        "device": str(device),
+        "source": source,
+        "sentences": len(sentences),
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "sentences_per_s": rates,
+        "ratio_jtcse_vs_st": rates["jtcse_distilled"] / rates["sentence_transformers"],
+        "twin_vs_distilled": rates["jtcse_twin"] / rates["jtcse_distilled"],
+        "max_abs_diff_jtcse_vs_st": diff,
+        "notes": notes,
+    }
 
 
 # --- 4. orchestration overhead -----------------------------------------------------------------------------
+
 
 def _venv_env() -> dict[str, str]:
     env = dict(os.environ)
@@ -373,30 +499,42 @@ def _venv_env() -> dict[str, str]:
 def bench_dvc(project_dir: Path, repeats: int) -> dict[str, Any]:
     project_dir = Path(project_dir).resolve()
     if not (project_dir / "dvc.lock").is_file():
-        return {"skipped": f"{project_dir}/dvc.lock is absent: the pipeline has not been reproduced, so a no-change "
-                           "`dvc repro` cannot be measured"}
+        return {
+            "skipped": f"{project_dir}/dvc.lock is absent: the pipeline has not been reproduced, so a no-change "
+            "`dvc repro` cannot be measured"
+        }
     dvc = [sys.executable, "-m", "dvc"]
     started = time.perf_counter()
-    status = subprocess.run([*dvc, "status", "--json"], cwd=project_dir, capture_output=True, text=True, env=_venv_env())
+    status = subprocess.run(
+        [*dvc, "status", "--json"], cwd=project_dir, capture_output=True, text=True, env=_venv_env()
+    )
     status_s = time.perf_counter() - started
     if status.returncode != 0:
-        return {"skipped": f"`dvc status` failed ({status.returncode}): {status.stderr.strip()[-400:]}",
-                "status_s": status_s}
+        return {
+            "skipped": f"`dvc status` failed ({status.returncode}): {status.stderr.strip()[-400:]}",
+            "status_s": status_s,
+        }
     try:
         changed = json.loads(status.stdout.strip() or "{}")
     except json.JSONDecodeError:
         changed = {"unparsed": status.stdout.strip()[-400:]}
     if changed:
         # A repro now would run real stages (possibly hours of training): never do that from a benchmark.
-        return {"skipped": "the pipeline is not up to date (`dvc status` lists changes in "
-                           f"{', '.join(sorted(changed))[:300]}); run `dvc repro` first", "status_s": status_s}
+        return {
+            "skipped": "the pipeline is not up to date (`dvc status` lists changes in "
+            f"{', '.join(sorted(changed))[:300]}); run `dvc repro` first",
+            "status_s": status_s,
+        }
     runs = []
     for _ in range(repeats):
         started = time.perf_counter()
         proc = subprocess.run([*dvc, "repro"], cwd=project_dir, capture_output=True, text=True, env=_venv_env())
         runs.append(time.perf_counter() - started)
         if proc.returncode != 0:
-            return {"skipped": f"`dvc repro` failed ({proc.returncode}): {proc.stderr.strip()[-400:]}", "status_s": status_s}
+            return {
+                "skipped": f"`dvc repro` failed ({proc.returncode}): {proc.stderr.strip()[-400:]}",
+                "status_s": status_s,
+            }
         log.info("no-change dvc repro: %.2f s", runs[-1])
     return {"project_dir": str(project_dir), "status_s": status_s, "repro_s": common.median(runs), "repro_runs_s": runs}
 
@@ -415,8 +553,10 @@ def bench_prefect(settings, *, repeats: int, dev_pairs: int | None) -> dict[str,
 
     home = tempfile.TemporaryDirectory(prefix="jtcse-prefect-")
     sts = tempfile.TemporaryDirectory(prefix="jtcse-stsdev-")
-    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
-                                            "PREFECT_API_URL")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("PREFECT_HOME", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "PREFECT_API_URL")
+    }
     os.environ["PREFECT_HOME"] = home.name
     os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
     os.environ.pop("PREFECT_API_URL", None)
@@ -424,16 +564,22 @@ def bench_prefect(settings, *, repeats: int, dev_pairs: int | None) -> dict[str,
         dev_file = Path(settings.data.sts_dir) / "stsb.dev.tsv"
         lines = dev_file.read_text(encoding="utf-8").splitlines()
         if dev_pairs:
-            lines = lines[:dev_pairs + 1]
+            lines = lines[: dev_pairs + 1]
         (Path(sts.name) / "stsb.dev.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        kwargs = dict(model=resolve_model_path(settings.model.base), sts_dir=sts.name, pooling=settings.model.pooling,
-                      max_length=settings.evaluate.max_length, batch_size=settings.evaluate.batch_size,
-                      device=settings.runtime.device)
+        kwargs = dict(
+            model=resolve_model_path(settings.model.base),
+            sts_dir=sts.name,
+            pooling=settings.model.pooling,
+            max_length=settings.evaluate.max_length,
+            batch_size=settings.evaluate.batch_size,
+            device=settings.runtime.device,
+        )
 
         started = time.perf_counter()
         from prefect import flow, task
         from prefect.cache_policies import NO_CACHE
         from prefect.testing.utilities import prefect_test_harness
+
         import_s = time.perf_counter() - started
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per API request otherwise
 
@@ -471,68 +617,113 @@ def bench_prefect(settings, *, repeats: int, dev_pairs: int | None) -> dict[str,
         home.cleanup()
         sts.cleanup()
     d, f = common.median(direct), common.median(flowed)
-    return {"stage": "evaluate the base model on STS-B dev" + (f" (first {dev_pairs} pairs)" if dev_pairs else ""),
-            "pairs": len(lines) - 1, "stsb_dev": result.get("stsb_dev"),
-            "same_result": abs(flow_result["stsb_dev"] - direct_result["stsb_dev"]) < 1e-9,
-            "prefect_import_s": import_s, "server_startup_s": server_s, "first_flow_run_s": first_flow_s,
-            "direct_first_call_s": direct_first, "direct_s": d, "flow_s": f, "overhead_s": f - d,
-            "overhead_pct": 100.0 * (f - d) / d, "empty_flow_s": common.median(noop), "repeats": repeats,
-            "direct_runs_s": direct, "flow_runs_s": flowed}
+    return {
+        "stage": "evaluate the base model on STS-B dev" + (f" (first {dev_pairs} pairs)" if dev_pairs else ""),
+        "pairs": len(lines) - 1,
+        "stsb_dev": result.get("stsb_dev"),
+        "same_result": abs(flow_result["stsb_dev"] - direct_result["stsb_dev"]) < 1e-9,
+        "prefect_import_s": import_s,
+        "server_startup_s": server_s,
+        "first_flow_run_s": first_flow_s,
+        "direct_first_call_s": direct_first,
+        "direct_s": d,
+        "flow_s": f,
+        "overhead_s": f - d,
+        "overhead_pct": 100.0 * (f - d) / d,
+        "empty_flow_s": common.median(noop),
+        "repeats": repeats,
+        "direct_runs_s": direct,
+        "flow_runs_s": flowed,
+    }
 
 
 # --- report ------------------------------------------------------------------------------------------------
 
+
 def render_markdown(report: dict) -> str:
     env = report["environment"]
-    lines = ["# Speed benchmark", "",
-             f"Hardware: {env['hardware']} (torch {env['torch']}, {env['torch_threads']} threads, load average "
-             f"{env.get('load_average')}); commit `{env['git_commit'][:12]}`; {env['created']}"
-             f"{'; --quick sizes' if report['quick'] else ''}.", ""]
+    lines = [
+        "# Speed benchmark",
+        "",
+        f"Hardware: {env['hardware']} (torch {env['torch']}, {env['torch_threads']} threads, load average "
+        f"{env.get('load_average')}); commit `{env['git_commit'][:12]}`; {env['created']}"
+        f"{'; --quick sizes' if report['quick'] else ''}.",
+        "",
+    ]
     if "loss" in report:
         loss = report["loss"]
         agree = loss["agreement"]
-        lines += ["## 1. Tensor-modulus loss: vectorised vs per-sample loop", "",
-                  f"{loss['what']}, {loss['dtype']} on {loss['device']}, median of {loss['rows'][0]['repeats']}. "
-                  f"Agreement (float64, batch {agree['batch']}, {agree['clamped_rows']} clamped rows): "
-                  f"|value diff| {agree['max_abs_diff_value']:.1e}, max |grad diff| {agree['max_abs_diff_grad']:.1e}.", "",
-                  "| batch | rows | hidden | vectorised ms | naive loop ms | speed-up |", "|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['batch']} | {r['rows']} | {r['hidden']} | {r['vectorised_ms']:.3f} | {r['naive_ms']:.2f} | "
-                  f"x{r['speedup']:.1f} |" for r in loss["rows"]]
+        lines += [
+            "## 1. Tensor-modulus loss: vectorised vs per-sample loop",
+            "",
+            f"{loss['what']}, {loss['dtype']} on {loss['device']}, median of {loss['rows'][0]['repeats']}. "
+            f"Agreement (float64, batch {agree['batch']}, {agree['clamped_rows']} clamped rows): "
+            f"|value diff| {agree['max_abs_diff_value']:.1e}, max |grad diff| {agree['max_abs_diff_grad']:.1e}.",
+            "",
+            "| batch | rows | hidden | vectorised ms | naive loop ms | speed-up |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['batch']} | {r['rows']} | {r['hidden']} | {r['vectorised_ms']:.3f} | {r['naive_ms']:.2f} | "
+            f"x{r['speedup']:.1f} |"
+            for r in loss["rows"]
+        ]
         lines.append("")
     if "step" in report:
         s = report["step"]
         ms = s["ms"]
-        names = {"simcse": "SimCSE step (one tower)", "two_towers_nce": "two plain towers, InfoNCE only",
-                 "twin_no_bridge": "two towers + the three losses (no bridge)", "jtcse": "JTCSE step (bridge + losses)"}
-        lines += ["## 2. Training step: JTCSE vs SimCSE", "",
-                  f"Base `{s['base']}` on {s['device']} (bf16 autocast: {s['bf16_autocast']}), batch {s['batch_size']} "
-                  f"({s['rows_per_tower']} rows per tower), max length {s['max_length']}, {s['bridged_layers']} bridged "
-                  f"layer(s) ({s['cross_attention_mode']}), modulus on {s['modulus_on']}; forward + backward (+ clipping) "
-                  f"+ AdamW, median of {s['repeats']}.", "",
-                  "| variant | forward ms | backward ms | optimizer ms | total ms | x SimCSE |", "|---|---:|---:|---:|---:|---:|"]
+        names = {
+            "simcse": "SimCSE step (one tower)",
+            "two_towers_nce": "two plain towers, InfoNCE only",
+            "twin_no_bridge": "two towers + the three losses (no bridge)",
+            "jtcse": "JTCSE step (bridge + losses)",
+        }
+        lines += [
+            "## 2. Training step: JTCSE vs SimCSE",
+            "",
+            f"Base `{s['base']}` on {s['device']} (bf16 autocast: {s['bf16_autocast']}), batch {s['batch_size']} "
+            f"({s['rows_per_tower']} rows per tower), max length {s['max_length']}, {s['bridged_layers']} bridged "
+            f"layer(s) ({s['cross_attention_mode']}), modulus on {s['modulus_on']}; forward + backward (+ clipping) "
+            f"+ AdamW, median of {s['repeats']}.",
+            "",
+            "| variant | forward ms | backward ms | optimizer ms | total ms | x SimCSE |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for key, label in names.items():
             m = ms[key]
-            lines.append(f"| {label} | {m['forward']:.1f} | {m['backward']:.1f} | {m['optimizer']:.1f} | {m['total']:.1f} "
-                         f"| {m['total'] / ms['simcse']['total']:.2f} |")
+            lines.append(
+                f"| {label} | {m['forward']:.1f} | {m['backward']:.1f} | {m['optimizer']:.1f} | {m['total']:.1f} "
+                f"| {m['total'] / ms['simcse']['total']:.2f} |"
+            )
         p = s["parts_in_simcse_steps"]
-        lines += ["", f"**Cost ratio JTCSE / SimCSE: {s['ratio']:.2f}** (in SimCSE steps: two plain towers "
-                  f"{p['two_plain_towers']:.2f} + losses {p['losses_extra']:+.2f} + bridge {p['bridge_extra']:+.2f}). "
-                  f"Over 2.0: {s['over_two']:+.2f}, of which the second tower's own overhead "
-                  f"{p['two_plain_towers'] - 2:+.2f}, the interaction and modulus losses (and the pooler) "
-                  f"{p['losses_extra']:+.2f}, the cross-attention bridge {p['bridge_extra']:+.2f}. "
-                  f"The three losses alone on fixed tower outputs (forward + backward): {s['losses_alone_ms']:.2f} ms.", ""]
+        lines += [
+            "",
+            f"**Cost ratio JTCSE / SimCSE: {s['ratio']:.2f}** (in SimCSE steps: two plain towers "
+            f"{p['two_plain_towers']:.2f} + losses {p['losses_extra']:+.2f} + bridge {p['bridge_extra']:+.2f}). "
+            f"Over 2.0: {s['over_two']:+.2f}, of which the second tower's own overhead "
+            f"{p['two_plain_towers'] - 2:+.2f}, the interaction and modulus losses (and the pooler) "
+            f"{p['losses_extra']:+.2f}, the cross-attention bridge {p['bridge_extra']:+.2f}. "
+            f"The three losses alone on fixed tower outputs (forward + backward): {s['losses_alone_ms']:.2f} ms.",
+            "",
+        ]
     if "encode" in report:
         e = report["encode"]
         r = e["sentences_per_s"]
-        lines += ["## 3. Encoding throughput", "",
-                  f"{e['sentences']} distinct STS sentences, batch {e['batch_size']}, max length {e['max_length']}, "
-                  f"{e['device']}, median of {e['repeats']}; {e['source']}.", "",
-                  "| encoder | sentences/s |", "|---|---:|",
-                  f"| jtcse.load(...).encode, distilled | {r['jtcse_distilled']:.1f} |",
-                  f"| SentenceTransformer(...).encode, same dir | {r['sentence_transformers']:.1f} |",
-                  f"| jtcse twin (two towers, summed) | {r['jtcse_twin']:.1f} |", "",
-                  f"**jtcse / sentence-transformers: {e['ratio_jtcse_vs_st']:.2f}** (aim: >= 1); twin / distilled "
-                  f"{e['twin_vs_distilled']:.2f}. Same vectors: max |diff| {e['max_abs_diff_jtcse_vs_st']:.1e}."]
+        lines += [
+            "## 3. Encoding throughput",
+            "",
+            f"{e['sentences']} distinct STS sentences, batch {e['batch_size']}, max length {e['max_length']}, "
+            f"{e['device']}, median of {e['repeats']}; {e['source']}.",
+            "",
+            "| encoder | sentences/s |",
+            "|---|---:|",
+            f"| jtcse.load(...).encode, distilled | {r['jtcse_distilled']:.1f} |",
+            f"| SentenceTransformer(...).encode, same dir | {r['sentence_transformers']:.1f} |",
+            f"| jtcse twin (two towers, summed) | {r['jtcse_twin']:.1f} |",
+            "",
+            f"**jtcse / sentence-transformers: {e['ratio_jtcse_vs_st']:.2f}** (aim: >= 1); twin / distilled "
+            f"{e['twin_vs_distilled']:.2f}. Same vectors: max |diff| {e['max_abs_diff_jtcse_vs_st']:.1e}.",
+        ]
         lines += [f"Note: {n}." for n in e["notes"]] + [""]
     if "orchestration" in report:
         o = report["orchestration"]
@@ -541,18 +732,22 @@ def render_markdown(report: dict) -> str:
         if "skipped" in dvc:
             lines.append(f"- `dvc repro` (no change): skipped: {dvc['skipped']}.")
         else:
-            lines.append(f"- `dvc repro` with nothing changed: **{dvc['repro_s']:.2f} s** (median of "
-                         f"{len(dvc['repro_runs_s'])}; `dvc status` {dvc['status_s']:.2f} s) in `{dvc['project_dir']}`.")
+            lines.append(
+                f"- `dvc repro` with nothing changed: **{dvc['repro_s']:.2f} s** (median of "
+                f"{len(dvc['repro_runs_s'])}; `dvc status` {dvc['status_s']:.2f} s) in `{dvc['project_dir']}`."
+            )
         pf = o["prefect"]
         if "skipped" in pf:
             lines.append(f"- Prefect: skipped: {pf['skipped']}.")
         else:
-            lines += [f"- Prefect flow (one task) vs direct call of the same stage ({pf['stage']}, {pf['pairs']} pairs): "
-                      f"direct {pf['direct_s']:.2f} s, flow {pf['flow_s']:.2f} s: **overhead {pf['overhead_s']:.2f} s = "
-                      f"{pf['overhead_pct']:.1f} %** of the stage (median of {pf['repeats']}; same result: "
-                      f"{pf['same_result']}). An empty flow run: {pf['empty_flow_s']:.2f} s.",
-                      f"- Not in the per-run overhead: temporary server start-up {pf['server_startup_s']:.1f} s, first "
-                      f"flow run {pf['first_flow_run_s']:.2f} s, `import prefect` {pf['prefect_import_s']:.1f} s."]
+            lines += [
+                f"- Prefect flow (one task) vs direct call of the same stage ({pf['stage']}, {pf['pairs']} pairs): "
+                f"direct {pf['direct_s']:.2f} s, flow {pf['flow_s']:.2f} s: **overhead {pf['overhead_s']:.2f} s = "
+                f"{pf['overhead_pct']:.1f} %** of the stage (median of {pf['repeats']}; same result: "
+                f"{pf['same_result']}). An empty flow run: {pf['empty_flow_s']:.2f} s.",
+                f"- Not in the per-run overhead: temporary server start-up {pf['server_startup_s']:.1f} s, first "
+                f"flow run {pf['first_flow_run_s']:.2f} s, `import prefect` {pf['prefect_import_s']:.1f} s.",
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -602,25 +797,44 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(settings.runtime.threads)
     parts = list(dict.fromkeys(args.parts or PARTS))
     out = Path(args.out)
-    report: dict[str, Any] = {"benchmark": "speed", "quick": bool(args.quick), "parts": parts,
-                              "settings": common.settings_dict(settings), "overrides": common.parse_set(args.set)}
+    report: dict[str, Any] = {
+        "benchmark": "speed",
+        "quick": bool(args.quick),
+        "parts": parts,
+        "settings": common.settings_dict(settings),
+        "overrides": common.parse_set(args.set),
+    }
     if "loss" in parts:
         device = args.loss_device or ("cuda" if torch.cuda.is_available() else "cpu")
-        report["loss"] = bench_loss(tuple(args.loss_batches or sizes["loss_batches"]), sizes["loss_hidden"],
-                                    sizes["loss_repeats"], device=device)
+        report["loss"] = bench_loss(
+            tuple(args.loss_batches or sizes["loss_batches"]),
+            sizes["loss_hidden"],
+            sizes["loss_repeats"],
+            device=device,
+        )
         report["loss"]["agreement"] = loss_agreement()
     if "step" in parts:
-        report["step"] = bench_step(settings, batch_size=args.batch_size or sizes.get("step_batch", settings.train.batch_size),
-                                    max_length=args.max_length or sizes.get("step_max_length", settings.model.max_length),
-                                    repeats=sizes["step_repeats"], warmup=sizes["step_warmup"])
+        report["step"] = bench_step(
+            settings,
+            batch_size=args.batch_size or sizes.get("step_batch", settings.train.batch_size),
+            max_length=args.max_length or sizes.get("step_max_length", settings.model.max_length),
+            repeats=sizes["step_repeats"],
+            warmup=sizes["step_warmup"],
+        )
     if "encode" in parts:
-        report["encode"] = bench_encode(settings, package=args.package, n=args.sentences or sizes["encode_sentences"],
-                                        batch_size=64, repeats=sizes["encode_repeats"])
+        report["encode"] = bench_encode(
+            settings,
+            package=args.package,
+            n=args.sentences or sizes["encode_sentences"],
+            batch_size=64,
+            repeats=sizes["encode_repeats"],
+        )
     if "orchestration" in parts:
         report["orchestration"] = {"dvc": bench_dvc(Path(args.project_dir), sizes["dvc_repeats"])}
         try:
-            report["orchestration"]["prefect"] = bench_prefect(settings, repeats=sizes["flow_repeats"],
-                                                               dev_pairs=sizes["dev_pairs"])
+            report["orchestration"]["prefect"] = bench_prefect(
+                settings, repeats=sizes["flow_repeats"], dev_pairs=sizes["dev_pairs"]
+            )
         except ImportError as err:  # pragma: no cover - prefect is a project dependency
             report["orchestration"]["prefect"] = {"skipped": f"prefect not importable: {err}"}
     report["environment"] = common.environment()
@@ -632,18 +846,25 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--parts", nargs="+", choices=PARTS, help="which measurements (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats, to check the script works")
     p.add_argument("--params", default=str(common.REPO / "params.yaml"), help="settings file (default: params.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
     p.add_argument("--out", default=str(common.RESULTS), help="results folder (default: bench/results)")
     p.add_argument("--loss-batches", nargs="+", type=int, help="batches of the loss benchmark (default: 64 256)")
-    p.add_argument("--loss-device", choices=["cpu", "cuda"], help="device of the loss benchmark (default: cuda if present)")
+    p.add_argument(
+        "--loss-device", choices=["cpu", "cuda"], help="device of the loss benchmark (default: cuda if present)"
+    )
     p.add_argument("--batch-size", type=int, help="training-step batch (default: train.batch_size)")
     p.add_argument("--max-length", type=int, help="training-step max length (default: model.max_length)")
-    p.add_argument("--package", help="packaged model folder models/<name>-<version> (default: a temporary "
-                   "sentence-transformers dir built from the base model)")
+    p.add_argument(
+        "--package",
+        help="packaged model folder models/<name>-<version> (default: a temporary "
+        "sentence-transformers dir built from the base model)",
+    )
     p.add_argument("--sentences", type=int, help="STS sentences to encode (default: 2000)")
     p.add_argument("--project-dir", default=".", help="DVC project of the no-change `dvc repro` (default: .)")
     p.add_argument("-v", "--verbose", action="store_true")

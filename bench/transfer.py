@@ -41,9 +41,14 @@ DEFAULT_ROWS = (
     "jtcse=metrics/twin/transfer.json",
     "jtcse_d=metrics/distilled/transfer.json",
 )
-LABELS = {"base_cls": "base zero-shot (cls)", "base_mean": "base zero-shot (mean)",
-          "simcse": "unsup SimCSE (one tower)", "tncse": "TNCSE twin", "jtcse": "JTCSE twin",
-          "jtcse_d": "JTCSE-D (distilled tower)"}
+LABELS = {
+    "base_cls": "base zero-shot (cls)",
+    "base_mean": "base zero-shot (mean)",
+    "simcse": "unsup SimCSE (one tower)",
+    "tncse": "TNCSE twin",
+    "jtcse": "JTCSE twin",
+    "jtcse_d": "JTCSE-D (distilled tower)",
+}
 
 
 def parse_row(item: str, base: str, default_pooling: str) -> tuple[str, str, str]:
@@ -52,7 +57,7 @@ def parse_row(item: str, base: str, default_pooling: str) -> tuple[str, str, str
     if not sep or not name.strip() or not spec.strip():
         raise SystemExit(f"--rows expects name=PATH[@POOLING], got {item!r}")
     if spec.startswith("@base"):
-        spec = base + spec[len("@base"):]
+        spec = base + spec[len("@base") :]
     model, _, pooling = spec.partition("@")
     if model.endswith(".json"):
         return name.strip(), model, "-"
@@ -65,10 +70,19 @@ def parse_row(item: str, base: str, default_pooling: str) -> tuple[str, str, str
 def fingerprint(model: str, pooling: str, settings) -> str:
     """What a cached row depends on: the model's weights (by file size and mtime), pooling and the settings."""
     path = Path(model)
-    files = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
-                   for p in path.rglob("*.safetensors")) if path.is_dir() else []
-    payload = {"model": model, "pooling": pooling, "files": files, "transfer": settings.transfer.model_dump(mode="json"),
-               "max_length": settings.evaluate.max_length, "batch_size": settings.evaluate.batch_size}
+    files = (
+        sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*.safetensors"))
+        if path.is_dir()
+        else []
+    )
+    payload = {
+        "model": model,
+        "pooling": pooling,
+        "files": files,
+        "transfer": settings.transfer.model_dump(mode="json"),
+        "max_length": settings.evaluate.max_length,
+        "batch_size": settings.evaluate.batch_size,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -80,21 +94,30 @@ def render_markdown(report: dict) -> str:
     from jtcse.evaluation.transfer import TRANSFER_TASKS
 
     tasks = [t for t in TRANSFER_TASKS if t in report["tasks"]]
-    lines = ["# SentEval transfer (accuracy x 100)", "",
-             f"Base `{report['base']}`; logistic-regression probe, {report['settings']['folds']}-fold CV for MR/CR/SUBJ/"
-             f"MPQA (inner {report['settings']['inner_folds']}-fold C choice), official splits for SST2/TREC/MRPC; "
-             f"{_cap(report['settings']['max_train'])}; commit "
-             f"`{report['environment'].get('git_commit', '?')}`; {report['environment'].get('created', '')}.", "",
-             "| row | model | pooling | " + " | ".join(t.upper() for t in tasks) + " | avg | suite s |",
-             "|---|---|---|" + "---:|" * (len(tasks) + 2)]
+    lines = [
+        "# SentEval transfer (accuracy x 100)",
+        "",
+        f"Base `{report['base']}`; logistic-regression probe, {report['settings']['folds']}-fold CV for MR/CR/SUBJ/"
+        f"MPQA (inner {report['settings']['inner_folds']}-fold C choice), official splits for SST2/TREC/MRPC; "
+        f"{_cap(report['settings']['max_train'])}; commit "
+        f"`{report['environment'].get('git_commit', '?')}`; {report['environment'].get('created', '')}.",
+        "",
+        "| row | model | pooling | " + " | ".join(t.upper() for t in tasks) + " | avg | suite s |",
+        "|---|---|---|" + "---:|" * (len(tasks) + 2),
+    ]
     for row in report["rows"]:
         scores = row["scores"]
         cells = " | ".join(f"{scores[t]:.2f}" for t in tasks)
         seconds = "from dvc repro" if row["seconds"] is None else f"{row['seconds']:.0f}"
-        lines.append(f"| {LABELS.get(row['name'], row['name'])} | `{row['model']}` | {row['pooling']} | {cells} | "
-                     f"**{scores['avg']:.2f}** | {seconds} |")
-    lines += ["", "Suite time: encoding every distinct sentence once plus the seven probes, on this machine "
-              f"({report['environment'].get('cpu_count', '?')} CPU threads)."]
+        lines.append(
+            f"| {LABELS.get(row['name'], row['name'])} | `{row['model']}` | {row['pooling']} | {cells} | "
+            f"**{scores['avg']:.2f}** | {seconds} |"
+        )
+    lines += [
+        "",
+        "Suite time: encoding every distinct sentence once plus the seven probes, on this machine "
+        f"({report['environment'].get('cpu_count', '?')} CPU threads).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -110,11 +133,22 @@ def run(args: argparse.Namespace) -> dict:
     if any(m.endswith(".json") for m in missing):
         raise SystemExit(f"--rows: metrics file(s) not found: {', '.join(missing)} (run dvc repro first)")
     if missing:
-        raise SystemExit(f"--rows: model folder(s) not found: {', '.join(missing)} (train them first: dvc repro, "
-                         "bench/ablation.py --cells tncse --reuse-dir runs/bench/quality)")
-    evaluator = TransferEvaluator(cfg.data_dir, cfg.tasks, batch_size=settings.evaluate.batch_size, folds=cfg.folds,
-                                  inner_folds=cfg.inner_folds, seed=cfg.seed, max_iter=cfg.max_iter,
-                                  mrpc_features=cfg.mrpc_features, max_train=cfg.max_train, jobs=cfg.jobs)
+        raise SystemExit(
+            f"--rows: model folder(s) not found: {', '.join(missing)} (train them first: dvc repro, "
+            "bench/ablation.py --cells tncse --reuse-dir runs/bench/quality)"
+        )
+    evaluator = TransferEvaluator(
+        cfg.data_dir,
+        cfg.tasks,
+        batch_size=settings.evaluate.batch_size,
+        folds=cfg.folds,
+        inner_folds=cfg.inner_folds,
+        seed=cfg.seed,
+        max_iter=cfg.max_iter,
+        mrpc_features=cfg.mrpc_features,
+        max_train=cfg.max_train,
+        jobs=cfg.jobs,
+    )
     out = Path(args.out)
     results: list[dict] = []
     with common.work_dir(args.reuse_dir, "jtcse-transfer-") as work:
@@ -133,21 +167,35 @@ def run(args: argparse.Namespace) -> dict:
                 continue
             log.info("[%d/%d] %s: %s (%s pooling)", i, len(rows), name, model, pooling)
             started = time.perf_counter()
-            encoder = load(model, pooling=pooling, device=settings.runtime.device,
-                           max_length=settings.evaluate.max_length)
+            encoder = load(
+                model, pooling=pooling, device=settings.runtime.device, max_length=settings.evaluate.max_length
+            )
             scores = {k: round(v, 4) for k, v in evaluator(encoder).items()}
-            record = {"name": name, "model": model, "pooling": pooling, "fingerprint": key, "scores": scores,
-                      "seconds": round(time.perf_counter() - started, 1),
-                      "encode_seconds": round(evaluator.timings.encode, 1),
-                      "sentences": evaluator.timings.sentences,
-                      "probe_seconds": {t: round(s, 1) for t, s in evaluator.timings.probes.items()}}
+            record = {
+                "name": name,
+                "model": model,
+                "pooling": pooling,
+                "fingerprint": key,
+                "scores": scores,
+                "seconds": round(time.perf_counter() - started, 1),
+                "encode_seconds": round(evaluator.timings.encode, 1),
+                "sentences": evaluator.timings.sentences,
+                "probe_seconds": {t: round(s, 1) for t, s in evaluator.timings.probes.items()},
+            }
             atomic_write_json(cache, record)
             log.info("%s: avg %.2f in %.0f s", name, scores["avg"], record["seconds"])
             results.append(record)
-    report = {"benchmark": "transfer", "command": " ".join(sys.argv) if __name__ == "__main__" else None,
-              "params_file": str(args.params), "overrides": overrides, "base": settings.model.base,
-              "tasks": list(cfg.tasks), "settings": cfg.model_dump(mode="json"), "environment": common.environment(),
-              "rows": results}
+    report = {
+        "benchmark": "transfer",
+        "command": " ".join(sys.argv) if __name__ == "__main__" else None,
+        "params_file": str(args.params),
+        "overrides": overrides,
+        "base": settings.model.base,
+        "tasks": list(cfg.tasks),
+        "settings": cfg.model_dump(mode="json"),
+        "environment": common.environment(),
+        "rows": results,
+    }
     atomic_write_json(out / "transfer.json", report)
     atomic_write_text(out / "transfer.md", render_markdown(report))
     log.info("wrote %s and %s", out / "transfer.json", out / "transfer.md")
@@ -155,13 +203,21 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--params", default=str(common.REPO / "params.yaml"), help="settings file (default: params.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, dotted key, YAML value (repeatable), e.g. transfer.max_train=null")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, dotted key, YAML value (repeatable), e.g. transfer.max_train=null",
+    )
     p.add_argument("--profile", default="make-run", choices=list(common.PROFILES), help=argparse.SUPPRESS)
-    p.add_argument("--rows", nargs="+", help="name=PATH[@POOLING] rows (@base = model.base); default: "
-                   + " ".join(DEFAULT_ROWS))
+    p.add_argument(
+        "--rows", nargs="+", help="name=PATH[@POOLING] rows (@base = model.base); default: " + " ".join(DEFAULT_ROWS)
+    )
     p.add_argument("--out", default=str(common.RESULTS), help="results folder (default: bench/results)")
     p.add_argument("--reuse-dir", help="persistent work dir: finished rows are kept, e.g. runs/bench/transfer")
     p.add_argument("-v", "--verbose", action="store_true")

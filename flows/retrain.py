@@ -45,22 +45,32 @@ def _dvc(args: list[str], project_dir: str, timeout_hours: float | None = None) 
         params = Path(project_dir) / "params.yaml"  # the file dvc itself reads the stages' params from
         timeout_hours = (load_settings(params) if params.is_file() else Settings()).retrain.stage_timeout_hours
     # A session of its own, so that a stage that runs past its bound is stopped with everything it started.
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=project_dir, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=project_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout_hours * 3600)
     except subprocess.TimeoutExpired:
         _stop_group(proc)
-        raise StageFailed(f"dvc {' '.join(args)} did not finish within {timeout_hours:g} h "
-                          "(retrain.stage_timeout_hours); stopped", transient=False) from None
+        raise StageFailed(
+            f"dvc {' '.join(args)} did not finish within {timeout_hours:g} h (retrain.stage_timeout_hours); stopped",
+            transient=False,
+        ) from None
     except BaseException:
         _stop_group(proc)
         raise
     output = stdout + stderr
     if proc.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-15:])
-        raise StageFailed(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{tail}",
-                          transient=not _PERMANENT.search(output))
+        raise StageFailed(
+            f"dvc {' '.join(args)} failed ({proc.returncode}):\n{tail}", transient=not _PERMANENT.search(output)
+        )
     return output
 
 
@@ -100,8 +110,12 @@ def validate(project_dir: str) -> str:
 def run_stage(stage: str, project_dir: str) -> str:
     started = time.perf_counter()
     output = _dvc(["repro", "--single-item", stage], project_dir)
-    get_run_logger().info("%s: %s in %.1f s", stage, "up to date" if "didn't change, skipping" in output else "reproduced",
-                          time.perf_counter() - started)
+    get_run_logger().info(
+        "%s: %s in %.1f s",
+        stage,
+        "up to date" if "didn't change, skipping" in output else "reproduced",
+        time.perf_counter() - started,
+    )
     return stage
 
 
@@ -138,9 +152,11 @@ def workspace_slot(project_dir: str | Path, wait_seconds: float) -> Iterator[str
         try:  # only the acquisition: a TimeoutError from the run itself is not "busy"
             stack.enter_context(concurrency(name, occupy=1, timeout_seconds=max(wait_seconds, 0.1), strict=True))
         except TimeoutError:
-            raise WorkspaceBusy(f"{Path(project_dir).resolve()}: another retrain holds this workspace (Prefect "
-                                f"concurrency limit {name!r}); gave up after {wait_seconds:g} s "
-                                "(retrain.workspace_wait_seconds)") from None
+            raise WorkspaceBusy(
+                f"{Path(project_dir).resolve()}: another retrain holds this workspace (Prefect "
+                f"concurrency limit {name!r}); gave up after {wait_seconds:g} s "
+                "(retrain.workspace_wait_seconds)"
+            ) from None
         yield name
 
 
@@ -176,8 +192,9 @@ def _retrain(root: Path, settings, pull: bool) -> dict:
     decision = decide(new, registry, settings.metric, settings.min_improvement)
     entry = None
     if decision.promote:
-        entry = promote(registry, [root / a for a in settings.promote], new, data_version=data_hash,
-                        git_commit=git_commit(root))
+        entry = promote(
+            registry, [root / a for a in settings.promote], new, data_version=data_hash, git_commit=git_commit(root)
+        )
     if problems := registry_problems(registry):
         raise RuntimeError(f"registry {registry}: " + "; ".join(problems))
     logger.info("%s: %s", "PROMOTED" if entry else "KEPT current model", decision.reason)
@@ -187,7 +204,7 @@ def _retrain(root: Path, settings, pull: bool) -> dict:
     create_markdown_artifact(
         key="retrain-result",
         markdown=f"# Retrain: {verdict}\n\n{decision.reason}\n\n{format_table(rows)}\n\n"
-                 f"data `{data_hash}`, commit `{git_commit(root)}`\n",
+        f"data `{data_hash}`, commit `{git_commit(root)}`\n",
         description="STS results of the retrained models and the promotion decision",
     )
     return {"decision": decision_dict(decision), "promoted_version": entry["version"] if entry else None}

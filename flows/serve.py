@@ -1,8 +1,8 @@
 """Serve the retrain flow on a cron schedule against a running Prefect server.
 
-    export PREFECT_API_URL=http://127.0.0.1:4200/api    # first: the server and the UI both read it
-    prefect server start --host 127.0.0.1 --port 4200 &
-    python -m flows.serve            # schedule from params.yaml retrain.cron
+export PREFECT_API_URL=http://127.0.0.1:4200/api    # first: the server and the UI both read it
+prefect server start --host 127.0.0.1 --port 4200 &
+python -m flows.serve            # schedule from params.yaml retrain.cron
 """
 
 from __future__ import annotations

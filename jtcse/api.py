@@ -69,18 +69,25 @@ def _verify_manifest_digests(directory: Path, actual: dict[str, str]) -> None:
     recorded = manifest.get("files")
     if recorded is None:
         if manifest.get("format_version", 1) >= 2:
-            raise IntegrityError(f"{manifest_path}: the file digests (\"files\") are missing; the package was modified")
-        log.warning("%s: a package of format 1 records no file digests; only SHA256SUMS is checked (rebuild it "
-                    "with `jtcse package`)", directory)
+            raise IntegrityError(f'{manifest_path}: the file digests ("files") are missing; the package was modified')
+        log.warning(
+            "%s: a package of format 1 records no file digests; only SHA256SUMS is checked (rebuild it "
+            "with `jtcse package`)",
+            directory,
+        )
         return
     expected = {name for name in actual if name != PACKAGE_MANIFEST}
     for name in sorted(expected ^ set(recorded)):
-        raise IntegrityError(f"{directory / name}: {'not recorded in' if name in expected else 'recorded in'} "
-                             f"{manifest_path.name}{'' if name in expected else ' but missing'}; the package was modified")
+        raise IntegrityError(
+            f"{directory / name}: {'not recorded in' if name in expected else 'recorded in'} "
+            f"{manifest_path.name}{'' if name in expected else ' but missing'}; the package was modified"
+        )
     for name in sorted(expected):
         if recorded[name] != actual[name]:
-            raise IntegrityError(f"{directory / name}: SHA256 does not match the digest in {manifest_path.name} "
-                                 f"(SHA256SUMS was edited too); the package was modified or corrupted")
+            raise IntegrityError(
+                f"{directory / name}: SHA256 does not match the digest in {manifest_path.name} "
+                f"(SHA256SUMS was edited too); the package was modified or corrupted"
+            )
 
 
 def verify_package_of(path: str | Path) -> None:
@@ -93,23 +100,35 @@ def verify_package_of(path: str | Path) -> None:
             verify_checksums(path)
         return
     if not (root / CHECKSUMS).is_file():
-        raise IntegrityError(f"{root}: a package ({PACKAGE_MANIFEST}) without {CHECKSUMS}; refusing to load weights "
-                             "that cannot be verified (rebuild it with `jtcse package`)")
+        raise IntegrityError(
+            f"{root}: a package ({PACKAGE_MANIFEST}) without {CHECKSUMS}; refusing to load weights "
+            "that cannot be verified (rebuild it with `jtcse package`)"
+        )
     verify_checksums(root)
 
 
-def load_twin(path: str | Path, *, device: str = "auto", max_length: int = 128, combine: str | None = None) -> TwinEncoder:
+def load_twin(
+    path: str | Path, *, device: str = "auto", max_length: int = 128, combine: str | None = None
+) -> TwinEncoder:
     from jtcse.encoding import TowerEncoder, TwinEncoder
 
     path = Path(path)
     manifest = json.loads((path / TWIN_MANIFEST).read_text(encoding="utf-8"))
-    towers = [TowerEncoder.from_pretrained(str(path / name), manifest["pooling"], max_length, device)
-              for name in manifest["towers"]]
+    towers = [
+        TowerEncoder.from_pretrained(str(path / name), manifest["pooling"], max_length, device)
+        for name in manifest["towers"]
+    ]
     return TwinEncoder(towers[0], towers[1], combine or manifest["combine"])
 
 
-def load(path: str | Path, *, pooling: str | None = None, device: str = "auto", max_length: int | None = None,
-         verify: bool = True) -> Encoder:
+def load(
+    path: str | Path,
+    *,
+    pooling: str | None = None,
+    device: str = "auto",
+    max_length: int | None = None,
+    verify: bool = True,
+) -> Encoder:
     """Open a twin folder (twin.json), a package (SHA256SUMS checked) or any HF/sentence-transformers model.
 
     ``max_length`` defaults to the model's own ``sentence_bert_config.json`` max_seq_length, else 128.
@@ -126,8 +145,9 @@ def load(path: str | Path, *, pooling: str | None = None, device: str = "auto", 
         return load(path / entry["default"], pooling=pooling, device=device, max_length=max_length, verify=False)
     if (path / TWIN_MANIFEST).is_file():
         return load_twin(path, device=device, max_length=max_length or DEFAULT_MAX_LENGTH)
-    return TowerEncoder.from_pretrained(str(path), pooling or _saved_pooling(path),
-                                        max_length or _saved_max_length(path), device)
+    return TowerEncoder.from_pretrained(
+        str(path), pooling or _saved_pooling(path), max_length or _saved_max_length(path), device
+    )
 
 
 def _saved_max_length(path: Path) -> int:
@@ -150,7 +170,9 @@ def _saved_pooling(path: Path) -> str:
         mode = modes["pooling_mode"]
         mode = mode[0] if isinstance(mode, list) and len(mode) == 1 else mode
     else:  # classic keys: one boolean per mode
-        active = [k.removeprefix("pooling_mode_") for k, v in modes.items() if k.startswith("pooling_mode_") and v is True]
+        active = [
+            k.removeprefix("pooling_mode_") for k, v in modes.items() if k.startswith("pooling_mode_") and v is True
+        ]
         mode = "+".join({"cls_token": "cls", "mean_tokens": "mean"}.get(a, a) for a in active) or "cls"
     if mode not in ("cls", "mean"):
         raise UserError(f"{config}: pooling {mode!r} is not supported (cls or mean); pass pooling= explicitly")

@@ -28,15 +28,23 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: The sub-command families in the order `jtcse --help` lists them.
-COMMAND_PARSERS = (validate_command_parser, train_command_parser, evaluate_command_parser, encode_command_parser,
-                   mteb_command_parser, package_command_parser, tune_command_parser)
+COMMAND_PARSERS = (
+    validate_command_parser,
+    train_command_parser,
+    evaluate_command_parser,
+    encode_command_parser,
+    mteb_command_parser,
+    package_command_parser,
+    tune_command_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from jtcse import __version__
 
-    parser = argparse.ArgumentParser(prog="jtcse", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="jtcse", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"jtcse {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -50,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))  # under torchrun, only rank 0 logs progress
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     import errno
 
     from jtcse.errors import UserError

@@ -47,7 +47,7 @@ class Settings(_Section):
     model: ModelSettings = Field(default_factory=ModelSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
-    validate_data: "ValidateSettings" = Field(default_factory=lambda: ValidateSettings(), alias="validate")
+    validate_data: ValidateSettings = Field(default_factory=lambda: ValidateSettings(), alias="validate")
     pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
     train: TwinSettings = Field(default_factory=TwinSettings)
     distill: DistillSettings = Field(default_factory=DistillSettings)
@@ -55,12 +55,14 @@ class Settings(_Section):
     transfer: TransferSettings = Field(default_factory=TransferSettings)
     package: PackageSettings = Field(default_factory=PackageSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
-    tune: TuneSettings = Field(default_factory=TuneSettings, description="Optuna search over the twin stage (jtcse tune).")
+    tune: TuneSettings = Field(
+        default_factory=TuneSettings, description="Optuna search over the twin stage (jtcse tune)."
+    )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     @model_validator(mode="after")
-    def _batches_split_over_processes(self) -> "Settings":
+    def _batches_split_over_processes(self) -> Settings:
         n = self.runtime.nproc_per_node
         for section in ("pretrain", "train", "distill"):
             size = getattr(self, section).batch_size
@@ -78,7 +80,9 @@ def _format_error(source: str, err: ValidationError) -> str:
         key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         given = e.get("input")
-        if e["type"] not in ("extra_forbidden", "value_error", "missing") and isinstance(given, (bool, int, float, str)):
+        if e["type"] not in ("extra_forbidden", "value_error", "missing") and isinstance(
+            given, (bool, int, float, str)
+        ):
             msg += f" (got {given!r})"
         parts.append(f"{key}: {msg}" if key else msg)
     return f"{source}: " + "; ".join(parts)
@@ -105,8 +109,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if key in seen:
-                raise ConfigError(f"{self.name}:{line}: duplicate key {key!r} (first at line {seen[key]}); "
-                                  "a repeated key or section replaces the earlier one whole: merge them")
+                raise ConfigError(
+                    f"{self.name}:{line}: duplicate key {key!r} (first at line {seen[key]}); "
+                    "a repeated key or section replaces the earlier one whole: merge them"
+                )
             seen[key] = line
         return super().construct_mapping(node, deep)
 
@@ -121,7 +127,7 @@ def read_yaml(path: str | os.PathLike) -> Any:
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None
     loader = _UniqueKeyLoader(text)
     loader.name = str(path)
@@ -146,8 +152,10 @@ def load_settings(path: str | os.PathLike = "params.yaml", overrides: dict[str, 
     path = Path(path)
     raw = read_yaml(path)
     if raw is None:
-        raise ConfigError(f"{path}: no settings (the file is empty or holds only comments); expected sections "
-                          "such as model:, data:, train: (see the project's params.yaml)")
+        raise ConfigError(
+            f"{path}: no settings (the file is empty or holds only comments); expected sections "
+            "such as model:, data:, train: (see the project's params.yaml)"
+        )
     for dotted, value in (overrides or {}).items():
         set_dotted(raw, dotted, value)
     return settings_from_dict(raw, str(path))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
@@ -18,11 +18,15 @@ class SearchRange(_Section):
 
     low: float = Field(description="Smallest value tried.")
     high: float = Field(description="Largest value tried.")
-    log: bool = Field(False, description="Sample uniformly in log space (needs low > 0); right for weights and learning rates.")
-    step: float | None = Field(None, gt=0, description="Discretisation step; null = continuous (1 for integer settings). Not with log.")
+    log: bool = Field(
+        False, description="Sample uniformly in log space (needs low > 0); right for weights and learning rates."
+    )
+    step: float | None = Field(
+        None, gt=0, description="Discretisation step; null = continuous (1 for integer settings). Not with log."
+    )
 
     @model_validator(mode="after")
-    def _bounds(self) -> "SearchRange":
+    def _bounds(self) -> SearchRange:
         if self.low >= self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
@@ -35,10 +39,12 @@ class SearchRange(_Section):
 class SearchChoices(_Section):
     """A set Optuna picks from: ``{choices: [side, mix]}``."""
 
-    choices: list[bool | int | float | str] = Field(min_length=1, description="The values tried, unordered, without repeats.")
+    choices: list[bool | int | float | str] = Field(
+        min_length=1, description="The values tried, unordered, without repeats."
+    )
 
     @model_validator(mode="after")
-    def _distinct(self) -> "SearchChoices":
+    def _distinct(self) -> SearchChoices:
         if len({(type(c), c) for c in self.choices}) != len(self.choices):
             raise ValueError(f"choices repeat a value: {self.choices}")
         return self
@@ -56,8 +62,9 @@ def _entry_kind(value: Any) -> str:
 
 #: One search-space entry: searched (range / choices), fixed to a value, or null (keep the train setting).
 SpaceEntry = Annotated[
-    Union[Annotated[SearchRange, Tag("range")], Annotated[SearchChoices, Tag("choices")],
-          Annotated[Union[bool, int, float, str], Tag("fixed")]],
+    Annotated[SearchRange, Tag("range")]
+    | Annotated[SearchChoices, Tag("choices")]
+    | Annotated[bool | int | float | str, Tag("fixed")],
     Discriminator(_entry_kind),
 ]
 
@@ -101,8 +108,12 @@ class CrossAttentionSpace(_Section):
         description="train.cross_attention.num_layers; every value must divide the towers' layer count (checked "
         "against the towers when the study starts; 1, 2, 3, 6 for the 6-layer MiniLM).",
     )
-    mode: SpaceEntry | None = Field(None, description="train.cross_attention.mode (stream, side or mix); null = keep the train value.")
-    mix_gate: SpaceEntry | None = Field(None, description="train.cross_attention.mix_gate (used by mode mix only); null = keep the train value.")
+    mode: SpaceEntry | None = Field(
+        None, description="train.cross_attention.mode (stream, side or mix); null = keep the train value."
+    )
+    mix_gate: SpaceEntry | None = Field(
+        None, description="train.cross_attention.mix_gate (used by mode mix only); null = keep the train value."
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -119,22 +130,37 @@ class SearchSpace(_Section):
     """What a trial varies. Keys mirror the ``train`` section; an entry is a fixed value, a range or choices,
     or null to keep the ``train`` value. The best trial's values (fixed ones included) are what tune-apply writes."""
 
-    w_nce: SpaceEntry | None = Field(default_factory=lambda: SearchRange(low=0.2, high=5.0, log=True),
-                                     description="train.w_nce, weight of InfoNCE inside each tower.")
-    w_icnce: SpaceEntry | None = Field(default_factory=lambda: SearchRange(low=0.2, high=5.0, log=True),
-                                       description="train.w_icnce, weight of the interaction InfoNCE across towers.")
-    w_cross: SpaceEntry | None = Field(default_factory=lambda: SearchRange(low=0.05, high=5.0, log=True),
-                                       description="train.w_cross, weight of the bridge's term ICNCE(c_A, c_B).")
-    w_tm: SpaceEntry | None = Field(default_factory=lambda: SearchRange(low=0.05, high=5.0, log=True),
-                                    description="train.w_tm, weight of the tensor-modulus constraint.")
-    lr: SpaceEntry | None = Field(default_factory=lambda: SearchRange(low=3e-6, high=1e-4, log=True),
-                                  description="train.lr, AdamW learning rate of the twin.")
-    temperature: SpaceEntry | None = Field(default_factory=lambda: SearchRange(low=0.03, high=0.1),
-                                           description="train.temperature, tau of both InfoNCE terms.")
-    modulus_on: SpaceEntry | None = Field(default_factory=lambda: SearchChoices(choices=["pooler", "embedding"]),
-                                          description="train.modulus_on: pooler or embedding.")
-    cross_attention: CrossAttentionSpace = Field(default_factory=CrossAttentionSpace,
-                                                 description="train.cross_attention entries.")
+    w_nce: SpaceEntry | None = Field(
+        default_factory=lambda: SearchRange(low=0.2, high=5.0, log=True),
+        description="train.w_nce, weight of InfoNCE inside each tower.",
+    )
+    w_icnce: SpaceEntry | None = Field(
+        default_factory=lambda: SearchRange(low=0.2, high=5.0, log=True),
+        description="train.w_icnce, weight of the interaction InfoNCE across towers.",
+    )
+    w_cross: SpaceEntry | None = Field(
+        default_factory=lambda: SearchRange(low=0.05, high=5.0, log=True),
+        description="train.w_cross, weight of the bridge's term ICNCE(c_A, c_B).",
+    )
+    w_tm: SpaceEntry | None = Field(
+        default_factory=lambda: SearchRange(low=0.05, high=5.0, log=True),
+        description="train.w_tm, weight of the tensor-modulus constraint.",
+    )
+    lr: SpaceEntry | None = Field(
+        default_factory=lambda: SearchRange(low=3e-6, high=1e-4, log=True),
+        description="train.lr, AdamW learning rate of the twin.",
+    )
+    temperature: SpaceEntry | None = Field(
+        default_factory=lambda: SearchRange(low=0.03, high=0.1),
+        description="train.temperature, tau of both InfoNCE terms.",
+    )
+    modulus_on: SpaceEntry | None = Field(
+        default_factory=lambda: SearchChoices(choices=["pooler", "embedding"]),
+        description="train.modulus_on: pooler or embedding.",
+    )
+    cross_attention: CrossAttentionSpace = Field(
+        default_factory=CrossAttentionSpace, description="train.cross_attention entries."
+    )
 
     @field_validator("w_nce", "w_icnce", "w_cross", "w_tm", "lr", "temperature", "modulus_on", mode="before")
     @classmethod
@@ -149,55 +175,100 @@ class SearchSpace(_Section):
     def entries(self) -> dict[str, Any]:
         """Every entry that is not null, keyed by its dotted ``train`` setting (``train.cross_attention.mode``)."""
         out = {f"train.{k}": getattr(self, k) for k in type(self).model_fields if k != "cross_attention"}
-        out |= {f"train.cross_attention.{k}": getattr(self.cross_attention, k) for k in CrossAttentionSpace.model_fields}
+        out |= {
+            f"train.cross_attention.{k}": getattr(self.cross_attention, k) for k in CrossAttentionSpace.model_fields
+        }
         return {k: v for k, v in out.items() if v is not None}
 
 
 class SamplerSettings(_Section):
     """The TPE sampler, pinned explicitly (Optuna 5 changed its defaults)."""
 
-    seed: int = Field(42, description="Sampler seed. Worker i of a study already holding n trials seeds with (seed, i, n), so "
-                      "parallel workers and resumed runs never repeat each other's draws, and a rerun is reproducible.")
-    n_startup_trials: int = Field(4, ge=0, description="Random trials before TPE starts modelling (Optuna's 10 exceeds the CPU budget).")
-    multivariate: bool = Field(True, description="Model the parameters jointly: the loss weights interact through the total loss.")
+    seed: int = Field(
+        42,
+        description="Sampler seed. Worker i of a study already holding n trials seeds with (seed, i, n), so "
+        "parallel workers and resumed runs never repeat each other's draws, and a rerun is reproducible.",
+    )
+    n_startup_trials: int = Field(
+        4, ge=0, description="Random trials before TPE starts modelling (Optuna's 10 exceeds the CPU budget)."
+    )
+    multivariate: bool = Field(
+        True, description="Model the parameters jointly: the loss weights interact through the total loss."
+    )
 
 
 class PrunerSettings(_Section):
     """Early stopping of unpromising trials on their STS-B dev curve."""
 
     type: Literal["median", "percentile", "none"] = Field(
-        "median", description="'median': stop a trial whose best dev score so far is below the median of the completed "
-        "trials at the same step; 'percentile': keep only the top `percentile` percent instead; 'none': never prune.")
+        "median",
+        description="'median': stop a trial whose best dev score so far is below the median of the completed "
+        "trials at the same step; 'percentile': keep only the top `percentile` percent instead; 'none': never prune.",
+    )
     n_startup_trials: int = Field(2, ge=0, description="Finished trials before any trial may be pruned.")
     n_warmup_steps: int = Field(10, ge=0, description="No trial is pruned before this training step.")
-    percentile: float = Field(50.0, gt=0, lt=100, description="'percentile' only: the top percent of completed trials a trial "
-                              "must stay within at each step (50 = median; smaller prunes harder).")
+    percentile: float = Field(
+        50.0,
+        gt=0,
+        lt=100,
+        description="'percentile' only: the top percent of completed trials a trial "
+        "must stay within at each step (50 = median; smaller prunes harder).",
+    )
 
 
 class TuneSettings(_Section):
     """Optuna search over the twin stage (``jtcse tune``): each trial trains the twin from the stage-1 towers for
     ``trial_steps`` steps and scores its best STS-B dev Spearman."""
 
-    study_name: str = Field("jtcse", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                            description="Study name in the storage; rerunning with the same name continues the study.")
+    study_name: str = Field(
+        "jtcse",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Study name in the storage; rerunning with the same name continues the study.",
+    )
     storage: str = Field(
         "sqlite:///tune/optuna.db",
         description="SQLAlchemy URL of the study database: a SQLite file (relative to the working directory) for one "
-        "worker, PostgreSQL (postgresql+psycopg://user@host:port/db) for several workers or machines.")
-    n_trials: int = Field(8, ge=1, description="Finished (complete or pruned) trials the study should hold; a rerun runs only "
-                          "the remainder, and failed trials do not count.")
-    workers: int = Field(1, ge=1, description="Worker processes sharing the study (several need PostgreSQL; SQLite serialises them).")
-    trial_steps: int = Field(40, ge=1, description="Optimiser steps of one trial (replaces train.steps there; tune-apply does not "
-                             "change train.steps).")
-    eval_every: int = Field(10, ge=1, description="Steps between a trial's STS-B dev evaluations: the curve the pruner sees.")
+        "worker, PostgreSQL (postgresql+psycopg://user@host:port/db) for several workers or machines.",
+    )
+    n_trials: int = Field(
+        8,
+        ge=1,
+        description="Finished (complete or pruned) trials the study should hold; a rerun runs only "
+        "the remainder, and failed trials do not count.",
+    )
+    workers: int = Field(
+        1, ge=1, description="Worker processes sharing the study (several need PostgreSQL; SQLite serialises them)."
+    )
+    trial_steps: int = Field(
+        40,
+        ge=1,
+        description="Optimiser steps of one trial (replaces train.steps there; tune-apply does not "
+        "change train.steps).",
+    )
+    eval_every: int = Field(
+        10, ge=1, description="Steps between a trial's STS-B dev evaluations: the curve the pruner sees."
+    )
     max_trial_seconds: float | None = Field(
-        None, gt=0, description="Cost limit per trial, as a constraint (not a second objective): a slower trial is infeasible, "
-        "TPE steers away from it and it is never reported best. null = no limit.")
-    max_failed_trials: int = Field(5, ge=1, description="A worker stops starting trials once this many of its trials failed in "
-                                   "the run (a broken set-up, not a bad draw); failed trials never count toward n_trials.")
-    heartbeat_interval: int = Field(10, ge=1, description="Seconds between a running trial's heartbeats in the storage.")
-    grace_period: int = Field(30, ge=2, description="Seconds without heartbeat after which a running trial counts as dead "
-                              "(its worker was killed): it is marked failed and re-queued; must exceed heartbeat_interval.")
+        None,
+        gt=0,
+        description="Cost limit per trial, as a constraint (not a second objective): a slower trial is infeasible, "
+        "TPE steers away from it and it is never reported best. null = no limit.",
+    )
+    max_failed_trials: int = Field(
+        5,
+        ge=1,
+        description="A worker stops starting trials once this many of its trials failed in "
+        "the run (a broken set-up, not a bad draw); failed trials never count toward n_trials.",
+    )
+    heartbeat_interval: int = Field(
+        10, ge=1, description="Seconds between a running trial's heartbeats in the storage."
+    )
+    grace_period: int = Field(
+        30,
+        ge=2,
+        description="Seconds without heartbeat after which a running trial counts as dead "
+        "(its worker was killed): it is marked failed and re-queued; must exceed heartbeat_interval.",
+    )
     max_retry: int = Field(1, ge=0, description="Times a trial of a dead worker is re-queued with the same parameters.")
     sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="TPE sampler settings.")
     pruner: PrunerSettings = Field(default_factory=PrunerSettings, description="Pruner settings.")
@@ -216,14 +287,20 @@ class TuneSettings(_Section):
         try:
             url.get_dialect()
         except Exception:  # sqlalchemy raises NoSuchModuleError, or ImportError for a missing driver
-            raise ValueError(f"{value!r}: no SQLAlchemy dialect/driver {url.drivername!r} is installed "
-                             "(use sqlite:///path.db or postgresql+psycopg://user@host:port/db)") from None
+            raise ValueError(
+                f"{value!r}: no SQLAlchemy dialect/driver {url.drivername!r} is installed "
+                "(use sqlite:///path.db or postgresql+psycopg://user@host:port/db)"
+            ) from None
         if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
-            raise ValueError("an in-memory SQLite study cannot be shared or resumed: give a file, sqlite:///tune/optuna.db")
+            raise ValueError(
+                "an in-memory SQLite study cannot be shared or resumed: give a file, sqlite:///tune/optuna.db"
+            )
         return value
 
     @model_validator(mode="after")
-    def _heartbeat(self) -> "TuneSettings":
+    def _heartbeat(self) -> TuneSettings:
         if self.grace_period <= self.heartbeat_interval:
-            raise ValueError(f"grace_period ({self.grace_period}) must exceed heartbeat_interval ({self.heartbeat_interval})")
+            raise ValueError(
+                f"grace_period ({self.grace_period}) must exceed heartbeat_interval ({self.heartbeat_interval})"
+            )
         return self

@@ -47,8 +47,9 @@ class _Section(BaseModel):
                 raise ValueError(f"expected true or false, got {value!r}")
             return value
         if isinstance(value, bool):
-            raise ValueError(f"expected {'an integer' if kinds == {int} else 'a number'}, got {str(value).lower()} "
-                             "(a boolean)")
+            raise ValueError(
+                f"expected {'an integer' if kinds == {int} else 'a number'}, got {str(value).lower()} (a boolean)"
+            )
         if isinstance(value, str):
             if float in kinds and _NUMBER_TEXT.fullmatch(value.strip()):
                 return float(value)
@@ -67,29 +68,47 @@ class ModelSettings(_Section):
         description="How a tower turns token states into its sentence vector, used identically by the losses, "
         "the evaluation and the export. 'cls' is the paper's; 'mean' is what all-MiniLM-L6-v2 was trained with.",
     )
-    max_length: int = Field(32, ge=8, le=512, description="Training truncation length in tokens (paper: 32 for BERT SimCSE, 64 for JTCSE).")
+    max_length: int = Field(
+        32, ge=8, le=512, description="Training truncation length in tokens (paper: 32 for BERT SimCSE, 64 for JTCSE)."
+    )
     dropout: float | None = Field(
-        None, ge=0.0, lt=1.0,
+        None,
+        ge=0.0,
+        lt=1.0,
         description="Hidden and attention dropout of the towers during training; the two dropout views of a "
         "sentence differ only through it. null keeps the checkpoint's own (0.1 for BERT and MiniLM).",
     )
     attn_implementation: Literal["eager", "sdpa"] = Field("sdpa", description="Attention kernel of the towers.")
-    trust_remote_code: bool = Field(False, description="Allow custom modelling code shipped with a checkpoint. Off: never run code a checkpoint brings.")
+    trust_remote_code: bool = Field(
+        False,
+        description="Allow custom modelling code shipped with a checkpoint. Off: never run code a checkpoint brings.",
+    )
 
 
 class DataSettings(_Section):
-    corpus: Path = Field(Path("data/corpus/train.txt"), description="Unlabelled training sentences, one per line, UTF-8.")
-    sts_dir: Path = Field(Path("data/sts"), description="Folder of the STS/SICK TSV files (header sentence1, sentence2, score, subset).")
-    max_sentences: int | None = Field(None, ge=1, description="Use only the first N corpus lines (quick runs); null uses all.")
+    corpus: Path = Field(
+        Path("data/corpus/train.txt"), description="Unlabelled training sentences, one per line, UTF-8."
+    )
+    sts_dir: Path = Field(
+        Path("data/sts"), description="Folder of the STS/SICK TSV files (header sentence1, sentence2, score, subset)."
+    )
+    max_sentences: int | None = Field(
+        None, ge=1, description="Use only the first N corpus lines (quick runs); null uses all."
+    )
 
 
 class RuntimeSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes CUDA when present.")
-    bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU, where training stays float32 and deterministic).")
+    bf16: bool = Field(
+        True, description="bf16 autocast on CUDA (ignored on CPU, where training stays float32 and deterministic)."
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null leaves torch's default.")
-    deterministic: bool = Field(True, description="torch deterministic algorithms: bit-identical reruns and resumes on CPU.")
+    deterministic: bool = Field(
+        True, description="torch deterministic algorithms: bit-identical reruns and resumes on CPU."
+    )
     nproc_per_node: int = Field(
-        1, ge=1,
+        1,
+        ge=1,
         description="Training processes on this machine, one per GPU. Above 1, `jtcse train-tower/train/distill` "
         "relaunch themselves under torchrun (DDP); batch_size stays the global batch, each process encodes "
         "batch_size / nproc_per_node sentences and the vectors are gathered, so the in-batch negatives and the "
@@ -104,12 +123,16 @@ class OptimSettings(_Section):
     batch_size: int = Field(32, ge=2, description="Sentences per step; each is fed twice, so a tower sees 2x rows.")
     lr: float = Field(2e-5, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
-    scheduler: Literal["constant", "linear"] = Field("constant", description="'constant' as the JTCSE reference (no scheduler); 'linear' decays to 0.")
+    scheduler: Literal["constant", "linear"] = Field(
+        "constant", description="'constant' as the JTCSE reference (no scheduler); 'linear' decays to 0."
+    )
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before the schedule.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables it.")
     temperature: float = Field(0.05, gt=0, description="InfoNCE temperature tau (paper 0.05).")
     seed: int = Field(42, description="Seed of data order, dropout and every random choice of the stage.")
-    eval_every: int = Field(50, ge=1, description="Steps between STS-B dev evaluations; the best-scoring weights are kept.")
+    eval_every: int = Field(
+        50, ge=1, description="Steps between STS-B dev evaluations; the best-scoring weights are kept."
+    )
     checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
 
@@ -123,7 +146,8 @@ class PretrainSettings(OptimSettings):
 
 class CrossAttentionSettings(_Section):
     num_layers: int = Field(
-        3, ge=0,
+        3,
+        ge=0,
         description="Number of equally spaced bridged layers, the last one always bridged (must divide the layer "
         "count; 0 disables the bridge, which gives the TNCSE recipe). Reference: 6 of 12. In 'stream' and 'mix' "
         "modes the bridged layers compound; in 'side' mode only the last one counts.",
@@ -136,7 +160,9 @@ class CrossAttentionSettings(_Section):
         "feed-forward. 'mix': gate * cross output is also added into each tower's stream at every bridged layer "
         "(c read before the feed-forward). stream and side leave the towers' own streams untouched.",
     )
-    mix_gate: float = Field(0.1, ge=0, le=1, description="Weight of the cross output added to the stream in 'mix' mode.")
+    mix_gate: float = Field(
+        0.1, ge=0, le=1, description="Weight of the cross output added to the stream in 'mix' mode."
+    )
 
 
 class TwinSettings(OptimSettings):
@@ -144,36 +170,52 @@ class TwinSettings(OptimSettings):
 
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate (paper: 1.3e-6 BERT, 1e-6 RoBERTa at Wiki1M scale).")
     w_nce: float = Field(1.0, ge=0, description="Weight of InfoNCE inside each tower (L_nce).")
-    w_icnce: float = Field(1.0, ge=0, description="Weight of the interaction InfoNCE across the towers' sentence vectors, ICNCE(h_A, h_B).")
+    w_icnce: float = Field(
+        1.0, ge=0, description="Weight of the interaction InfoNCE across the towers' sentence vectors, ICNCE(h_A, h_B)."
+    )
     w_cross: float = Field(
-        1.0, ge=0,
+        1.0,
+        ge=0,
         description="Weight of the bridge's term ICNCE(c_A, c_B) (the reference weighs it with w_icnce). 0 skips "
         "the bridge in stream and side modes, which is then exactly TNCSE.",
     )
     w_tm: float = Field(1.0, ge=0, description="Weight of the tensor-modulus constraint (L_tm).")
     icnce_direction: Literal["random", "symmetric"] = Field(
-        "random", description="'random' flips anchor/candidate towers each step as the reference; 'symmetric' averages both directions."
+        "random",
+        description="'random' flips anchor/candidate towers each step as the reference; 'symmetric' averages both directions.",
     )
     modulus_on: Literal["pooler", "embedding"] = Field(
-        "pooler", description="Vectors whose length ratio the modulus term constrains: BERT pooler outputs (reference) or the sentence vectors."
+        "pooler",
+        description="Vectors whose length ratio the modulus term constrains: BERT pooler outputs (reference) or the sentence vectors.",
     )
-    tm_clamp: float = Field(1e-4, gt=0, lt=1, description="Constant that replaces a non-positive cosine in L_tm (reference 1e-4, no gradient).")
+    tm_clamp: float = Field(
+        1e-4,
+        gt=0,
+        lt=1,
+        description="Constant that replaces a non-positive cosine in L_tm (reference 1e-4, no gradient).",
+    )
     cross_attention: CrossAttentionSettings = Field(default_factory=CrossAttentionSettings)
-    twin_combine: Literal["sum", "concat"] = Field("sum", description="How the twin's two sentence vectors are combined at inference.")
+    twin_combine: Literal["sum", "concat"] = Field(
+        "sum", description="How the twin's two sentence vectors are combined at inference."
+    )
     diagnostics: bool = Field(
         True,
         description="At every dev evaluation, write diagnostics.csv: each loss term's value and the gradient norm of "
         "its weighted term over the towers' parameters (one extra forward and one backward per term, on the first "
         "batch), the towers' mutual cosine, anisotropy and E_CLS on a fixed probe set. Training is unchanged by it.",
     )
-    diagnostics_probe: int = Field(256, ge=2, description="Corpus sentences (the first ones) in the diagnostics probe set.")
+    diagnostics_probe: int = Field(
+        256, ge=2, description="Corpus sentences (the first ones) in the diagnostics probe set."
+    )
 
 
 class DistillSettings(OptimSettings):
     """Stage 3: a single tower (JTCSE-D) learns the twin teacher's in-batch similarity structure."""
 
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate (reference 1e-5).")
-    student_init: str = Field("tower_a", description="'tower_a', 'tower_b', or any checkpoint path/name to initialise the student from.")
+    student_init: str = Field(
+        "tower_a", description="'tower_a', 'tower_b', or any checkpoint path/name to initialise the student from."
+    )
     teacher_temperature: float = Field(0.05, gt=0, description="Temperature of the teacher's softmax(cos/tau) rows.")
     student_temperature: float = Field(0.05, gt=0, description="Temperature of the student's softmax(cos/tau) rows.")
     w_kl: float = Field(1.0, ge=0, description="Weight of the KL(teacher || student) similarity-distribution term.")
@@ -188,51 +230,108 @@ class EvaluateSettings(_Section):
         "overfitting one set). Test sets never select.",
     )
     batch_size: int = Field(128, ge=1, description="Sentences per forward pass.")
-    max_length: int = Field(128, ge=8, le=512, description="Truncation length when encoding STS sentences (all fit in 128 tokens).")
+    max_length: int = Field(
+        128, ge=8, le=512, description="Truncation length when encoding STS sentences (all fit in 128 tokens)."
+    )
 
 
 class TransferSettings(_Section):
     """SentEval transfer tasks (jtcse/evaluation/transfer.py): a logistic-regression probe on frozen vectors."""
 
-    data_dir: Path = Field(Path("data/transfer"), description="SentEval's downstream folder layout: MR/, CR/, SUBJ/, MPQA/, SST/binary/, TREC/, MRPC/.")
+    data_dir: Path = Field(
+        Path("data/transfer"),
+        description="SentEval's downstream folder layout: MR/, CR/, SUBJ/, MPQA/, SST/binary/, TREC/, MRPC/.",
+    )
     tasks: list[Literal["mr", "cr", "subj", "mpqa", "sst2", "trec", "mrpc"]] = Field(
-        default_factory=lambda: ["mr", "cr", "subj", "mpqa", "sst2", "trec", "mrpc"], min_length=1,
-        description="Tasks to run; the primary metric 'avg' is the mean accuracy over them.")
-    folds: int = Field(10, ge=2, description="Outer stratified CV folds of MR/CR/SUBJ/MPQA, and the CV folds that choose C for TREC/MRPC (SentEval: 10).")
-    inner_folds: int = Field(10, ge=2, description="Inner CV folds choosing C inside each outer fold of MR/CR/SUBJ/MPQA (SentEval: same as folds).")
+        default_factory=lambda: ["mr", "cr", "subj", "mpqa", "sst2", "trec", "mrpc"],
+        min_length=1,
+        description="Tasks to run; the primary metric 'avg' is the mean accuracy over them.",
+    )
+    folds: int = Field(
+        10,
+        ge=2,
+        description="Outer stratified CV folds of MR/CR/SUBJ/MPQA, and the CV folds that choose C for TREC/MRPC (SentEval: 10).",
+    )
+    inner_folds: int = Field(
+        10,
+        ge=2,
+        description="Inner CV folds choosing C inside each outer fold of MR/CR/SUBJ/MPQA (SentEval: same as folds).",
+    )
     seed: int = Field(1111, description="Shuffling seed of every fold split and of the probe (SentEval: 1111).")
     max_iter: int = Field(1000, ge=10, description="lbfgs iterations per logistic-regression fit.")
-    mrpc_features: Literal["full", "senteval"] = Field("full", description="MRPC pair features: full = [u, v, |u-v|, u*v]; senteval = [|u-v|, u*v].")
-    jobs: int | None = Field(None, ge=1, description="Processes sharing the probe's CV folds; null = every CPU core. The scores do not depend on it.")
-    max_train: int | None = Field(None, ge=20, description="Cap on the examples each probe learns from (stratified, seeded subset of a CV task's set or of train; dev/test stay whole); null = the full SentEval protocol.")
+    mrpc_features: Literal["full", "senteval"] = Field(
+        "full", description="MRPC pair features: full = [u, v, |u-v|, u*v]; senteval = [|u-v|, u*v]."
+    )
+    jobs: int | None = Field(
+        None,
+        ge=1,
+        description="Processes sharing the probe's CV folds; null = every CPU core. The scores do not depend on it.",
+    )
+    max_train: int | None = Field(
+        None,
+        ge=20,
+        description="Cap on the examples each probe learns from (stratified, seeded subset of a CV task's set or of train; dev/test stay whole); null = the full SentEval protocol.",
+    )
 
 
 class PackageSettings(_Section):
-    name: str = Field("jtcse-minilm", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Package name: models/<name>-<version>/.")
+    name: str = Field(
+        "jtcse-minilm", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Package name: models/<name>-<version>/."
+    )
     version: str = Field("0.1.0", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", description="Package version.")
 
 
 class RetrainSettings(_Section):
     """Scheduled retraining (flows/retrain.py): when to run and when a new model replaces the promoted one."""
 
-    cron: str = Field("0 3 * * 1", description="Cron schedule of the served retrain deployment (default: Mondays 03:00).")
+    cron: str = Field(
+        "0 3 * * 1", description="Cron schedule of the served retrain deployment (default: Mondays 03:00)."
+    )
     timezone: str = Field("UTC", description="Time zone the cron schedule is read in.")
-    metric: str = Field("avg", description="Metric of metrics/twin/metrics.json that decides promotion (7-task STS average).")
-    min_improvement: float = Field(0.0, ge=0, description="A new model is promoted only if it beats the current one by more than this.")
+    metric: str = Field(
+        "avg", description="Metric of metrics/twin/metrics.json that decides promotion (7-task STS average)."
+    )
+    min_improvement: float = Field(
+        0.0, ge=0, description="A new model is promoted only if it beats the current one by more than this."
+    )
     registry_dir: Path = Field(Path("registry"), description="Where promoted models and registry.json live.")
     stages: list[str] = Field(
-        default_factory=lambda: ["pretrain_a", "pretrain_b", "train", "evaluate_base", "evaluate_base_mean",
-                                 "evaluate", "distill", "evaluate_distilled", "evaluate_transfer_base",
-                                 "evaluate_transfer", "evaluate_transfer_distilled", "package", "report",
-                                 "report_transfer"],
+        default_factory=lambda: [
+            "pretrain_a",
+            "pretrain_b",
+            "train",
+            "evaluate_base",
+            "evaluate_base_mean",
+            "evaluate",
+            "distill",
+            "evaluate_distilled",
+            "evaluate_transfer_base",
+            "evaluate_transfer",
+            "evaluate_transfer_distilled",
+            "package",
+            "report",
+            "report_transfer",
+        ],
         description="dvc.yaml stages the flow runs after validation, in order.",
     )
-    promote: list[str] = Field(default_factory=lambda: ["models/twin", "models/distilled"],
-                               description="Artifacts copied into the registry when a model is promoted.")
-    stage_retries: int = Field(2, ge=0, description="Retries of a stage that failed for a transient reason (never for bad data or settings).")
-    workspace_wait_seconds: float = Field(60.0, ge=0, description="How long a retrain waits for another retrain of the same workspace to finish before it fails.")
-    stage_timeout_hours: float = Field(24.0, gt=0, description="A `dvc pull` or stage that runs longer than this is stopped "
-                                       "and the flow fails, naming it (nothing waits without a bound).")
+    promote: list[str] = Field(
+        default_factory=lambda: ["models/twin", "models/distilled"],
+        description="Artifacts copied into the registry when a model is promoted.",
+    )
+    stage_retries: int = Field(
+        2, ge=0, description="Retries of a stage that failed for a transient reason (never for bad data or settings)."
+    )
+    workspace_wait_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How long a retrain waits for another retrain of the same workspace to finish before it fails.",
+    )
+    stage_timeout_hours: float = Field(
+        24.0,
+        gt=0,
+        description="A `dvc pull` or stage that runs longer than this is stopped "
+        "and the flow fails, naming it (nothing waits without a bound).",
+    )
 
 
 class ValidateSettings(_Section):
@@ -240,7 +339,7 @@ class ValidateSettings(_Section):
     max_words: int = Field(128, ge=1, description="Longest corpus line accepted, in words.")
 
     @model_validator(mode="after")
-    def _bounds(self) -> "ValidateSettings":
+    def _bounds(self) -> ValidateSettings:
         if self.min_words > self.max_words:
             raise ValueError("min_words must not exceed max_words")
         return self

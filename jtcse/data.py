@@ -36,8 +36,9 @@ class DataError(UserError):
 def missing_input(path: str | Path, what: str) -> InputNotFoundError:
     """The error for an input that is not there; for DVC-tracked data it says to run ``dvc pull``."""
     path = Path(path)
-    tracked = next((a for a in (path.absolute(), *path.absolute().parents)
-                    if a.parent.joinpath(a.name + ".dvc").is_file()), None)
+    tracked = next(
+        (a for a in (path.absolute(), *path.absolute().parents) if a.parent.joinpath(a.name + ".dvc").is_file()), None
+    )
     hint = f"; {tracked.name}/ is tracked by DVC: run `dvc pull`" if tracked is not None else ""
     return InputNotFoundError(f"{path}: {what} not found{hint}")
 
@@ -49,7 +50,7 @@ def decode_lines(data: bytes) -> tuple[list[str], list[str]]:
     can report every bad line and a reader the first one.
     """
     if data.startswith(UTF8_BOM):
-        data = data[len(UTF8_BOM):]
+        data = data[len(UTF8_BOM) :]
     chunks = data.split(b"\n")
     if chunks and chunks[-1] == b"":
         chunks.pop()  # the file's final LF does not start a new line
@@ -135,8 +136,10 @@ def read_sts(path: str | Path) -> STSPairs:
     for lineno, line in enumerate(lines[1:], start=2):
         row = line.split("\t")
         if len(row) != len(STS_COLUMNS):
-            raise DataError(f"{path}:{lineno}: {len(row)} TAB-separated field(s), expected {len(STS_COLUMNS)} "
-                            f"({', '.join(STS_COLUMNS)})")
+            raise DataError(
+                f"{path}:{lineno}: {len(row)} TAB-separated field(s), expected {len(STS_COLUMNS)} "
+                f"({', '.join(STS_COLUMNS)})"
+            )
         for column, text in zip(STS_COLUMNS[:2], row[:2]):
             if not text.strip():
                 raise DataError(f"{path}:{lineno}: {column} is blank")
@@ -179,13 +182,19 @@ def check_corpus_fits(sentences: list[str], batch_size: int, *, corpus: str | Pa
     twice, and InfoNCE would push a sentence away from itself (a false negative). Warn when many lines repeat."""
     distinct = len(set(sentences))
     if distinct < batch_size:
-        raise DataError(f"{corpus}: {distinct} distinct sentence(s) in {len(sentences)} line(s), fewer than "
-                        f"{key} ({batch_size}); a batch needs {batch_size} different sentences "
-                        "(lower the batch size or add sentences)")
+        raise DataError(
+            f"{corpus}: {distinct} distinct sentence(s) in {len(sentences)} line(s), fewer than "
+            f"{key} ({batch_size}); a batch needs {batch_size} different sentences "
+            "(lower the batch size or add sentences)"
+        )
     repeats = len(sentences) - distinct
     if repeats > 0.1 * len(sentences):
-        log.warning("%s: %d of %d lines repeat an earlier line; a repeat in a batch is a false negative",
-                    corpus, repeats, len(sentences))
+        log.warning(
+            "%s: %d of %d lines repeat an earlier line; a repeat in a batch is a false negative",
+            corpus,
+            repeats,
+            len(sentences),
+        )
 
 
 def read_sentences(path: str | Path, stdin=None) -> list[str]:
@@ -214,8 +223,10 @@ def blank_lines_warning(label: str, lines: list[str]) -> str | None:
     if not blank:
         return None
     shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
-    return (f"{label}: {len(blank)} blank line{'s' if len(blank) > 1 else ''} (line {shown}) encoded as empty "
-            "sentences; each output row still matches its input line")
+    return (
+        f"{label}: {len(blank)} blank line{'s' if len(blank) > 1 else ''} (line {shown}) encoded as empty "
+        "sentences; each output row still matches its input line"
+    )
 
 
 class SentenceStream:

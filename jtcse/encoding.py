@@ -16,8 +16,10 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' was asked for (runtime.device or --device) but torch sees no CUDA device; "
-                        "use 'auto' or 'cpu'")
+        raise UserError(
+            "device 'cuda' was asked for (runtime.device or --device) but torch sees no CUDA device; "
+            "use 'auto' or 'cpu'"
+        )
     return torch.device(device)
 
 
@@ -46,7 +48,7 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-def encode_distinct(encoder: "Encoder", sentences, *, batch_size: int, show_progress: bool = False):
+def encode_distinct(encoder: Encoder, sentences, *, batch_size: int, show_progress: bool = False):
     """Encode every distinct sentence once (sorted, so batches are reproducible); returns the number encoded and a
     lookup: a list of sentences -> the matrix of their vectors, in that order."""
     distinct = sorted(set(sentences))
@@ -69,7 +71,7 @@ class Encoder:
     def embed(self, sentences: list[str]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def to(self, device) -> "Encoder":  # pragma: no cover - abstract
+    def to(self, device) -> Encoder:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @property
@@ -84,11 +86,21 @@ class Encoder:
         """sentence-transformers 6's name for :meth:`get_sentence_embedding_dimension`."""
         return self.dimension
 
-    def encode(self, sentences: list[str] | str, batch_size: int = 64, show_progress_bar: bool | None = None,
-               precision: str = "float32", convert_to_numpy: bool = True, convert_to_tensor: bool = False,
-               device: str | torch.device | None = None, normalize_embeddings: bool = False,
-               truncate_dim: int | None = None, *, normalize: bool | None = None,
-               show_progress: bool | None = None):
+    def encode(
+        self,
+        sentences: list[str] | str,
+        batch_size: int = 64,
+        show_progress_bar: bool | None = None,
+        precision: str = "float32",
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        device: str | torch.device | None = None,
+        normalize_embeddings: bool = False,
+        truncate_dim: int | None = None,
+        *,
+        normalize: bool | None = None,
+        show_progress: bool | None = None,
+    ):
         """Vectors of ``sentences``, as ``SentenceTransformer.encode`` returns them.
 
         - one string gives one 1-D vector; a list gives a ``(n, dimension)`` float32 array (an empty list gives
@@ -123,7 +135,7 @@ class Encoder:
         with torch.inference_mode():
             vectors = torch.empty((len(items), width), dtype=torch.float32, device=self.device)
             for start in tqdm(starts, desc="encode", unit="batch", disable=not show_progress_bar, leave=False):
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 batch = self.embed([items[i] for i in idx]).float()[:, :width]
                 if normalize_embeddings:
                     batch = torch.nn.functional.normalize(batch, p=2, dim=-1)
@@ -151,22 +163,31 @@ class Encoder:
         """Cosine of each pair ``(embeddings1[i], embeddings2[i])``: a 1-D float32 tensor."""
         a, b = _as_batch(embeddings1), _as_batch(embeddings2)
         if a.shape != b.shape:
-            raise ValueError(f"similarity_pairwise needs as many vectors on each side, got {tuple(a.shape)} "
-                             f"and {tuple(b.shape)}")
+            raise ValueError(
+                f"similarity_pairwise needs as many vectors on each side, got {tuple(a.shape)} and {tuple(b.shape)}"
+            )
         return torch.nn.functional.cosine_similarity(a, b.to(a.device), dim=-1)
 
 
 class TowerEncoder(Encoder):
     """One encoder and its pooling: the deployed form of a tower or a distilled JTCSE-D model."""
 
-    def __init__(self, model, tokenizer, pooling: str = "cls", max_length: int = 128, device: torch.device | None = None):
+    def __init__(
+        self, model, tokenizer, pooling: str = "cls", max_length: int = 128, device: torch.device | None = None
+    ):
         self.model, self.tokenizer, self.pooling = model, tokenizer, pooling
         self.max_length = min(max_length, tokenizer.model_max_length)
         self.device = device or next(model.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, path: str, pooling: str = "cls", max_length: int = 128, device: str = "auto",
-                        trust_remote_code: bool = False) -> "TowerEncoder":
+    def from_pretrained(
+        cls,
+        path: str,
+        pooling: str = "cls",
+        max_length: int = 128,
+        device: str = "auto",
+        trust_remote_code: bool = False,
+    ) -> TowerEncoder:
         model, tokenizer = load_tower(path, trust_remote_code=trust_remote_code)
         dev = pick_device(device)
         return cls(model.to(dev).eval(), tokenizer, pooling, max_length, dev)
@@ -180,13 +201,15 @@ class TowerEncoder(Encoder):
         """Truncation in tokens (sentence-transformers' name for ``max_length``)."""
         return self.max_length
 
-    def to(self, device: str | torch.device) -> "TowerEncoder":
+    def to(self, device: str | torch.device) -> TowerEncoder:
         self.device = pick_device(device) if isinstance(device, str) else torch.device(device)
         self.model.to(self.device)
         return self
 
     def tokenize(self, sentences: list[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(sentences, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        batch = self.tokenizer(
+            sentences, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def embed(self, sentences: list[str]) -> torch.Tensor:
@@ -211,7 +234,7 @@ class TwinEncoder(Encoder):
     def max_seq_length(self) -> int:
         return self.tower_a.max_length
 
-    def to(self, device: str | torch.device) -> "TwinEncoder":
+    def to(self, device: str | torch.device) -> TwinEncoder:
         self.tower_a.to(device)
         self.tower_b.to(device)
         return self

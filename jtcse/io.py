@@ -238,9 +238,9 @@ def leftover_target(path: str | os.PathLike) -> Path | None:
     if not name.startswith("."):
         return None
     if name.endswith(OLD_SUFFIX) and len(name) > 1 + len(OLD_SUFFIX):
-        return path.with_name(name[1:-len(OLD_SUFFIX)])
+        return path.with_name(name[1 : -len(OLD_SUFFIX)])
     if name.endswith(TMP_SUFFIX):
-        target, dot, random_part = name[1:-len(TMP_SUFFIX)].rpartition(".")
+        target, dot, random_part = name[1 : -len(TMP_SUFFIX)].rpartition(".")
         if dot and target and random_part:
             return path.with_name(target)
     return None

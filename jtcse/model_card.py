@@ -27,9 +27,13 @@ TEMPLATE = "model_card.md.j2"
 #: The evaluation sets as Hugging Face datasets, for the card's ``model-index`` (same sources and test splits;
 #: the scores follow the SentEval protocol, so STS12-16 pool their subsets: "all" aggregation).
 MODEL_INDEX_DATASETS = {
-    "sts12": ("STS12", "mteb/sts12-sts"), "sts13": ("STS13", "mteb/sts13-sts"), "sts14": ("STS14", "mteb/sts14-sts"),
-    "sts15": ("STS15", "mteb/sts15-sts"), "sts16": ("STS16", "mteb/sts16-sts"),
-    "stsb": ("STS Benchmark", "mteb/stsbenchmark-sts"), "sickr": ("SICK-R", "mteb/sickr-sts"),
+    "sts12": ("STS12", "mteb/sts12-sts"),
+    "sts13": ("STS13", "mteb/sts13-sts"),
+    "sts14": ("STS14", "mteb/sts14-sts"),
+    "sts15": ("STS15", "mteb/sts15-sts"),
+    "sts16": ("STS16", "mteb/sts16-sts"),
+    "stsb": ("STS Benchmark", "mteb/stsbenchmark-sts"),
+    "sickr": ("SICK-R", "mteb/sickr-sts"),
 }
 #: How a licence note says that a source may not be used commercially.
 _NON_COMMERCIAL = re.compile(r"non-commercial|\bBY-NC\b|\bNC\b", re.IGNORECASE)
@@ -104,15 +108,21 @@ def _file_table_cell(text: str, file_name: str, column: str) -> str | None:
     return None
 
 
-def read_data_facts(settings: Settings, *, manifest: str | Path | None = "data/MANIFEST.md",
-                    licenses: str | Path | None = "data/licenses") -> DataFacts:
+def read_data_facts(
+    settings: Settings,
+    *,
+    manifest: str | Path | None = "data/MANIFEST.md",
+    licenses: str | Path | None = "data/licenses",
+) -> DataFacts:
     """Corpus size (counted in the corpus file, capped at data.max_sentences) and the licence notes of the data
     bundle's manifest; a missing manifest leaves the notes empty (the card then says so)."""
     corpus = Path(settings.data.corpus)
-    facts: dict[str, Any] = {"corpus": str(settings.data.corpus),
-                             "corpus_sentences": _count_sentences(corpus, settings.data.max_sentences),
-                             "manifest_name": Path(manifest).name if manifest is not None else "MANIFEST.md",
-                             "licences_copied": licenses is not None and Path(licenses).is_dir()}
+    facts: dict[str, Any] = {
+        "corpus": str(settings.data.corpus),
+        "corpus_sentences": _count_sentences(corpus, settings.data.max_sentences),
+        "manifest_name": Path(manifest).name if manifest is not None else "MANIFEST.md",
+        "licences_copied": licenses is not None and Path(licenses).is_dir(),
+    }
     if manifest is None or not Path(manifest).is_file():
         log.warning("%s: data manifest not found; the model card lists no data licences", manifest)
         return DataFacts(**facts)
@@ -210,20 +220,31 @@ def model_index(name: str, metrics: dict[str, float]) -> list[dict]:
     results = []
     for task, (label, dataset) in MODEL_INDEX_DATASETS.items():
         if task in metrics:
-            results.append({
-                "task": {"type": "semantic-similarity", "name": "Semantic Similarity"},
-                "dataset": {"name": f"{label} (test)", "type": dataset, "split": "test"},
-                "metrics": [{"type": "spearman_cosine", "value": round(float(metrics[task]), 2),
-                             "name": "Spearman (cosine) x 100"}],
-            })
+            results.append(
+                {
+                    "task": {"type": "semantic-similarity", "name": "Semantic Similarity"},
+                    "dataset": {"name": f"{label} (test)", "type": dataset, "split": "test"},
+                    "metrics": [
+                        {
+                            "type": "spearman_cosine",
+                            "value": round(float(metrics[task]), 2),
+                            "name": "Spearman (cosine) x 100",
+                        }
+                    ],
+                }
+            )
     return [{"name": name, "results": results}]
 
 
 def _front_matter(name: str, hub_base: str | None, distilled_metrics: dict[str, float], non_commercial: bool) -> str:
-    header = {"language": "en", "library_name": "sentence-transformers", "pipeline_tag": "sentence-similarity",
-              "tags": ["sentence-transformers", "sentence-similarity", "feature-extraction", "jtcse"],
-              "license": "other",
-              "license_name": "research-non-commercial" if non_commercial else "see-model-card-licences"}
+    header = {
+        "language": "en",
+        "library_name": "sentence-transformers",
+        "pipeline_tag": "sentence-similarity",
+        "tags": ["sentence-transformers", "sentence-similarity", "feature-extraction", "jtcse"],
+        "license": "other",
+        "license_name": "research-non-commercial" if non_commercial else "see-model-card-licences",
+    }
     if hub_base:
         header["base_model"] = hub_base
     header["model-index"] = model_index(name, distilled_metrics)
@@ -237,8 +258,10 @@ def _comparisons(distilled_metrics: dict[str, float], baselines: dict[str, dict[
         if "avg" in scores and "avg" in distilled_metrics:
             delta = distilled_metrics["avg"] - scores["avg"]
             verdict = "above" if delta > 0 else "below" if delta < 0 else "level with"
-            lines.append(f"- JTCSE-D averages {distilled_metrics['avg']:.2f}, {abs(delta):.2f} points {verdict} "
-                         f"the {label} ({scores['avg']:.2f}).")
+            lines.append(
+                f"- JTCSE-D averages {distilled_metrics['avg']:.2f}, {abs(delta):.2f} points {verdict} "
+                f"the {label} ({scores['avg']:.2f})."
+            )
     return lines
 
 
@@ -248,16 +271,29 @@ def _transfer(settings: Settings, transfer_metrics: dict[str, dict[str, float]] 
     from jtcse.evaluation.transfer import format_transfer_table
 
     cap = settings.transfer.max_train
-    subset = (f" Each probe learned from a stratified subset of at most {cap} examples (`transfer.max_train`, "
-              "the CPU profile); dev and test sets are whole." if cap else "")
+    subset = (
+        f" Each probe learned from a stratified subset of at most {cap} examples (`transfer.max_train`, "
+        "the CPU profile); dev and test sets are whole."
+        if cap
+        else ""
+    )
     return TransferSection(settings.transfer.folds, subset, format_transfer_table(transfer_metrics))
 
 
-def card_data(*, settings: Settings, twin_metrics: dict[str, float], distilled_metrics: dict[str, float],
-              distilled: dict, twin: dict, provenance: dict, stage_seconds: dict[str, float],
-              total_seconds: float | None, baselines: dict[str, dict[str, float]] | None = None,
-              transfer_metrics: dict[str, dict[str, float]] | None = None,
-              data_facts: DataFacts | None = None) -> ModelCardData:
+def card_data(
+    *,
+    settings: Settings,
+    twin_metrics: dict[str, float],
+    distilled_metrics: dict[str, float],
+    distilled: dict,
+    twin: dict,
+    provenance: dict,
+    stage_seconds: dict[str, float],
+    total_seconds: float | None,
+    baselines: dict[str, dict[str, float]] | None = None,
+    transfer_metrics: dict[str, dict[str, float]] | None = None,
+    data_facts: DataFacts | None = None,
+) -> ModelCardData:
     """The card's facts. ``baselines``: label -> scores of the untrained base (e.g. per pooling);
     ``transfer_metrics``: label -> SentEval transfer scores; ``data_facts``: default read from the bundle that
     params.yaml names (:func:`read_data_facts`)."""
@@ -268,30 +304,50 @@ def card_data(*, settings: Settings, twin_metrics: dict[str, float], distilled_m
     # The hub's base_model field takes a hub id ("owner/name"), never a local path.
     hub_base = base if re.fullmatch(r"[\w.-]+/[\w.-]+", base) and not Path(base).exists() else None
     symbolic = SYMBOLIC_MODELS.get(settings.model.base)
-    base_licence = (f"the base checkpoint's licence ({base.rsplit('/', 1)[-1]}: {symbolic.licence})" if symbolic
-                    else f"the base checkpoint's (`{base}`) licence")
+    base_licence = (
+        f"the base checkpoint's licence ({base.rsplit('/', 1)[-1]}: {symbolic.licence})"
+        if symbolic
+        else f"the base checkpoint's (`{base}`) licence"
+    )
     pooling = distilled["pooling"]
     baselines = baselines or {}
-    table = format_table({**{f"{label} (zero-shot)": scores for label, scores in baselines.items()},
-                          "JTCSE twin (sum of both towers)": twin_metrics,
-                          "JTCSE-D (distilled, this model)": distilled_metrics})
+    table = format_table(
+        {
+            **{f"{label} (zero-shot)": scores for label, scores in baselines.items()},
+            "JTCSE twin (sum of both towers)": twin_metrics,
+            "JTCSE-D (distilled, this model)": distilled_metrics,
+        }
+    )
     versions = provenance["versions"]
     name, version = settings.package.name, settings.package.version
     return ModelCardData(
-        name=name, version=version, base=base, base_licence=base_licence, pooling=pooling,
+        name=name,
+        version=version,
+        base=base,
+        base_licence=base_licence,
+        pooling=pooling,
         pooled="CLS token state (before the BERT pooler)" if pooling == "cls" else "mean of the token states",
-        distilled=distilled, twin=twin,
+        distilled=distilled,
+        twin=twin,
         front_matter=_front_matter(f"{name}-{version}", hub_base, distilled_metrics, data_facts.non_commercial),
-        sts_table=table, comparisons=_comparisons(distilled_metrics, baselines),
-        transfer=_transfer(settings, transfer_metrics), eval_max_length=settings.evaluate.max_length,
-        seeds=(settings.pretrain.seed_a, settings.pretrain.seed_b), student_init=settings.distill.student_init,
-        w_kl=settings.distill.w_kl, w_nce=settings.distill.w_nce, params_yaml=_params_yaml(settings),
-        data_version=provenance["data_version"], git_commit=provenance["git_commit"],
+        sts_table=table,
+        comparisons=_comparisons(distilled_metrics, baselines),
+        transfer=_transfer(settings, transfer_metrics),
+        eval_max_length=settings.evaluate.max_length,
+        seeds=(settings.pretrain.seed_a, settings.pretrain.seed_b),
+        student_init=settings.distill.student_init,
+        w_kl=settings.distill.w_kl,
+        w_nce=settings.distill.w_nce,
+        params_yaml=_params_yaml(settings),
+        data_version=provenance["data_version"],
+        git_commit=provenance["git_commit"],
         git_dirty=bool(provenance.get("git_dirty")),
         versions=[versions.get(k, "?") for k in ("jtcse", "pytorch", "transformers")],
         hardware=provenance["hardware"],
         timing=[(stage, _duration(seconds)) for stage, seconds in stage_seconds.items()],
-        total_duration=_duration(total_seconds or 0.0), data=data_facts)
+        total_duration=_duration(total_seconds or 0.0),
+        data=data_facts,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -302,8 +358,13 @@ def _template():
     import jinja2
 
     source = resources.files("jtcse").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-                             undefined=jinja2.StrictUndefined, autoescape=False)
+    env = jinja2.Environment(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+    )
     return env.from_string(source)
 
 

@@ -34,13 +34,15 @@ def require_mteb():
     try:
         import mteb
     except ImportError:
-        raise ImportError("the mteb package is not installed: pip install 'jtcse[mteb]' (or pip install mteb)") from None
+        raise ImportError(
+            "the mteb package is not installed: pip install 'jtcse[mteb]' (or pip install mteb)"
+        ) from None
     return mteb
 
 
 def _revision(path: Path) -> str:
     """A stable revision id for a local model: the SHA256 of its weights' and configs' checksums."""
-    from jtcse.api import sha256_file
+    from jtcse.formats import sha256_file
 
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json", ".txt"))
@@ -53,33 +55,71 @@ def _revision(path: Path) -> str:
 class MTEBEncoder:
     """A jtcse :class:`Encoder` seen through mteb's model protocol."""
 
-    def __init__(self, encoder: Encoder, *, name: str, revision: str = "local", batch_size: int = 64,
-                 max_tokens: int | None = None):
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        name: str,
+        revision: str = "local",
+        batch_size: int = 64,
+        max_tokens: int | None = None,
+    ):
         require_mteb()
         from mteb.models.model_meta import ModelMeta, ScoringFunction
 
         self.encoder, self.batch_size = encoder, batch_size
         # mteb requires "organisation/name"; the results folder is named after it.
         model_name = name if "/" in name else f"jtcse/{name}"
-        self.mteb_model_meta = ModelMeta.create_empty(overwrites={
-            "name": model_name, "revision": revision, "embed_dim": encoder.dimension, "max_tokens": max_tokens,
-            "similarity_fn_name": ScoringFunction.COSINE, "framework": ["PyTorch"], "languages": ["eng-Latn"],
-            "open_weights": True, "use_instructions": False,
-        })
+        self.mteb_model_meta = ModelMeta.create_empty(
+            overwrites={
+                "name": model_name,
+                "revision": revision,
+                "embed_dim": encoder.dimension,
+                "max_tokens": max_tokens,
+                "similarity_fn_name": ScoringFunction.COSINE,
+                "framework": ["PyTorch"],
+                "languages": ["eng-Latn"],
+                "open_weights": True,
+                "use_instructions": False,
+            }
+        )
 
     @classmethod
-    def from_path(cls, path: str | Path, *, pooling: str | None = None, device: str = "auto",
-                  max_length: int | None = None, batch_size: int = 64, name: str | None = None) -> "MTEBEncoder":
+    def from_path(
+        cls,
+        path: str | Path,
+        *,
+        pooling: str | None = None,
+        device: str = "auto",
+        max_length: int | None = None,
+        batch_size: int = 64,
+        name: str | None = None,
+    ) -> MTEBEncoder:
         from jtcse.api import load
 
         path = Path(path)
         encoder = load(path, pooling=pooling, device=device, max_length=max_length)
-        max_tokens = getattr(encoder, "max_length", None) or getattr(getattr(encoder, "tower_a", None), "max_length", None)
-        return cls(encoder, name=name or path.resolve().name, revision=_revision(path) if path.is_dir() else "local",
-                   batch_size=batch_size, max_tokens=max_tokens)
+        max_tokens = getattr(encoder, "max_length", None) or getattr(
+            getattr(encoder, "tower_a", None), "max_length", None
+        )
+        return cls(
+            encoder,
+            name=name or path.resolve().name,
+            revision=_revision(path) if path.is_dir() else "local",
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+        )
 
-    def encode(self, inputs, *, task_metadata=None, hf_split: str | None = None, hf_subset: str | None = None,
-               prompt_type=None, **kwargs: Any) -> np.ndarray:
+    def encode(
+        self,
+        inputs,
+        *,
+        task_metadata=None,
+        hf_split: str | None = None,
+        hf_subset: str | None = None,
+        prompt_type=None,
+        **kwargs: Any,
+    ) -> np.ndarray:
         texts: list[str] = []
         for batch in inputs:
             texts.extend(batch["text"])
@@ -119,12 +159,24 @@ def run_mteb(model: MTEBEncoder, tasks: list, output_dir: str | Path, *, batch_s
 
     output_dir = Path(output_dir)
     started = time.perf_counter()
-    result = mteb.evaluate(model, tasks, cache=ResultCache(cache_path=output_dir), overwrite_strategy="always",
-                           encode_kwargs={"batch_size": batch_size}, show_progress_bar=False)
+    result = mteb.evaluate(
+        model,
+        tasks,
+        cache=ResultCache(cache_path=output_dir),
+        overwrite_strategy="always",
+        encode_kwargs={"batch_size": batch_size},
+        show_progress_bar=False,
+    )
     scores = {r.task_name: float(r.get_score()) * 100.0 for r in result.task_results}
-    atomic_write_json(output_dir / "summary.json", {
-        "model": model.mteb_model_meta.name, "revision": model.mteb_model_meta.revision,
-        "main_score_x100": scores, "seconds": round(time.perf_counter() - started, 1)})
+    atomic_write_json(
+        output_dir / "summary.json",
+        {
+            "model": model.mteb_model_meta.name,
+            "revision": model.mteb_model_meta.revision,
+            "main_score_x100": scores,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    )
     return scores
 
 

@@ -87,8 +87,9 @@ def _hidden_size(model_dir: Path) -> int:
     return int(AutoConfig.from_pretrained(str(model_dir)).hidden_size)
 
 
-def export_sentence_transformer(source: str | Path, target: str | Path, *, pooling: str, max_seq_length: int,
-                                model_card: str | None = None) -> dict:
+def export_sentence_transformer(
+    source: str | Path, target: str | Path, *, pooling: str, max_seq_length: int, model_card: str | None = None
+) -> dict:
     """Write ``source`` (an HF encoder folder, or a sentence-transformers one) to ``target`` in the portable
     sentence-transformers layout: HF files at the root, ``modules.json`` = Transformer (path "") + Pooling.
 
@@ -110,35 +111,50 @@ def export_sentence_transformer(source: str | Path, target: str | Path, *, pooli
             shutil.copyfile(path, target / path.name)
     dimension = _hidden_size(target)
     (target / POOLING_DIR).mkdir(exist_ok=True)
-    atomic_write_json(target / POOLING_DIR / "config.json", {
-        "word_embedding_dimension": dimension,
-        "pooling_mode_cls_token": pooling == "cls",
-        "pooling_mode_mean_tokens": pooling == "mean",
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": False,
-        "include_prompt": True,
-    })
-    atomic_write_json(target / "modules.json", [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "sentence_transformers.models.Pooling"},
-    ])
+    atomic_write_json(
+        target / POOLING_DIR / "config.json",
+        {
+            "word_embedding_dimension": dimension,
+            "pooling_mode_cls_token": pooling == "cls",
+            "pooling_mode_mean_tokens": pooling == "mean",
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+            "pooling_mode_weightedmean_tokens": False,
+            "pooling_mode_lasttoken": False,
+            "include_prompt": True,
+        },
+    )
+    atomic_write_json(
+        target / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "sentence_transformers.models.Pooling"},
+        ],
+    )
     # The tokenizer's own lower-casing (uncased vocabularies) still applies; this flag would add a second one.
     atomic_write_json(target / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
-    atomic_write_json(target / "config_sentence_transformers.json", {
-        # No "sentence_transformers" version: it is not written by that library, and a version newer than the
-        # reader's would only trigger a warning.
-        "__version__": _versions(),
-        "model_type": "SentenceTransformer",
-        "prompts": {},
-        "default_prompt_name": None,
-        "similarity_fn_name": "cosine",
-    })
+    atomic_write_json(
+        target / "config_sentence_transformers.json",
+        {
+            # No "sentence_transformers" version: it is not written by that library, and a version newer than the
+            # reader's would only trigger a warning.
+            "__version__": _versions(),
+            "model_type": "SentenceTransformer",
+            "prompts": {},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+    )
     if model_card is not None:
         (target / "README.md").write_text(model_card, encoding="utf-8")
-    return {"path": target.name, "kind": "tower", "format": "sentence-transformers", "pooling": pooling,
-            "dimension": dimension, "max_seq_length": max_seq_length}
+    return {
+        "path": target.name,
+        "kind": "tower",
+        "format": "sentence-transformers",
+        "pooling": pooling,
+        "dimension": dimension,
+        "max_seq_length": max_seq_length,
+    }
 
 
 def copy_twin(source: str | Path, target: str | Path) -> dict:
@@ -146,7 +162,9 @@ def copy_twin(source: str | Path, target: str | Path) -> dict:
     source, target = Path(source), Path(target)
     manifest_path = source / TWIN_MANIFEST
     if not manifest_path.is_file():
-        raise InputNotFoundError(f"{source}: no {TWIN_MANIFEST}; not a twin folder (expected the output of `jtcse train`)")
+        raise InputNotFoundError(
+            f"{source}: no {TWIN_MANIFEST}; not a twin folder (expected the output of `jtcse train`)"
+        )
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     for tower in manifest["towers"]:
         if not list((source / tower).glob("*.safetensors")):
@@ -155,8 +173,15 @@ def copy_twin(source: str | Path, target: str | Path) -> dict:
     dimension = _hidden_size(target / manifest["towers"][0])
     if manifest["combine"] == "concat":
         dimension += _hidden_size(target / manifest["towers"][1])
-    return {"path": target.name, "kind": "twin", "format": "jtcse-twin", "towers": manifest["towers"],
-            "pooling": manifest["pooling"], "combine": manifest["combine"], "dimension": dimension}
+    return {
+        "path": target.name,
+        "kind": "twin",
+        "format": "jtcse-twin",
+        "towers": manifest["towers"],
+        "pooling": manifest["pooling"],
+        "combine": manifest["combine"],
+        "dimension": dimension,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ integrity
@@ -165,8 +190,9 @@ def copy_twin(source: str | Path, target: str | Path) -> dict:
 def write_checksums(directory: str | Path) -> Path:
     """SHA256SUMS over every file below ``directory``, sorted, in ``sha256sum`` format (``sha256sum -c`` checks it)."""
     directory = Path(directory)
-    names = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
-                   if p.is_file() and p.name != CHECKSUMS)
+    names = sorted(
+        p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUMS
+    )
     for name in names:
         if any(c in name for c in "\\\n\r"):
             raise ValueError(f"{name}: file names with backslashes or newlines cannot be listed in {CHECKSUMS}")
@@ -179,8 +205,11 @@ def write_checksums(directory: str | Path) -> Path:
 def file_digests(directory: str | Path) -> dict[str, str]:
     """SHA256 of every file below ``directory`` (but the manifest and SHA256SUMS): recorded in the manifest."""
     directory = Path(directory)
-    return {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name not in (CHECKSUMS, PACKAGE_MANIFEST)}
+    return {
+        p.relative_to(directory).as_posix(): sha256_file(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name not in (CHECKSUMS, PACKAGE_MANIFEST)
+    }
 
 
 def release_path(output_dir: str | Path, label: str) -> Path:
@@ -189,10 +218,16 @@ def release_path(output_dir: str | Path, label: str) -> Path:
 
 def write_release(package_path: Path, tarball: Path, release: Path) -> None:
     """The release manifest, written last: it names the folder and the tarball that belong together."""
-    atomic_write_json(release, {
-        "format": RELEASE_FORMAT, "folder": package_path.name, "tarball": tarball.name,
-        "folder_sha256sums": sha256_file(package_path / CHECKSUMS), "tarball_sha256": sha256_file(tarball),
-    })
+    atomic_write_json(
+        release,
+        {
+            "format": RELEASE_FORMAT,
+            "folder": package_path.name,
+            "tarball": tarball.name,
+            "folder_sha256sums": sha256_file(package_path / CHECKSUMS),
+            "tarball_sha256": sha256_file(tarball),
+        },
+    )
 
 
 def _restore_release(release: Path, old_release: bytes | None, output_dir: Path, label: str) -> None:
@@ -244,9 +279,11 @@ def write_tarball(directory: str | Path, destination: str | Path, arcname: str) 
         return info
 
     try:
-        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=mtime,
-                                                       compresslevel=6) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        with (
+            os.fdopen(fd, "wb") as raw,
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=mtime, compresslevel=6) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
             tar.addfile(member(directory, arcname))
             for path in sorted(directory.rglob("*"), key=lambda p: p.relative_to(directory).as_posix()):
                 name = f"{arcname}/{path.relative_to(directory).as_posix()}"
@@ -295,8 +332,14 @@ def _versions() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------ self-check
 
 
-def self_check(package_dir: str | Path, distilled_source: str | Path, twin_source: str | Path, *,
-               pooling: str, tolerance: float = 1e-4) -> None:
+def self_check(
+    package_dir: str | Path,
+    distilled_source: str | Path,
+    twin_source: str | Path,
+    *,
+    pooling: str,
+    tolerance: float = 1e-4,
+) -> None:
     """Every packaged model loads and encodes like its source; the export also loads in sentence-transformers."""
     import numpy as np
 
@@ -305,8 +348,11 @@ def self_check(package_dir: str | Path, distilled_source: str | Path, twin_sourc
 
     package_dir = Path(package_dir)
     checks = [
-        (load(package_dir, device="cpu", verify=False),
-         TowerEncoder.from_pretrained(str(distilled_source), pooling, device="cpu"), "distilled"),
+        (
+            load(package_dir, device="cpu", verify=False),
+            TowerEncoder.from_pretrained(str(distilled_source), pooling, device="cpu"),
+            "distilled",
+        ),
         (load(package_dir / "twin", device="cpu", verify=False), load_twin(twin_source, device="cpu"), "twin"),
     ]
     for packaged, source, name in checks:
@@ -322,20 +368,33 @@ def self_check(package_dir: str | Path, distilled_source: str | Path, twin_sourc
     got = st.encode(PROBE, convert_to_numpy=True, show_progress_bar=False)
     want = checks[0][0].encode(PROBE)
     if got.shape != want.shape or np.abs(got - want).max() > tolerance:
-        raise RuntimeError("self-check: sentence-transformers and jtcse give different vectors for the distilled export")
+        raise RuntimeError(
+            "self-check: sentence-transformers and jtcse give different vectors for the distilled export"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ package
 
 
-def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path, twin_metrics: str | Path,
-                  distilled_metrics: str | Path, output_dir: str | Path = "models",
-                  metrics_root: str | Path | None = None, data_dvc: str | Path = "data.dvc",
-                  licenses: str | Path | None = "data/licenses", repo_dir: str | Path = ".",
-                  check: bool = True, base_metrics: str | Path | None = None,
-                  base_mean_metrics: str | Path | None = None, twin_transfer: str | Path | None = None,
-                  distilled_transfer: str | Path | None = None,
-                  data_manifest: str | Path | None = None) -> PackageResult:
+def build_package(
+    settings: Settings,
+    *,
+    twin: str | Path,
+    distilled: str | Path,
+    twin_metrics: str | Path,
+    distilled_metrics: str | Path,
+    output_dir: str | Path = "models",
+    metrics_root: str | Path | None = None,
+    data_dvc: str | Path = "data.dvc",
+    licenses: str | Path | None = "data/licenses",
+    repo_dir: str | Path = ".",
+    check: bool = True,
+    base_metrics: str | Path | None = None,
+    base_mean_metrics: str | Path | None = None,
+    twin_transfer: str | Path | None = None,
+    distilled_transfer: str | Path | None = None,
+    data_manifest: str | Path | None = None,
+) -> PackageResult:
     """Build ``<output_dir>/<name>-<version>/`` and ``<name>-<version>.tar.gz`` atomically (see module doc).
 
     ``data_manifest``: the data bundle's MANIFEST.md, whose licence notes the model card lists (default: beside
@@ -353,13 +412,23 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
         baselines[f"base {base_name}, {settings.model.pooling} pooling"] = read_metrics(base_metrics)
     if base_mean_metrics is not None and settings.model.pooling != "mean":
         baselines[f"base {base_name}, mean pooling"] = read_metrics(base_mean_metrics)
-    transfer_scores = {label: read_metrics(path) for label, path in (
-        ("JTCSE twin (sum of both towers)", twin_transfer), ("JTCSE-D (distilled, this model)", distilled_transfer))
-        if path is not None}
+    transfer_scores = {
+        label: read_metrics(path)
+        for label, path in (
+            ("JTCSE twin (sum of both towers)", twin_transfer),
+            ("JTCSE-D (distilled, this model)", distilled_transfer),
+        )
+        if path is not None
+    }
     metrics_root = Path(metrics_root) if metrics_root is not None else Path(twin_metrics).resolve().parent.parent
     stage_seconds, total_seconds = training_time(metrics_root)
-    provenance = {"data_version": data_version(data_dvc), "git_commit": git_commit(repo_dir),
-                  "git_dirty": bool(git_dirty(repo_dir)), "hardware": hardware(), "versions": _versions()}
+    provenance = {
+        "data_version": data_version(data_dvc),
+        "git_commit": git_commit(repo_dir),
+        "git_dirty": bool(git_dirty(repo_dir)),
+        "hardware": hardware(),
+        "versions": _versions(),
+    }
     pooling, max_seq_length = settings.model.pooling, settings.evaluate.max_length
     if data_manifest is None:
         data_manifest = Path(licenses).parent / "MANIFEST.md" if licenses is not None else Path("data/MANIFEST.md")
@@ -376,32 +445,52 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
     try:
         with atomic_directory(package_path) as tmp:
             tmp.chmod(0o755)  # mkdtemp makes it private; a release is readable by everyone
-            distilled_entry = export_sentence_transformer(distilled, tmp / "distilled", pooling=pooling,
-                                                          max_seq_length=max_seq_length)
+            distilled_entry = export_sentence_transformer(
+                distilled, tmp / "distilled", pooling=pooling, max_seq_length=max_seq_length
+            )
             twin_entry = copy_twin(twin, tmp / "twin")
             if twin_entry["pooling"] != pooling:
-                log.warning("twin pooling %r differs from model.pooling %r (the distilled model's)",
-                            twin_entry["pooling"], pooling)
+                log.warning(
+                    "twin pooling %r differs from model.pooling %r (the distilled model's)",
+                    twin_entry["pooling"],
+                    pooling,
+                )
             distilled_entry["metrics"], twin_entry["metrics"] = distilled_scores, twin_scores
             if licenses is not None and Path(licenses).is_dir():
                 shutil.copytree(licenses, tmp / "licenses")
             elif licenses is not None:
                 log.warning("%s not found: the package carries no licence texts", licenses)
-            card = model_card(settings=settings, twin_metrics=twin_scores, distilled_metrics=distilled_scores,
-                              distilled=distilled_entry, twin=twin_entry, provenance=provenance,
-                              stage_seconds=stage_seconds, total_seconds=total_seconds, baselines=baselines,
-                              transfer_metrics=transfer_scores, data_facts=data_facts)
+            card = model_card(
+                settings=settings,
+                twin_metrics=twin_scores,
+                distilled_metrics=distilled_scores,
+                distilled=distilled_entry,
+                twin=twin_entry,
+                provenance=provenance,
+                stage_seconds=stage_seconds,
+                total_seconds=total_seconds,
+                baselines=baselines,
+                transfer_metrics=transfer_scores,
+                data_facts=data_facts,
+            )
             (tmp / "README.md").write_text(card, encoding="utf-8")
             (tmp / "distilled" / "README.md").write_text(card, encoding="utf-8")  # travels with the folder alone
-            atomic_write_json(tmp / PACKAGE_MANIFEST, {
-                "format": PACKAGE_FORMAT, "format_version": PACKAGE_FORMAT_VERSION,
-                "name": settings.package.name, "version": settings.package.version, "default": "distilled",
-                "models": {"distilled": distilled_entry, "twin": twin_entry},
-                "base_model": hub_model_id(settings.model.base),
-                "data_version": provenance["data_version"], "git_commit": provenance["git_commit"],
-                "training_seconds": total_seconds,
-                "files": file_digests(tmp),
-            })
+            atomic_write_json(
+                tmp / PACKAGE_MANIFEST,
+                {
+                    "format": PACKAGE_FORMAT,
+                    "format_version": PACKAGE_FORMAT_VERSION,
+                    "name": settings.package.name,
+                    "version": settings.package.version,
+                    "default": "distilled",
+                    "models": {"distilled": distilled_entry, "twin": twin_entry},
+                    "base_model": hub_model_id(settings.model.base),
+                    "data_version": provenance["data_version"],
+                    "git_commit": provenance["git_commit"],
+                    "training_seconds": total_seconds,
+                    "files": file_digests(tmp),
+                },
+            )
             if check:
                 self_check(tmp, distilled, twin, pooling=pooling)
             write_checksums(tmp)
@@ -420,6 +509,12 @@ def build_package(settings: Settings, *, twin: str | Path, distilled: str | Path
         if tar_tmp is not None:
             tar_tmp.unlink(missing_ok=True)
     files = sum(1 for p in package_path.rglob("*") if p.is_file())
-    log.info("package %s: %d files, tarball %s (%.1f MB) in %.1f s", package_path, files, tarball,
-             tarball.stat().st_size / 1e6, time.perf_counter() - started)
+    log.info(
+        "package %s: %d files, tarball %s (%.1f MB) in %.1f s",
+        package_path,
+        files,
+        tarball,
+        tarball.stat().st_size / 1e6,
+        time.perf_counter() - started,
+    )
     return PackageResult(package_path, tarball, files, release)

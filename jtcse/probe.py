@@ -13,8 +13,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 #: SentEval's scikit-learn grids of the inverse L2 strength C.
-C_GRID_SPLIT = tuple(2.0 ** t for t in range(-2, 4))
-C_GRID_KFOLD = tuple(2.0 ** t for t in range(-1, 6))
+C_GRID_SPLIT = tuple(2.0**t for t in range(-2, 4))
+C_GRID_KFOLD = tuple(2.0**t for t in range(-1, 6))
 
 
 def _one_blas_thread(protocol):
@@ -75,17 +75,21 @@ def grid_path(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...], *, seed: in
 
 def _path_accuracies(x_train, y_train, x_test, y_test, grid, seed, max_iter) -> list[float]:
     with threadpool_limits(limits=1):
-        return [accuracy100(p, x_test, y_test) for _, p in grid_path(x_train, y_train, grid, seed=seed, max_iter=max_iter)]
+        return [
+            accuracy100(p, x_test, y_test) for _, p in grid_path(x_train, y_train, grid, seed=seed, max_iter=max_iter)
+        ]
 
 
-def select_c_by_cv(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...], *, folds: int, seed: int,
-                   max_iter: int, jobs: int = 1) -> tuple[float, float]:
+def select_c_by_cv(
+    x: np.ndarray, y: np.ndarray, grid: tuple[float, ...], *, folds: int, seed: int, max_iter: int, jobs: int = 1
+) -> tuple[float, float]:
     """The C of ``grid`` with the best mean stratified-CV accuracy (smallest C on ties) and that accuracy."""
     from joblib import delayed
 
     grid = tuple(sorted(grid))
-    per_fold = _parallel(jobs)(delayed(_path_accuracies)(x[tr], y[tr], x[te], y[te], grid, seed, max_iter)
-                               for tr, te in _folds(y, folds, seed))
+    per_fold = _parallel(jobs)(
+        delayed(_path_accuracies)(x[tr], y[tr], x[te], y[te], grid, seed, max_iter) for tr, te in _folds(y, folds, seed)
+    )
     scores = np.mean(np.asarray(per_fold), axis=0)
     best = int(np.argmax(scores))
     return grid[best], float(scores[best])
@@ -98,20 +102,37 @@ def _outer_fold(x_train, y_train, x_test, y_test, grid, inner_folds, seed, max_i
 
 
 @_one_blas_thread
-def cross_validated_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int, inner_folds: int, seed: int,
-                             max_iter: int, grid: tuple[float, ...] = C_GRID_SPLIT, jobs: int = 1) -> float:
+def cross_validated_accuracy(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    folds: int,
+    inner_folds: int,
+    seed: int,
+    max_iter: int,
+    grid: tuple[float, ...] = C_GRID_SPLIT,
+    jobs: int = 1,
+) -> float:
     """Mean test accuracy of a stratified ``folds``-fold CV; C is chosen inside each outer training part."""
     from joblib import delayed
 
-    accuracies = _parallel(jobs)(delayed(_outer_fold)(x[tr], y[tr], x[te], y[te], grid, inner_folds, seed, max_iter)
-                                 for tr, te in _folds(y, folds, seed))
+    accuracies = _parallel(jobs)(
+        delayed(_outer_fold)(x[tr], y[tr], x[te], y[te], grid, inner_folds, seed, max_iter)
+        for tr, te in _folds(y, folds, seed)
+    )
     return float(np.mean(accuracies))
 
 
 @_one_blas_thread
-def dev_selected_accuracy(train: tuple[np.ndarray, np.ndarray], dev: tuple[np.ndarray, np.ndarray],
-                          test: tuple[np.ndarray, np.ndarray], *, seed: int, max_iter: int,
-                          grid: tuple[float, ...] = C_GRID_SPLIT) -> float:
+def dev_selected_accuracy(
+    train: tuple[np.ndarray, np.ndarray],
+    dev: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    *,
+    seed: int,
+    max_iter: int,
+    grid: tuple[float, ...] = C_GRID_SPLIT,
+) -> float:
     """Fit on train for every C, keep the one best on dev (smallest C on ties), report its test accuracy."""
     best_dev, best_test = -1.0, 0.0
     for _, probe in grid_path(*train, grid, seed=seed, max_iter=max_iter):
@@ -122,8 +143,16 @@ def dev_selected_accuracy(train: tuple[np.ndarray, np.ndarray], dev: tuple[np.nd
 
 
 @_one_blas_thread
-def cv_selected_accuracy(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *, folds: int,
-                         seed: int, max_iter: int, grid: tuple[float, ...] = C_GRID_KFOLD, jobs: int = 1) -> float:
+def cv_selected_accuracy(
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    *,
+    folds: int,
+    seed: int,
+    max_iter: int,
+    grid: tuple[float, ...] = C_GRID_KFOLD,
+    jobs: int = 1,
+) -> float:
     """C chosen by stratified CV on train, refit on all of train, accuracy on test."""
     c, _ = select_c_by_cv(*train, grid, folds=folds, seed=seed, max_iter=max_iter, jobs=jobs)
     return accuracy100(fit_probe(*train, c, seed=seed, max_iter=max_iter), *test)

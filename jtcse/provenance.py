@@ -20,7 +20,9 @@ def data_version(dvc_file: str | Path = "data.dvc") -> str:
 
 def git_commit(cwd: str | Path = ".") -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=60)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=60
+        )
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip()
@@ -51,10 +53,17 @@ def git_dirty(cwd: str | Path = ".", ignore_pipeline_outputs: bool = True) -> bo
     commit would otherwise always look modified by the time it packages its model.
     """
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=no"], cwd=cwd,
-                             capture_output=True, text=True, check=True, timeout=60)
-        prefix = subprocess.run(["git", "rev-parse", "--show-prefix"], cwd=cwd, capture_output=True, text=True,
-                                check=True, timeout=60).stdout.strip()
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "-z", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        prefix = subprocess.run(
+            ["git", "rev-parse", "--show-prefix"], cwd=cwd, capture_output=True, text=True, check=True, timeout=60
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
         return None
     entries = out.stdout.split("\0")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from jtcse.formats import sha256_file
@@ -54,13 +54,28 @@ def decide(new_metrics: dict, registry_dir: str | Path, metric: str = "avg", min
         return Decision(True, metric, new, None, None, "no model promoted yet")
     old = float(current["metrics"][metric])
     if new > old + min_improvement:
-        return Decision(True, metric, new, old, current["version"], f"{metric} {new:.2f} beats v{current['version']} ({old:.2f})")
-    return Decision(False, metric, new, old, current["version"],
-                    f"{metric} {new:.2f} does not beat v{current['version']} ({old:.2f}) by more than {min_improvement}")
+        return Decision(
+            True, metric, new, old, current["version"], f"{metric} {new:.2f} beats v{current['version']} ({old:.2f})"
+        )
+    return Decision(
+        False,
+        metric,
+        new,
+        old,
+        current["version"],
+        f"{metric} {new:.2f} does not beat v{current['version']} ({old:.2f}) by more than {min_improvement}",
+    )
 
 
-def promote(registry_dir: str | Path, artifacts: list[str | Path], metrics: dict, *, data_version: str,
-            git_commit: str, extra: dict | None = None) -> dict:
+def promote(
+    registry_dir: str | Path,
+    artifacts: list[str | Path],
+    metrics: dict,
+    *,
+    data_version: str,
+    git_commit: str,
+    extra: dict | None = None,
+) -> dict:
     """Copy the artifacts into v<N>/ and make N current; returns the new registry entry."""
     registry_dir = Path(registry_dir)
     registry = read_registry(registry_dir)
@@ -73,8 +88,13 @@ def promote(registry_dir: str | Path, artifacts: list[str | Path], metrics: dict
             (shutil.copytree if artifact.is_dir() else shutil.copy2)(artifact, target)
         files = _digests(tmp)
     entry = {
-        "version": version, "path": f"v{version}", "files": files, "metrics": metrics, "data_version": data_version,
-        "git_commit": git_commit, "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "version": version,
+        "path": f"v{version}",
+        "files": files,
+        "metrics": metrics,
+        "data_version": data_version,
+        "git_commit": git_commit,
+        "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **(extra or {}),
     }
     registry["versions"].append(entry)
@@ -99,8 +119,11 @@ def registry_problems(registry_dir: str | Path) -> list[str]:
     if recorded is None:  # promoted before digests were recorded
         return []
     actual = _digests(folder)
-    return [f"{folder}: {name} {'differs from' if name in actual else 'is missing from'} the files recorded at promotion"
-            for name in sorted(recorded) if actual.get(name) != recorded[name]]
+    return [
+        f"{folder}: {name} {'differs from' if name in actual else 'is missing from'} the files recorded at promotion"
+        for name in sorted(recorded)
+        if actual.get(name) != recorded[name]
+    ]
 
 
 def decision_dict(decision: Decision) -> dict:

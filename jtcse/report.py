@@ -15,17 +15,30 @@ from jtcse.io import atomic_savefig, atomic_write_text
 TASKS = (*STS_TASKS, "avg")
 #: suite -> (tasks, unit of the scores, heading of the markdown report, chart title, plot-data score column)
 SUITES = {
-    "sts": (tuple(STS_TASKS), "Spearman x 100", "STS results (Spearman x 100)",
-            "STS test sets, Spearman x 100 of cosine similarity", "spearman"),
-    "transfer": (TRANSFER_TASKS, "accuracy x 100", "SentEval transfer results (logistic-regression probe, accuracy x 100)",
-                 "SentEval transfer tasks, accuracy x 100 of a logistic-regression probe", "accuracy"),
+    "sts": (
+        tuple(STS_TASKS),
+        "Spearman x 100",
+        "STS results (Spearman x 100)",
+        "STS test sets, Spearman x 100 of cosine similarity",
+        "spearman",
+    ),
+    "transfer": (
+        TRANSFER_TASKS,
+        "accuracy x 100",
+        "SentEval transfer results (logistic-regression probe, accuracy x 100)",
+        "SentEval transfer tasks, accuracy x 100 of a logistic-regression probe",
+        "accuracy",
+    ),
 }
 
 
 def load_rows(named_paths: dict[str, str | Path | None]) -> dict[str, dict[str, float]]:
     """Name -> scores for every metrics file that exists (a model not evaluated yet is left out)."""
-    return {name: json.loads(Path(p).read_text(encoding="utf-8")) for name, p in named_paths.items()
-            if p and Path(p).is_file()}
+    return {
+        name: json.loads(Path(p).read_text(encoding="utf-8"))
+        for name, p in named_paths.items()
+        if p and Path(p).is_file()
+    }
 
 
 def y_range(rows: dict[str, dict[str, float]], tasks: tuple[str, ...] = TASKS) -> tuple[float, float]:
@@ -52,8 +65,7 @@ def bar_chart(rows: dict[str, dict[str, float]], path: str | Path, suite: str = 
     for i, (name, metrics) in enumerate(rows.items()):
         values = [metrics.get(t, float("nan")) for t in tasks]
         bars = ax.bar(np.arange(len(tasks)) + i * width, values, width, label=name, bottom=0)
-        ax.bar_label(bars, labels=[f"{v:.1f}" if v == v else "" for v in values], rotation=90, fontsize=7,
-                     padding=2)
+        ax.bar_label(bars, labels=[f"{v:.1f}" if v == v else "" for v in values], rotation=90, fontsize=7, padding=2)
     ax.set_xticks(np.arange(len(tasks)) + width * (len(rows) - 1) / 2, tasks)
     ax.set_ylabel(SUITES[suite][1])
     ax.set_ylim(low, high)
@@ -70,8 +82,12 @@ def plot_data(rows: dict[str, dict[str, float]], suite: str = "sts") -> str:
     """Long-format CSV (task, model, score) for the grouped-bars DVC plot."""
     tasks, *_, column = SUITES[suite]
     lines = [f"task,model,{column}"]
-    lines += [f"{task},{name},{metrics[task]}" for task in (*tasks, "avg") for name, metrics in rows.items()
-              if task in metrics]
+    lines += [
+        f"{task},{name},{metrics[task]}"
+        for task in (*tasks, "avg")
+        for name, metrics in rows.items()
+        if task in metrics
+    ]
     return "\n".join(lines) + "\n"
 
 

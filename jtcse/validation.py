@@ -206,9 +206,7 @@ def _load_sts(path: Path, file: str, stem: str, gxe: Any, expected_rows: int) ->
     frame = pd.DataFrame(cells, columns=columns, index=lines, dtype=object)
     frame["n_fields"] = n_fields
     frame["utf8_valid"] = utf8_ok[1:]
-    raw = pd.Series(
-        [f"{n} ({t})" if n else t for t, n in zip(body, notes[1:])], index=lines, dtype=object
-    )
+    raw = pd.Series([f"{n} ({t})" if n else t for t, n in zip(body, notes[1:])], index=lines, dtype=object)
 
     header_ok = tuple(columns[: len(STS_COLUMNS)]) == STS_COLUMNS
     if header_ok:
@@ -222,9 +220,7 @@ def _load_sts(path: Path, file: str, stem: str, gxe: Any, expected_rows: int) ->
     exps: list[Any] = [
         # The derived columns are appended by this module, so they belong to
         # the expected layout; a wrong header shows up in the first four names.
-        gxe.ExpectTableColumnsToMatchOrderedList(
-            column_list=[*STS_COLUMNS, *derived], meta={"kind": "columns"}
-        ),
+        gxe.ExpectTableColumnsToMatchOrderedList(column_list=[*STS_COLUMNS, *derived], meta={"kind": "columns"}),
         gxe.ExpectTableRowCountToEqual(value=expected_rows, meta={"kind": "rows"}),
         gxe.ExpectColumnValuesToBeInSet(column="n_fields", value_set=[len(STS_COLUMNS)]),
         gxe.ExpectColumnValuesToBeInSet(column="utf8_valid", value_set=[True]),
@@ -248,9 +244,7 @@ def _load_sts(path: Path, file: str, stem: str, gxe: Any, expected_rows: int) ->
         gxe.ExpectColumnValuesToNotMatchRegex(column="sentence1", regex=_BLANK_REGEX),
         gxe.ExpectColumnValuesToNotMatchRegex(column="sentence2", regex=_BLANK_REGEX),
         gxe.ExpectColumnValuesToNotBeNull(column="score_value", meta={"show": "score"}),
-        gxe.ExpectColumnValuesToBeBetween(
-            column="score_value", min_value=lo, max_value=hi, meta={"show": "score"}
-        ),
+        gxe.ExpectColumnValuesToBeBetween(column="score_value", min_value=lo, max_value=hi, meta={"show": "score"}),
         gxe.ExpectCompoundColumnsToBeUnique(
             column_list=["sentence1", "sentence2"],
             mostly=dup_mostly,
@@ -298,9 +292,7 @@ def _load_corpus(
     # suite, the results and the Data Docs HTML. A hashed set lookup is
     # milliseconds and the expectation on the flag is equivalent.
     frame["matches_eval_sentence"] = [k in eval_origin for k in norm]
-    raw = pd.Series(
-        [f"{n} ({t})" if n else t for t, n in zip(texts, notes)], index=lines, dtype=object
-    )
+    raw = pd.Series([f"{n} ({t})" if n else t for t, n in zip(texts, notes)], index=lines, dtype=object)
     exps = [
         gxe.ExpectTableRowCountToBeBetween(min_value=1, meta={"kind": "rows"}),
         gxe.ExpectColumnValuesToBeInSet(column="utf8_valid", value_set=[True]),
@@ -308,9 +300,7 @@ def _load_corpus(
         gxe.ExpectColumnValuesToBeBetween(
             column="n_words", min_value=min_words, max_value=max_words, meta={"show": "words"}
         ),
-        gxe.ExpectColumnValuesToNotBeInSet(
-            column="matches_eval_sentence", value_set=[True], meta={"show": "leak"}
-        ),
+        gxe.ExpectColumnValuesToNotBeInSet(column="matches_eval_sentence", value_set=[True], meta={"show": "leak"}),
     ]
     leak_origin = {k: eval_origin[k] for k in norm if k in eval_origin}
     return _Table(file, frame, raw, exps, leak_origin=leak_origin)
@@ -391,12 +381,17 @@ def _quiet_gx_logs() -> Iterator[None]:
 
 def _missing_table(file: str, expected_count: int) -> _Table:
     """A file that is not there: one static failure, no expectations to run."""
-    return _Table(file, pd.DataFrame(), pd.Series(dtype=object),
-                  static_failures={"file_exists": (expected_count, "file is missing")})
+    return _Table(
+        file,
+        pd.DataFrame(),
+        pd.Series(dtype=object),
+        static_failures={"file_exists": (expected_count, "file is missing")},
+    )
 
 
-def load_tables(data_dir: Path, corpus: Path, gxe: Any, *, min_words: int, max_words: int,
-                rows_wanted: dict[str, int]) -> list[_Table]:
+def load_tables(
+    data_dir: Path, corpus: Path, gxe: Any, *, min_words: int, max_words: int, rows_wanted: dict[str, int]
+) -> list[_Table]:
     """Every STS/SICK file of ``data_dir/sts`` and the corpus as tables with their expectations attached
     (a missing file becomes a table with a static failure)."""
     sts_dir = data_dir / "sts"
@@ -455,12 +450,8 @@ def run_suites(context: Any, tables: list[_Table]) -> tuple[dict[str, dict[str, 
         key = f"{i:02d}_{table.file.replace('/', '_')}"
         batch_def = source.add_dataframe_asset(key).add_batch_definition_whole_dataframe("all")
         suite = context.suites.add(gx.ExpectationSuite(name=key, expectations=table.expectations))
-        vdef = context.validation_definitions.add(
-            gx.ValidationDefinition(name=key, data=batch_def, suite=suite)
-        )
-        suite_result = vdef.run(
-            batch_parameters={"dataframe": table.frame}, result_format=_RESULT_FORMAT
-        )
+        vdef = context.validation_definitions.add(gx.ValidationDefinition(name=key, data=batch_def, suite=suite))
+        suite_result = vdef.run(batch_parameters={"dataframe": table.frame}, result_format=_RESULT_FORMAT)
         for result in suite_result.results:
             config = result.expectation_config
             name = _expectation_name(config)
@@ -539,8 +530,9 @@ def validate_data(
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     rows_wanted = {**DEFAULT_EXPECTED_ROWS, **(expected_rows or {})}
-    tables = load_tables(Path(data_dir), Path(corpus), gxe, min_words=min_words, max_words=max_words,
-                         rows_wanted=rows_wanted)
+    tables = load_tables(
+        Path(data_dir), Path(corpus), gxe, min_words=min_words, max_words=max_words, rows_wanted=rows_wanted
+    )
     with _quiet_gx_logs():
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False)

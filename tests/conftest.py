@@ -42,15 +42,23 @@ def build_tiny_model(directory: Path, *, arch: str = "bert", layers: int = 4, se
     from jtcse.formats import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-    common = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                  intermediate_size=64, max_position_embeddings=132, hidden_dropout_prob=0.1,
-                  attention_probs_dropout_prob=0.1)
+    common = dict(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=132,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )
     torch.manual_seed(seed)
     if arch == "bert":
         model = BertModel(BertConfig(**common), add_pooling_layer=True)
     else:
-        model = RobertaModel(RobertaConfig(**common, pad_token_id=tokenizer.pad_token_id, type_vocab_size=1),
-                             add_pooling_layer=True)
+        model = RobertaModel(
+            RobertaConfig(**common, pad_token_id=tokenizer.pad_token_id, type_vocab_size=1), add_pooling_layer=True
+        )
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
@@ -90,15 +98,17 @@ def tiny_settings(tiny_bert, small_sts_dir, sample_corpus):
     from jtcse.config import settings_from_dict
 
     stage = {"steps": 6, "batch_size": 8, "lr": 1e-3, "eval_every": 3, "checkpoint_every": 3, "keep_checkpoints": 3}
-    return settings_from_dict({
-        "model": {"base": str(tiny_bert), "max_length": 24, "attn_implementation": "eager"},
-        "runtime": {"threads": 1},  # a 32-wide model is all overhead: more threads only add synchronisation
-        "data": {"corpus": str(sample_corpus), "sts_dir": str(small_sts_dir), "max_sentences": 200},
-        "pretrain": stage,
-        "train": {**stage, "cross_attention": {"num_layers": 2}},
-        "distill": stage,
-        "evaluate": {"batch_size": 64, "max_length": 32},
-    })
+    return settings_from_dict(
+        {
+            "model": {"base": str(tiny_bert), "max_length": 24, "attn_implementation": "eager"},
+            "runtime": {"threads": 1},  # a 32-wide model is all overhead: more threads only add synchronisation
+            "data": {"corpus": str(sample_corpus), "sts_dir": str(small_sts_dir), "max_sentences": 200},
+            "pretrain": stage,
+            "train": {**stage, "cross_attention": {"num_layers": 2}},
+            "distill": stage,
+            "evaluate": {"batch_size": 64, "max_length": 32},
+        }
+    )
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +130,7 @@ def write_small_transfer(out: Path, source: Path, lines: int = 40) -> Path:
     for files in TRANSFER_FILES.values():
         for name in files:
             raw = (source / name).read_bytes().split(b"\n")
-            keep = raw[:lines + 1] if name.startswith("MRPC/") else raw[:lines]
+            keep = raw[: lines + 1] if name.startswith("MRPC/") else raw[:lines]
             target = out / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(b"\n".join(keep) + b"\n")

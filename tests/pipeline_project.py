@@ -27,10 +27,14 @@ def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 900) ->
     try:
         proc = subprocess.run(args, cwd=cwd, env=project_env(), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:
-        out = [(x.decode(errors="replace") if isinstance(x, bytes) else x or "")[-3000:] for x in (err.stdout, err.stderr)]
+        out = [
+            (x.decode(errors="replace") if isinstance(x, bytes) else x or "")[-3000:] for x in (err.stdout, err.stderr)
+        ]
         raise AssertionError(f"{' '.join(args)} did not finish within {timeout} s:\n{out[0]}\n{out[1]}") from None
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -41,7 +45,7 @@ def dvc(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedP
 def remote_url() -> str:
     config = configparser.ConfigParser()
     config.read(REPO / ".dvc" / "config")
-    url = config['\'remote "shared"\'']["url"]
+    url = config["'remote \"shared\"'"]["url"]
     return str((REPO / ".dvc" / url).resolve())
 
 

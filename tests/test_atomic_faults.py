@@ -43,15 +43,18 @@ def test_a_failing_file_write_keeps_the_old_file_and_leaves_nothing(point, tmp_p
     io.atomic_write_json(target, {"avg": 1.0})
     old = target.read_bytes()
     if point == "write":
+
         def fail(path, payload):  # half of the new text is on disk when the writer dies
             with io.atomic_file(path, "w") as fh:
                 fh.write(json.dumps(payload)[:5])
                 raise Injected("disk full")
+
         with pytest.raises(Injected):
             fail(target, {"avg": 2.0})
     else:
-        monkeypatch.setattr(io.os, "fsync" if point == "fsync" else "replace",
-                            lambda *a: (_ for _ in ()).throw(Injected(point)))
+        monkeypatch.setattr(
+            io.os, "fsync" if point == "fsync" else "replace", lambda *a: (_ for _ in ()).throw(Injected(point))
+        )
         with pytest.raises(Injected):
             io.atomic_write_json(target, {"avg": 2.0})
         monkeypatch.undo()
@@ -88,6 +91,7 @@ def test_a_folder_swap_failing_between_its_steps_keeps_the_old_folder(tmp_path, 
                 if len(calls) == 2:
                     raise Injected(fault)
                 return real_replace(a, b)
+
             monkeypatch.setattr(io.os, "replace", replace)
         with pytest.raises(Injected):
             with io.atomic_directory(target) as tmp:
@@ -132,8 +136,9 @@ def test_sigkill_of_a_process_writing_a_file_leaves_the_old_file(tmp_path):
 # ------------------------------------------------------------------------------------------ checkpoint
 
 
-def test_a_checkpoint_write_failing_midway_keeps_the_previous_checkpoints_and_resume_is_exact(tiny_settings,
-                                                                                                 tmp_path, monkeypatch):
+def test_a_checkpoint_write_failing_midway_keeps_the_previous_checkpoints_and_resume_is_exact(
+    tiny_settings, tmp_path, monkeypatch
+):
     import torch
     from safetensors.torch import load_file
 
@@ -150,12 +155,16 @@ def test_a_checkpoint_write_failing_midway_keeps_the_previous_checkpoints_and_re
         if len(calls) == 2:
             raise Injected(f"killed while writing {path}")
         return real_save(obj, path, *args, **kwargs)
+
     monkeypatch.setattr(trainer.torch, "save", save)
     with pytest.raises(Injected):
         train_tower(settings, which="a", output=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt")
     monkeypatch.undo()
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if not p.name.startswith(".")) == \
-        ["best", "run.json", "step-00000002"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if not p.name.startswith(".")) == [
+        "best",
+        "run.json",
+        "step-00000002",
+    ]
     assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.endswith(".tmp")]
     resumed = train_tower(settings, which="a", output=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt")
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in reference.history[2:]]
@@ -173,8 +182,17 @@ def test_evaluate_output_is_old_or_new_when_the_write_fails(tiny_bert, small_sts
 
     out = tmp_path / "metrics.json"
     out.write_text('{"avg": 12.5}\n')
-    args = ["evaluate", "--model", str(tiny_bert), "--data-dir", str(small_sts_dir), "--output", str(out),
-            "--device", "cpu"]
+    args = [
+        "evaluate",
+        "--model",
+        str(tiny_bert),
+        "--data-dir",
+        str(small_sts_dir),
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     monkeypatch.setattr(io.os, "replace", lambda *a: (_ for _ in ()).throw(Injected("killed at the rename")))
     with pytest.raises(Injected):
         main(args)
@@ -212,10 +230,12 @@ def two_builds(inputs, tmp_path):  # noqa: F811
     return inputs, {**inputs, "twin_metrics": new_metrics}
 
 
-@pytest.mark.parametrize("point", ["after_tarball_written", "at_the_folder_swap", "after_the_folder_swap",
-                                   "after_the_tarball_rename"])
-def test_an_interrupted_package_is_detected_and_repaired_by_the_next_run(point, two_builds, tmp_path, monkeypatch,
-                                                                          caplog):
+@pytest.mark.parametrize(
+    "point", ["after_tarball_written", "at_the_folder_swap", "after_the_folder_swap", "after_the_tarball_rename"]
+)
+def test_an_interrupted_package_is_detected_and_repaired_by_the_next_run(
+    point, two_builds, tmp_path, monkeypatch, caplog
+):
     import jtcse.io as io
     import jtcse.packaging as packaging
     from jtcse.packaging import release_problems
@@ -228,6 +248,7 @@ def test_an_interrupted_package_is_detected_and_repaired_by_the_next_run(point, 
 
     def fail(*args, **kwargs):
         raise Injected(point)
+
     if point == "after_tarball_written":
         monkeypatch.setattr(packaging, "fsync_dir", fail)
     elif point == "at_the_folder_swap":
@@ -254,8 +275,11 @@ def test_an_interrupted_package_is_detected_and_repaired_by_the_next_run(point, 
         fixed = build(new_inputs, out)
     assert any("left by an interrupted `jtcse package`" in r.getMessage() for r in caplog.records)
     assert release_problems(out, "tiny-jtcse-0.0.1") == []
-    assert sorted(p.name for p in out.iterdir()) == ["tiny-jtcse-0.0.1", "tiny-jtcse-0.0.1.release.json",
-                                                     "tiny-jtcse-0.0.1.tar.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "tiny-jtcse-0.0.1",
+        "tiny-jtcse-0.0.1.release.json",
+        "tiny-jtcse-0.0.1.tar.gz",
+    ]
     assert tarball_sums(fixed.tarball) == (fixed.path / "SHA256SUMS").read_bytes() != old_sums
     assert old.path == fixed.path
 
@@ -269,22 +293,48 @@ def test_sigkill_just_after_the_folder_swap_is_detected_and_repaired(two_builds,
     build(old_inputs, out)
     old_sums = (out / "tiny-jtcse-0.0.1" / "SHA256SUMS").read_bytes()
     params = tmp_path / "params.yaml"
-    params.write_text(f"model:\n  base: {new_inputs['settings'].model.base}\n  pooling: cls\nevaluate:\n  max_length: 32\n"
-                      "package:\n  name: tiny-jtcse\n  version: 0.0.1\n")
-    script = ("import os, signal, sys\nimport jtcse.packaging as p\nfrom jtcse.cli import main\n"
-              "p.atomic_rename = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\nsys.exit(main(sys.argv[1:]))\n")
-    args = ["package", "--params", str(params), "--twin", str(new_inputs["twin"]), "--distilled",
-            str(new_inputs["distilled"]), "--twin-metrics", str(new_inputs["twin_metrics"]), "--distilled-metrics",
-            str(new_inputs["distilled_metrics"]), "--output-dir", str(out), "--data-dvc", str(new_inputs["data_dvc"]),
-            "--licenses", str(new_inputs["licenses"]), "--no-check"]
-    proc = subprocess.run([sys.executable, "-c", script, *args], env=dict(os.environ, PYTHONPATH=str(REPO)),
-                          capture_output=True, text=True, timeout=300)
+    params.write_text(
+        f"model:\n  base: {new_inputs['settings'].model.base}\n  pooling: cls\nevaluate:\n  max_length: 32\n"
+        "package:\n  name: tiny-jtcse\n  version: 0.0.1\n"
+    )
+    script = (
+        "import os, signal, sys\nimport jtcse.packaging as p\nfrom jtcse.cli import main\n"
+        "p.atomic_rename = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    args = [
+        "package",
+        "--params",
+        str(params),
+        "--twin",
+        str(new_inputs["twin"]),
+        "--distilled",
+        str(new_inputs["distilled"]),
+        "--twin-metrics",
+        str(new_inputs["twin_metrics"]),
+        "--distilled-metrics",
+        str(new_inputs["distilled_metrics"]),
+        "--output-dir",
+        str(out),
+        "--data-dvc",
+        str(new_inputs["data_dvc"]),
+        "--licenses",
+        str(new_inputs["licenses"]),
+        "--no-check",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert (out / "tiny-jtcse-0.0.1" / "SHA256SUMS").read_bytes() != old_sums  # the new folder ...
     assert tarball_sums(out / "tiny-jtcse-0.0.1.tar.gz") == old_sums  # ... beside the old tarball
     assert [n for n in hidden_leftovers(out) if n.startswith(".tiny-jtcse-0.0.1.tar.gz.")]  # the unrenamed tarball
-    assert release_problems(out, "tiny-jtcse-0.0.1") == ["tiny-jtcse-0.0.1.release.json is missing "
-                                                         "(a `jtcse package` run was interrupted)"]
+    assert release_problems(out, "tiny-jtcse-0.0.1") == [
+        "tiny-jtcse-0.0.1.release.json is missing (a `jtcse package` run was interrupted)"
+    ]
     fixed = build(new_inputs, out)
     assert release_problems(out, "tiny-jtcse-0.0.1") == [] and hidden_leftovers(out) == []
     assert tarball_sums(fixed.tarball) == (fixed.path / "SHA256SUMS").read_bytes()
@@ -314,6 +364,7 @@ def test_a_failed_promotion_leaves_the_registry_on_a_complete_model(point, tmp_p
             if len(calls) == 2:
                 raise Injected("killed while copying")
             return real_copyfile(*args, **kwargs)
+
         monkeypatch.setattr(shutil, "copyfile", copyfile)
     elif point == "after_the_copy":
         monkeypatch.setattr(registry, "atomic_write_json", lambda *a: (_ for _ in ()).throw(Injected(point)))
@@ -324,7 +375,9 @@ def test_a_failed_promotion_leaves_the_registry_on_a_complete_model(point, tmp_p
     monkeypatch.undo()
 
     current = registry.current_entry(reg)
-    assert current["version"] == 1 and (reg / current["path"] / "twin" / "model.safetensors").read_bytes() == b"v1 weights"
+    assert (
+        current["version"] == 1 and (reg / current["path"] / "twin" / "model.safetensors").read_bytes() == b"v1 weights"
+    )
     assert registry.registry_problems(reg) == []
     entry = registry.promote(reg, [model], {"avg": 71.0}, data_version="d2", git_commit="c2")
     assert entry["version"] == 2 and registry.current_entry(reg)["version"] == 2
@@ -341,7 +394,8 @@ def test_registry_problems_name_a_missing_or_partial_model(tmp_path):
     reg = tmp_path / "registry"
     registry.promote(reg, [model], {"avg": 70.0}, data_version="d1", git_commit="c1")
     (reg / "v1" / "twin" / "model.safetensors").write_bytes(b"weigh")
-    assert registry.registry_problems(reg) == [f"{reg / 'v1'}: twin/model.safetensors differs from the files "
-                                               "recorded at promotion"]
+    assert registry.registry_problems(reg) == [
+        f"{reg / 'v1'}: twin/model.safetensors differs from the files recorded at promotion"
+    ]
     shutil.rmtree(reg / "v1")
     assert registry.registry_problems(reg) == [f"{reg / 'v1'}: the current model's folder is missing"]

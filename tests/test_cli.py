@@ -25,13 +25,16 @@ def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPa
 
 
 def test_help_and_version_import_no_heavy_library():
-    code = ("import sys; from jtcse.cli import build_parser; build_parser(); "
-            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    code = (
+        "import sys; from jtcse.cli import build_parser; build_parser(); "
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     started = time.perf_counter()
-    version = subprocess.run([sys.executable, "-m", "jtcse.cli", "--version"], env=env(), capture_output=True,
-                             text=True, check=True)
+    version = subprocess.run(
+        [sys.executable, "-m", "jtcse.cli", "--version"], env=env(), capture_output=True, text=True, check=True
+    )
     assert version.stdout.strip() == "jtcse 0.1.0"
     assert time.perf_counter() - started < 5  # about 0.3 s; torch alone would take 4 s on this machine
 
@@ -41,8 +44,20 @@ def test_every_option_has_plain_help_text():
 
     parser = build_parser()
     commands = subparsers(parser)
-    assert {"validate", "train-tower", "train", "distill", "evaluate", "encode", "similarity", "package", "tune",
-            "tune-worker", "tune-report", "tune-apply"} <= set(commands)
+    assert {
+        "validate",
+        "train-tower",
+        "train",
+        "distill",
+        "evaluate",
+        "encode",
+        "similarity",
+        "package",
+        "tune",
+        "tune-worker",
+        "tune-report",
+        "tune-apply",
+    } <= set(commands)
     missing, markup = [], []
     for name, sub in {"jtcse": parser, **commands}.items():
         for action in sub._actions:
@@ -61,8 +76,9 @@ def test_no_module_imports_the_root_command_line():
     """The root imports the commands (jtcse/commands/), never the reverse; only the entry points import it."""
     entry_points = {REPO / "jtcse" / "__main__.py"}  # and pyproject's [project.scripts] jtcse = "jtcse.cli:main"
     offenders = []
-    for path in sorted([*(REPO / "jtcse").rglob("*.py"), *(REPO / "flows").rglob("*.py"),
-                        *(REPO / "bench").rglob("*.py")]):
+    for path in sorted(
+        [*(REPO / "jtcse").rglob("*.py"), *(REPO / "flows").rglob("*.py"), *(REPO / "bench").rglob("*.py")]
+    ):
         if path in entry_points:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
@@ -81,12 +97,33 @@ def test_python_dash_m_jtcse_is_the_jtcse_command():
     """What torchrun (runtime.nproc_per_node > 1) and `jtcse tune`'s worker processes start."""
     from jtcse.tuning import worker_command
 
-    version = subprocess.run([sys.executable, "-m", "jtcse", "--version"], env=env(), capture_output=True, text=True,
-                             timeout=60)
+    version = subprocess.run(
+        [sys.executable, "-m", "jtcse", "--version"], env=env(), capture_output=True, text=True, timeout=60
+    )
     assert (version.returncode, version.stdout.strip()) == (0, "jtcse 0.1.0")
     command = worker_command("tune/study_settings.yaml", tower_a="a", tower_b="b", worker_index=1, workers=2)
-    assert command == [sys.executable, "-m", "jtcse", "tune-worker", "--params", "tune/study_settings.yaml",
-                       "--tower-a", "a", "--tower-b", "b", "--worker-index", "1", "--workers", "2", "--no-create"]
-    bad = subprocess.run([*command[:3], "tune-worker", "--params", "no/such/params.yaml", "--no-create"], env=env(),
-                         capture_output=True, text=True, timeout=120)
+    assert command == [
+        sys.executable,
+        "-m",
+        "jtcse",
+        "tune-worker",
+        "--params",
+        "tune/study_settings.yaml",
+        "--tower-a",
+        "a",
+        "--tower-b",
+        "b",
+        "--worker-index",
+        "1",
+        "--workers",
+        "2",
+        "--no-create",
+    ]
+    bad = subprocess.run(
+        [*command[:3], "tune-worker", "--params", "no/such/params.yaml", "--no-create"],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("jtcse: error: no/such/params.yaml")

@@ -11,8 +11,14 @@ def test_repository_params_load_and_agree_with_the_code_defaults():
     assert settings.model.base == "minilm"
     for section in ("train", "evaluate"):
         ours, theirs = getattr(settings, section).model_dump(), getattr(defaults, section).model_dump()
-        differing = {k for k in ours if ours[k] != theirs[k]} - {"steps", "batch_size", "eval_every", "checkpoint_every",
-                                                               "keep_checkpoints", "lr"}
+        differing = {k for k in ours if ours[k] != theirs[k]} - {
+            "steps",
+            "batch_size",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "lr",
+        }
         assert not differing, f"params.yaml {section} differs from jtcse/config.py defaults in {differing}"
 
 

@@ -16,7 +16,9 @@ def test_json_with_sorted_keys_matches_json_dumps(tmp_path):
     payload = {"b": [1, 2.5], "a": {"z": None, "y": "é"}}
     atomic_write_json(tmp_path / "sorted.json", payload, sort_keys=True)
     atomic_write_json(tmp_path / "plain.json", payload)
-    assert (tmp_path / "sorted.json").read_text(encoding="utf-8") == json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    assert (tmp_path / "sorted.json").read_text(encoding="utf-8") == json.dumps(
+        payload, indent=2, sort_keys=True
+    ) + "\n"
     assert (tmp_path / "plain.json").read_text(encoding="utf-8") == json.dumps(payload, indent=2) + "\n"
 
 

@@ -17,8 +17,12 @@ import yaml
 
 from tests.conftest import build_tiny_model
 
-SENTENCES = ["A man is playing a guitar.", "Two dogs run across a snowy field while a child watches them.",
-             "x", "The stock market fell sharply on Tuesday, analysts said."]
+SENTENCES = [
+    "A man is playing a guitar.",
+    "Two dogs run across a snowy field while a child watches them.",
+    "x",
+    "The stock market fell sharply on Tuesday, analysts said.",
+]
 TASKS = ("sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr")
 
 
@@ -52,25 +56,43 @@ def inputs(tmp_path_factory, tiny_bert, data_dir):
         (root / "metrics" / stage).mkdir(parents=True)
         (root / "metrics" / stage / "summary.json").write_text(json.dumps({"seconds_this_run": seconds}))
     (root / "data.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  nfiles: 50\n  path: data\n")
-    settings = settings_from_dict({"model": {"base": str(tiny_bert), "pooling": "cls"},
-                                   "evaluate": {"max_length": 32},
-                                   "package": {"name": "tiny-jtcse", "version": "0.0.1"}})
-    return {"root": root, "settings": settings, "twin": root / "models" / "twin",
-            "distilled": root / "models" / "distilled", "licenses": data_dir / "licenses",
-            "twin_metrics": root / "metrics" / "twin" / "metrics.json",
-            "distilled_metrics": root / "metrics" / "distilled" / "metrics.json", "data_dvc": root / "data.dvc",
-            "base_metrics": root / "metrics" / "base" / "metrics.json",
-            "base_mean_metrics": root / "metrics" / "base_mean" / "metrics.json"}
+    settings = settings_from_dict(
+        {
+            "model": {"base": str(tiny_bert), "pooling": "cls"},
+            "evaluate": {"max_length": 32},
+            "package": {"name": "tiny-jtcse", "version": "0.0.1"},
+        }
+    )
+    return {
+        "root": root,
+        "settings": settings,
+        "twin": root / "models" / "twin",
+        "distilled": root / "models" / "distilled",
+        "licenses": data_dir / "licenses",
+        "twin_metrics": root / "metrics" / "twin" / "metrics.json",
+        "distilled_metrics": root / "metrics" / "distilled" / "metrics.json",
+        "data_dvc": root / "data.dvc",
+        "base_metrics": root / "metrics" / "base" / "metrics.json",
+        "base_mean_metrics": root / "metrics" / "base_mean" / "metrics.json",
+    }
 
 
 def build(inputs, output_dir, check=False):
     from jtcse.packaging import build_package
 
-    return build_package(inputs["settings"], twin=inputs["twin"], distilled=inputs["distilled"],
-                         twin_metrics=inputs["twin_metrics"], distilled_metrics=inputs["distilled_metrics"],
-                         output_dir=output_dir, data_dvc=inputs["data_dvc"], licenses=inputs["licenses"],
-                         check=check, base_metrics=inputs["base_metrics"],
-                         base_mean_metrics=inputs["base_mean_metrics"])
+    return build_package(
+        inputs["settings"],
+        twin=inputs["twin"],
+        distilled=inputs["distilled"],
+        twin_metrics=inputs["twin_metrics"],
+        distilled_metrics=inputs["distilled_metrics"],
+        output_dir=output_dir,
+        data_dvc=inputs["data_dvc"],
+        licenses=inputs["licenses"],
+        check=check,
+        base_metrics=inputs["base_metrics"],
+        base_mean_metrics=inputs["base_mean_metrics"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -98,18 +120,31 @@ def test_package_layout_manifest_and_model_card(package, inputs):
     assert pkg == inputs["root"] / "models" / "tiny-jtcse-0.0.1"
     assert package.tarball == inputs["root"] / "models" / "tiny-jtcse-0.0.1.tar.gz"
     assert oct(pkg.stat().st_mode & 0o777) == oct(0o755) and oct(package.tarball.stat().st_mode & 0o777) == oct(0o644)
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "modules.json", "sentence_bert_config.json",
-                 "config_sentence_transformers.json", "1_Pooling/config.json", "README.md"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "1_Pooling/config.json",
+        "README.md",
+    ):
         assert (pkg / "distilled" / name).is_file(), name
     assert (pkg / "twin" / "twin.json").is_file() and (pkg / "twin" / "tower_b" / "model.safetensors").is_file()
     assert (pkg / "licenses" / "SICK_readme.txt").is_file()
     modules = json.loads((pkg / "distilled" / "modules.json").read_text())
-    assert [(m["type"], m["path"]) for m in modules] == [("sentence_transformers.models.Transformer", ""),
-                                                         ("sentence_transformers.models.Pooling", "1_Pooling")]
+    assert [(m["type"], m["path"]) for m in modules] == [
+        ("sentence_transformers.models.Transformer", ""),
+        ("sentence_transformers.models.Pooling", "1_Pooling"),
+    ]
     pooling = json.loads((pkg / "distilled" / "1_Pooling" / "config.json").read_text())
     assert pooling["word_embedding_dimension"] == 32 and pooling["pooling_mode_cls_token"] is True
     assert not any(v for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_cls_token")
-    assert json.loads((pkg / "distilled" / "sentence_bert_config.json").read_text()) == {"max_seq_length": 32, "do_lower_case": False}
+    assert json.loads((pkg / "distilled" / "sentence_bert_config.json").read_text()) == {
+        "max_seq_length": 32,
+        "do_lower_case": False,
+    }
 
     manifest = json.loads((pkg / "jtcse_package.json").read_text())
     assert (manifest["name"], manifest["version"], manifest["default"]) == ("tiny-jtcse", "0.0.1", "distilled")
@@ -142,7 +177,8 @@ def test_package_layout_manifest_and_model_card(package, inputs):
     assert entry["name"] == "tiny-jtcse-0.0.1"
     results = {r["dataset"]["type"]: r for r in entry["results"]}
     assert len(results) == 7 and results["mteb/sts12-sts"]["metrics"] == [
-        {"type": "spearman_cosine", "value": 71.0, "name": "Spearman (cosine) x 100"}]
+        {"type": "spearman_cosine", "value": 71.0, "name": "Spearman (cosine) x 100"}
+    ]
     assert results["mteb/sickr-sts"]["metrics"][0]["value"] == 77.0
     assert all(r["task"]["type"] == "semantic-similarity" and r["dataset"]["split"] == "test" for r in entry["results"])
 
@@ -217,7 +253,9 @@ def test_twin_in_package_is_sum_of_both_towers_cls(package):
 
     twin = jtcse.load(package.path / "twin", device="cpu")
     assert isinstance(twin, TwinEncoder)
-    expected = manual_cls(package.path / "twin" / "tower_a", SENTENCES) + manual_cls(package.path / "twin" / "tower_b", SENTENCES)
+    expected = manual_cls(package.path / "twin" / "tower_a", SENTENCES) + manual_cls(
+        package.path / "twin" / "tower_b", SENTENCES
+    )
     assert np.abs(twin.encode(SENTENCES) - expected).max() < 1e-5
 
 
@@ -269,6 +307,7 @@ def test_an_interrupted_package_leaves_the_previous_one_or_nothing(inputs, tmp_p
                 if len(calls) > 5:
                     interrupt()
                 return real_addfile(self, *args, **kwargs)
+
             monkeypatch.setattr(tarfile.TarFile, "addfile", addfile)
         else:
             monkeypatch.setattr(packaging, where, interrupt)
@@ -287,8 +326,11 @@ def test_an_interrupted_package_leaves_the_previous_one_or_nothing(inputs, tmp_p
     patch()
     with pytest.raises(KeyboardInterrupt):
         build(inputs, out)
-    assert sorted(p.name for p in out.iterdir()) == ["tiny-jtcse-0.0.1", "tiny-jtcse-0.0.1.release.json",
-                                                     "tiny-jtcse-0.0.1.tar.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "tiny-jtcse-0.0.1",
+        "tiny-jtcse-0.0.1.release.json",
+        "tiny-jtcse-0.0.1.tar.gz",
+    ]
     assert {name: (old.path / name).read_bytes() for name in all_files(old.path)} == before
     assert old.tarball.read_bytes() == old_tarball
 
@@ -312,11 +354,31 @@ def test_cli_package_encode_and_similarity(inputs, tmp_path, capsys):
     from jtcse.cli import main
 
     params = tmp_path / "params.yaml"
-    params.write_text("model:\n  pooling: cls\nevaluate:\n  max_length: 32\npackage:\n  name: cli-pkg\n  version: 1.2.3\n")
-    code = main(["package", "--params", str(params), "--twin", str(inputs["twin"]), "--distilled", str(inputs["distilled"]),
-                 "--twin-metrics", str(inputs["twin_metrics"]), "--distilled-metrics", str(inputs["distilled_metrics"]),
-                 "--output-dir", str(tmp_path / "models"), "--data-dvc", str(inputs["data_dvc"]),
-                 "--licenses", str(inputs["licenses"]), "--no-check"])
+    params.write_text(
+        "model:\n  pooling: cls\nevaluate:\n  max_length: 32\npackage:\n  name: cli-pkg\n  version: 1.2.3\n"
+    )
+    code = main(
+        [
+            "package",
+            "--params",
+            str(params),
+            "--twin",
+            str(inputs["twin"]),
+            "--distilled",
+            str(inputs["distilled"]),
+            "--twin-metrics",
+            str(inputs["twin_metrics"]),
+            "--distilled-metrics",
+            str(inputs["distilled_metrics"]),
+            "--output-dir",
+            str(tmp_path / "models"),
+            "--data-dvc",
+            str(inputs["data_dvc"]),
+            "--licenses",
+            str(inputs["licenses"]),
+            "--no-check",
+        ]
+    )
     assert code == 0
     pkg = tmp_path / "models" / "cli-pkg-1.2.3"
     assert (pkg / "SHA256SUMS").is_file() and (tmp_path / "models" / "cli-pkg-1.2.3.tar.gz").is_file()
@@ -326,8 +388,24 @@ def test_cli_package_encode_and_similarity(inputs, tmp_path, capsys):
     text.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
     out = tmp_path / "vectors" / "v.npy"
     out.parent.mkdir()  # encode refuses an output folder that does not exist (a typo would create one)
-    assert main(["encode", "--model", str(pkg), "--input", str(text), "--output", str(out), "--device", "cpu",
-                 "--batch-size", "3"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--model",
+                str(pkg),
+                "--input",
+                str(text),
+                "--output",
+                str(out),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "3",
+            ]
+        )
+        == 0
+    )
     vectors = np.load(out)
     assert vectors.shape == (len(SENTENCES), 32) and vectors.dtype == np.float32
     assert np.abs(vectors - jtcse.load(pkg, device="cpu").encode(SENTENCES)).max() < 1e-5
@@ -335,8 +413,20 @@ def test_cli_package_encode_and_similarity(inputs, tmp_path, capsys):
 
     capsys.readouterr()
     for model in (pkg, pkg / "twin"):
-        assert main(["similarity", "A man plays a guitar.", "Someone is playing music.", "--model", str(model),
-                     "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "similarity",
+                    "A man plays a guitar.",
+                    "Someone is playing music.",
+                    "--model",
+                    str(model),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         value = float(capsys.readouterr().out.strip())
         assert -1.0 <= value <= 1.0
 
@@ -348,8 +438,15 @@ def test_cli_package_encode_and_similarity(inputs, tmp_path, capsys):
 def test_package_refuses_missing_or_bad_inputs(inputs, tmp_path):
     from jtcse.packaging import build_package
 
-    common = dict(twin=inputs["twin"], distilled=inputs["distilled"], distilled_metrics=inputs["distilled_metrics"],
-                  output_dir=tmp_path / "models", data_dvc=inputs["data_dvc"], licenses=None, check=False)
+    common = dict(
+        twin=inputs["twin"],
+        distilled=inputs["distilled"],
+        distilled_metrics=inputs["distilled_metrics"],
+        output_dir=tmp_path / "models",
+        data_dvc=inputs["data_dvc"],
+        licenses=None,
+        check=False,
+    )
     with pytest.raises(FileNotFoundError, match="metrics file not found"):
         build_package(inputs["settings"], twin_metrics=tmp_path / "nope.json", **common)
     bad = tmp_path / "bad.json"
@@ -357,6 +454,7 @@ def test_package_refuses_missing_or_bad_inputs(inputs, tmp_path):
     with pytest.raises(ValueError, match="task -> Spearman"):
         build_package(inputs["settings"], twin_metrics=bad, **common)
     with pytest.raises(FileNotFoundError, match="not a twin folder"):
-        build_package(inputs["settings"], twin_metrics=inputs["twin_metrics"],
-                      **{**common, "twin": inputs["distilled"]})
+        build_package(
+            inputs["settings"], twin_metrics=inputs["twin_metrics"], **{**common, "twin": inputs["distilled"]}
+        )
     assert not (tmp_path / "models").exists() or list((tmp_path / "models").iterdir()) == []

@@ -22,8 +22,15 @@ def checkout(tmp_path):
     root = tmp_path / "project"
     root.mkdir()
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    for name in ("metrics/train/summary.json", "metrics/twin/metrics.json", "reports/sts_bars.png",
-                 "reports/validation.json", "dvc.lock", "jtcse/trainer.py", "params.yaml"):
+    for name in (
+        "metrics/train/summary.json",
+        "metrics/twin/metrics.json",
+        "reports/sts_bars.png",
+        "reports/validation.json",
+        "dvc.lock",
+        "jtcse/trainer.py",
+        "params.yaml",
+    ):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("v1\n")
     git("init", "-q", cwd=root)
@@ -36,8 +43,15 @@ def test_pipeline_outputs_are_read_from_dvc_yaml():
     from jtcse.provenance import pipeline_outputs
 
     written = pipeline_outputs(REPO / "dvc.yaml")
-    assert {"dvc.lock", "reports/validation.json", "metrics/train/summary.json", "metrics/twin/metrics.json",
-            "metrics/base_mean/metrics.json", "reports/sts_bars.png", "models/twin"} <= set(written)
+    assert {
+        "dvc.lock",
+        "reports/validation.json",
+        "metrics/train/summary.json",
+        "metrics/twin/metrics.json",
+        "metrics/base_mean/metrics.json",
+        "reports/sts_bars.png",
+        "models/twin",
+    } <= set(written)
     assert not [p for p in written if "${" in p]
 
 
@@ -45,8 +59,13 @@ def test_a_pipeline_run_is_not_dirty_but_a_source_change_is(checkout):
     from jtcse.provenance import git_dirty
 
     assert git_dirty(checkout) is False
-    for name in ("metrics/train/summary.json", "metrics/twin/metrics.json", "reports/sts_bars.png",
-                 "reports/validation.json", "dvc.lock"):
+    for name in (
+        "metrics/train/summary.json",
+        "metrics/twin/metrics.json",
+        "reports/sts_bars.png",
+        "reports/validation.json",
+        "dvc.lock",
+    ):
         (checkout / name).write_text("rewritten by dvc repro\n")
     assert git_dirty(checkout) is False
     assert git_dirty(checkout, ignore_pipeline_outputs=False) is True

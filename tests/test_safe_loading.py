@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -36,13 +35,15 @@ def test_a_pickle_only_model_folder_is_refused_without_unpickling(tiny_bert, tmp
     class Payload:  # unpickling this file would create the marker
         def __reduce__(self):
             return (Path.touch, (marker,))
+
     torch.save({"weights": Payload()}, folder / "pytorch_model.bin")
     with pytest.raises(UserError, match=r"has only pickle weights \(pytorch_model\.bin\), which jtcse never unpickles"):
         load_tower(str(folder))
     assert main(["similarity", "a", "b", "--model", str(folder), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"jtcse: error: model '{folder}': {folder} has only pickle weights") and \
-        "Traceback" not in "".join(err)
+    assert err[-1].startswith(
+        f"jtcse: error: model '{folder}': {folder} has only pickle weights"
+    ) and "Traceback" not in "".join(err)
     assert not marker.exists()
 
 
@@ -55,6 +56,7 @@ def test_trainer_state_is_loaded_with_weights_only(tmp_path):
     class Payload:
         def __reduce__(self):
             return (Path.touch, (marker,))
+
     checkpoint = tmp_path / "step-00000001"
     checkpoint.mkdir()
     from safetensors.torch import save_file
@@ -75,8 +77,11 @@ def test_remote_code_is_refused_unless_trust_remote_code(config_file, tiny_bert,
     config = json.loads((folder / config_file).read_text())
     config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel", "AutoConfig": "configuration_evil.EvilConfig"}
     (folder / config_file).write_text(json.dumps(config))
-    with pytest.raises(UserError, match=rf"{config_file}: auto_map \['AutoConfig', 'AutoModel'\] asks to run Python "
-                                        r"code shipped with the model; refused because model.trust_remote_code is false"):
+    with pytest.raises(
+        UserError,
+        match=rf"{config_file}: auto_map \['AutoConfig', 'AutoModel'\] asks to run Python "
+        r"code shipped with the model; refused because model.trust_remote_code is false",
+    ):
         load_tower(str(folder))
     from jtcse.modeling.towers import check_safe_to_load
 
@@ -90,8 +95,11 @@ def test_a_package_without_sha256sums_is_refused(pkg_copy, capsys):
 
     (pkg_copy / "SHA256SUMS").unlink()
     for target in (pkg_copy, pkg_copy / "distilled", pkg_copy / "twin", pkg_copy / "twin" / "tower_a"):
-        with pytest.raises(IntegrityError, match=rf"{pkg_copy}: a package \(jtcse_package.json\) without SHA256SUMS; "
-                                                 "refusing to load weights that cannot be verified"):
+        with pytest.raises(
+            IntegrityError,
+            match=rf"{pkg_copy}: a package \(jtcse_package.json\) without SHA256SUMS; "
+            "refusing to load weights that cannot be verified",
+        ):
             jtcse.load(target, device="cpu")
     assert main(["similarity", "a", "b", "--model", str(pkg_copy), "--device", "cpu"]) == 2
     assert "without SHA256SUMS" in capsys.readouterr().err
@@ -116,11 +124,16 @@ def test_a_file_edited_together_with_sha256sums_is_caught_by_the_manifest(pkg_co
     config = pkg_copy / "distilled" / "config.json"
     config.write_text(config.read_text().replace('"hidden_act": "gelu"', '"hidden_act": "relu"'))
     sums = pkg_copy / "SHA256SUMS"
-    lines = [f"{sha256_file(config)}  distilled/config.json" if line.endswith("  distilled/config.json") else line
-             for line in sums.read_text().splitlines()]
+    lines = [
+        f"{sha256_file(config)}  distilled/config.json" if line.endswith("  distilled/config.json") else line
+        for line in sums.read_text().splitlines()
+    ]
     sums.write_text("\n".join(lines) + "\n")
-    with pytest.raises(IntegrityError, match=r"distilled/config\.json: SHA256 does not match the digest in "
-                                             r"jtcse_package\.json \(SHA256SUMS was edited too\)"):
+    with pytest.raises(
+        IntegrityError,
+        match=r"distilled/config\.json: SHA256 does not match the digest in "
+        r"jtcse_package\.json \(SHA256SUMS was edited too\)",
+    ):
         jtcse.load(pkg_copy, device="cpu")
 
 
@@ -133,7 +146,11 @@ def test_a_package_manifest_stripped_of_its_digests_is_refused(pkg_copy):
     del data["files"]
     manifest.write_text(json.dumps(data))
     sums = pkg_copy / "SHA256SUMS"
-    sums.write_text("".join(f"{sha256_file(manifest)}  jtcse_package.json\n" if line.endswith("  jtcse_package.json")
-                            else line + "\n" for line in sums.read_text().splitlines()))
+    sums.write_text(
+        "".join(
+            f"{sha256_file(manifest)}  jtcse_package.json\n" if line.endswith("  jtcse_package.json") else line + "\n"
+            for line in sums.read_text().splitlines()
+        )
+    )
     with pytest.raises(IntegrityError, match=r'the file digests \("files"\) are missing'):
         jtcse.load(pkg_copy, device="cpu")

@@ -158,9 +158,11 @@ def test_corpus_corruptions_are_each_caught(bundle: Path, tmp_path: Path) -> Non
     path.write_bytes(
         ("\n".join(CORPUS_LINES) + "\n").encode("utf-8")
         + b"Caf\xe9 latin-1 bytes are not UTF-8 at all.\n"  # line n+1
-        + ("word " * 200).encode("utf-8") + b"\n"  # line n+2: too long
+        + ("word " * 200).encode("utf-8")
+        + b"\n"  # line n+2: too long
         + b"\n"  # line n+3: empty (also below min_words)
-        + leaked.encode("utf-8") + b"\n"  # line n+4: stsb.dev sentence, other case/spacing
+        + leaked.encode("utf-8")
+        + b"\n"  # line n+4: stsb.dev sentence, other case/spacing
     )
     report = tmp_path / "report.json"
 
@@ -204,7 +206,10 @@ def test_real_bundle_passes(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8")) == summary
     assert all(r["success"] for checks in summary.values() for r in checks.values())
     # The official releases repeat some pairs; the gate tolerates exactly those.
-    assert summary["sts/sts12.test.tsv"]["expect_compound_columns_to_be_unique(sentence1,sentence2)"]["unexpected_count"] == 272
+    assert (
+        summary["sts/sts12.test.tsv"]["expect_compound_columns_to_be_unique(sentence1,sentence2)"]["unexpected_count"]
+        == 272
+    )
 
 
 def test_great_expectations_info_noise_is_quiet_and_the_level_restored(bundle: Path, caplog) -> None:

@@ -10,8 +10,12 @@ def add_params(p: argparse.ArgumentParser) -> None:
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where the model runs (default: auto = cuda if available)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the model runs (default: auto = cuda if available)",
+    )
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
@@ -25,7 +29,9 @@ def parse_assignment(text: str) -> tuple[str, object]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
-        raise argparse.ArgumentTypeError(f"{key}: value {raw!r} is not valid YAML ({getattr(err, 'problem', err)})")
+        raise argparse.ArgumentTypeError(
+            f"{key}: value {raw!r} is not valid YAML ({getattr(err, 'problem', err)})"
+        ) from err
     return key, value
 
 

@@ -33,8 +33,7 @@ def output_format(name: str, given: str | None, stdout_default: str) -> str:
         return stdout_default
     suffix = Path(name).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
-        raise UserError(f"{name}: unknown output suffix {suffix or '(none)'!r}; use .npy, .csv or .jsonl "
-                         f"(or --format)")
+        raise UserError(f"{name}: unknown output suffix {suffix or '(none)'!r}; use .npy, .csv or .jsonl (or --format)")
     return OUTPUT_FORMATS[suffix]
 
 
@@ -57,6 +56,7 @@ def write_rows(name: str, fmt: str, values, labels: list[dict] | None = None, ke
         np.save(buffer, values)
         payload = buffer.getvalue()
     else:
+
         def exact(v: float) -> float:
             return float(f"{v:.9g}")
 
@@ -65,8 +65,13 @@ def write_rows(name: str, fmt: str, values, labels: list[dict] | None = None, ke
             text = "".join(",".join(f"{v:.9g}" for v in row.tolist()) + "\n" for row in rows)
         else:
             labels = labels or [{} for _ in range(len(values))]
-            text = "".join(json.dumps({**label, key: [exact(v) for v in row] if values.ndim == 2 else exact(row)},
-                                      ensure_ascii=False) + "\n" for label, row in zip(labels, values.tolist()))
+            text = "".join(
+                json.dumps(
+                    {**label, key: [exact(v) for v in row] if values.ndim == 2 else exact(row)}, ensure_ascii=False
+                )
+                + "\n"
+                for label, row in zip(labels, values.tolist())
+            )
         payload = text.encode("utf-8")
     if name == "-":
         sys.stdout.buffer.write(payload)
@@ -82,20 +87,33 @@ def write_rows(name: str, fmt: str, values, labels: list[dict] | None = None, ke
 
 
 def _add_model_args(p: argparse.ArgumentParser, batch_size: int) -> None:
-    p.add_argument("--model", required=True,
-                   help="package, twin folder, tower, or any local Hugging Face / sentence-transformers model")
-    p.add_argument("--pooling", choices=["cls", "mean"], default=None,
-                   help="sentence vector of a single tower (default: the model's own, else cls)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"sentences per forward pass (default: {batch_size})")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="package, twin folder, tower, or any local Hugging Face / sentence-transformers model",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=["cls", "mean"],
+        default=None,
+        help="sentence vector of a single tower (default: the model's own, else cls)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=batch_size, help=f"sentences per forward pass (default: {batch_size})"
+    )
     add_device(p)
 
 
 def _add_output_args(p: argparse.ArgumentParser, what: str, stdout_default: str) -> None:
-    p.add_argument("--output", default="-",
-                   help=f"{what}: .npy, .csv or .jsonl, chosen by the suffix; - = standard output "
-                        f"({stdout_default} unless --format says otherwise; default: -)")
-    p.add_argument("--format", choices=sorted(set(OUTPUT_FORMATS.values())),
-                   help="output format regardless of the --output suffix")
+    p.add_argument(
+        "--output",
+        default="-",
+        help=f"{what}: .npy, .csv or .jsonl, chosen by the suffix; - = standard output "
+        f"({stdout_default} unless --format says otherwise; default: -)",
+    )
+    p.add_argument(
+        "--format", choices=sorted(set(OUTPUT_FORMATS.values())), help="output format regardless of the --output suffix"
+    )
 
 
 def encode_command(args) -> None:
@@ -109,8 +127,9 @@ def encode_command(args) -> None:
     fmt = output_format(args.output, args.format, stdout_default="jsonl")
     lines = read_sentences(args.input)
     encoder = load(args.model, pooling=args.pooling, device=args.device)
-    vectors = encoder.encode(lines, batch_size=args.batch_size, normalize_embeddings=args.normalize,
-                             show_progress_bar=args.output != "-")
+    vectors = encoder.encode(
+        lines, batch_size=args.batch_size, normalize_embeddings=args.normalize, show_progress_bar=args.output != "-"
+    )
     write_rows(args.output, fmt, vectors, [{"sentence": line} for line in lines])
     where = "standard output" if args.output == "-" else args.output
     print(f"{len(lines)} sentences -> {where} ({fmt}, {vectors.shape[0]} x {vectors.shape[1]})", file=sys.stderr)
@@ -137,8 +156,10 @@ def similarity_command(args) -> None:
         left = read_sentences(files[0])
         right = read_sentences(files[1]) if len(files) == 2 else left
     if args.pairs and len(left) != len(right):
-        raise DataError(f"--pairs: {args.pairs[0]} has {len(left)} lines but {args.pairs[1]} has {len(right)}; "
-                        "line i of one is compared with line i of the other")
+        raise DataError(
+            f"--pairs: {args.pairs[0]} has {len(left)} lines but {args.pairs[1]} has {len(right)}; "
+            "line i of one is compared with line i of the other"
+        )
     a = encoder.encode(left, batch_size=args.batch_size, convert_to_tensor=True)
     b = encoder.encode(right, batch_size=args.batch_size, convert_to_tensor=True) if right is not left else a
     scores = (encoder.similarity_pairwise(a, b) if pairwise else encoder.similarity(a, b)).cpu().numpy()
@@ -153,23 +174,29 @@ def similarity_command(args) -> None:
 
 def encode_command_parser(subparsers) -> None:
     """Add ``encode`` and ``similarity``."""
-    p = subparsers.add_parser("encode", help="encode a text file (one sentence per line) to vectors",
-                              description="Encode one sentence per line of --input; row i of the output is line i.")
+    p = subparsers.add_parser(
+        "encode",
+        help="encode a text file (one sentence per line) to vectors",
+        description="Encode one sentence per line of --input; row i of the output is line i.",
+    )
     _add_model_args(p, batch_size=64)
     p.add_argument("--input", required=True, help="UTF-8 text, one sentence per line; - = standard input")
     _add_output_args(p, "vectors", stdout_default="jsonl")
     p.add_argument("--normalize", action="store_true", help="unit-length vectors (a dot product is then the cosine)")
     p.set_defaults(func=encode_command)
 
-    p = subparsers.add_parser("similarity", help="cosine similarity of two sentences, of line pairs, or a matrix",
-                              description="Cosine similarity: of two sentences (printed), of line i of FILE_A with "
-                                          "line i of FILE_B (--pairs), or of every line of FILE_A with every line of "
-                                          "FILE_B (--matrix; FILE_A with itself when FILE_B is left out).")
+    p = subparsers.add_parser(
+        "similarity",
+        help="cosine similarity of two sentences, of line pairs, or a matrix",
+        description="Cosine similarity: of two sentences (printed), of line i of FILE_A with "
+        "line i of FILE_B (--pairs), or of every line of FILE_A with every line of "
+        "FILE_B (--matrix; FILE_A with itself when FILE_B is left out).",
+    )
     p.add_argument("sentences", nargs="*", metavar="SENTENCE", help="two sentences to compare")
-    p.add_argument("--pairs", nargs=2, metavar=("FILE_A", "FILE_B"),
-                   help="two files of as many lines: one score per line pair")
-    p.add_argument("--matrix", nargs="+", metavar="FILE",
-                   help="FILE_A [FILE_B]: the len(A) x len(B) matrix of cosines")
+    p.add_argument(
+        "--pairs", nargs=2, metavar=("FILE_A", "FILE_B"), help="two files of as many lines: one score per line pair"
+    )
+    p.add_argument("--matrix", nargs="+", metavar="FILE", help="FILE_A [FILE_B]: the len(A) x len(B) matrix of cosines")
     _add_model_args(p, batch_size=64)
     _add_output_args(p, "scores of --pairs / --matrix", stdout_default="csv")
     p.set_defaults(func=similarity_command)

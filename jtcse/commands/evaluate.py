@@ -15,6 +15,7 @@ log = logging.getLogger("jtcse")
 def _evaluation_encoder(args):
     from jtcse.api import load
     from jtcse.encoding import TowerEncoder, TwinEncoder
+
     encoder = load(args.model, pooling=args.pooling, device=args.device, max_length=args.max_length)
     if args.model_b:
         if not isinstance(encoder, TowerEncoder):
@@ -34,10 +35,19 @@ def _transfer_evaluator(args):
     else:
         settings = load_settings("params.yaml") if Path("params.yaml").is_file() else Settings()
     cfg = settings.transfer
-    return TransferEvaluator(args.data_dir or cfg.data_dir, cfg.tasks, batch_size=args.batch_size, folds=cfg.folds,
-                             inner_folds=cfg.inner_folds, seed=cfg.seed, max_iter=cfg.max_iter,
-                             mrpc_features=cfg.mrpc_features, max_train=cfg.max_train, jobs=cfg.jobs,
-                             show_progress=True)
+    return TransferEvaluator(
+        args.data_dir or cfg.data_dir,
+        cfg.tasks,
+        batch_size=args.batch_size,
+        folds=cfg.folds,
+        inner_folds=cfg.inner_folds,
+        seed=cfg.seed,
+        max_iter=cfg.max_iter,
+        mrpc_features=cfg.mrpc_features,
+        max_train=cfg.max_train,
+        jobs=cfg.jobs,
+        show_progress=True,
+    )
 
 
 def evaluate_command(args) -> None:
@@ -56,15 +66,19 @@ def evaluate_command(args) -> None:
     results = {k: round(v, 4) for k, v in evaluator(encoder).items()}
     undefined = [task for task, value in results.items() if value != value]
     if undefined:
-        raise UserError(f"{args.model}: Spearman is undefined (NaN) on {', '.join(undefined)}: the model gives every "
-                        "pair the same similarity (collapsed embeddings); nothing written")
+        raise UserError(
+            f"{args.model}: Spearman is undefined (NaN) on {', '.join(undefined)}: the model gives every "
+            "pair the same similarity (collapsed embeddings); nothing written"
+        )
     name = args.name or Path(args.model).name
     print(format_table({name: results}, tasks=tasks))
     elapsed = time.perf_counter() - started
     if args.suite == "transfer":
         timings = evaluator.timings
-        print(f"{args.suite} suite: {elapsed:.0f} s ({timings.sentences} distinct sentences encoded in "
-              f"{timings.encode:.0f} s; probes " + ", ".join(f"{t} {s:.0f} s" for t, s in timings.probes.items()) + ")")
+        print(
+            f"{args.suite} suite: {elapsed:.0f} s ({timings.sentences} distinct sentences encoded in "
+            f"{timings.encode:.0f} s; probes " + ", ".join(f"{t} {s:.0f} s" for t, s in timings.probes.items()) + ")"
+        )
     else:
         print(f"{args.suite} suite: {elapsed:.0f} s")
     atomic_write_json(args.output, results)
@@ -75,19 +89,30 @@ def evaluate_command(args) -> None:
 
 
 def evaluate_command_parser(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="seven-task STS evaluation (Spearman x 100) or SentEval transfer "
-                                               "(accuracy x 100)")
-    p.add_argument("--suite", choices=["sts", "transfer"], default="sts",
-                   help="sts (default): cosine Spearman on STS12-16, STS-B, SICK-R; transfer: logistic-regression "
-                        "probe on MR, CR, SUBJ, MPQA, SST2, TREC, MRPC")
-    p.add_argument("--model", required=True, help="tower, twin folder, package, or any HF / sentence-transformers model")
+    p = subparsers.add_parser(
+        "evaluate", help="seven-task STS evaluation (Spearman x 100) or SentEval transfer (accuracy x 100)"
+    )
+    p.add_argument(
+        "--suite",
+        choices=["sts", "transfer"],
+        default="sts",
+        help="sts (default): cosine Spearman on STS12-16, STS-B, SICK-R; transfer: logistic-regression "
+        "probe on MR, CR, SUBJ, MPQA, SST2, TREC, MRPC",
+    )
+    p.add_argument(
+        "--model", required=True, help="tower, twin folder, package, or any HF / sentence-transformers model"
+    )
     p.add_argument("--model-b", help="second tower: evaluate --model and --model-b as a twin")
-    p.add_argument("--pooling", choices=["cls", "mean"], default=None,
-                   help="tower pooling (default: cls, or the model's own)")
-    p.add_argument("--combine", choices=["sum", "concat"], default="sum",
-                   help="how a twin's vectors combine (default: sum)")
-    p.add_argument("--data-dir", help="folder of the STS TSV files (default: data/sts) or of the transfer tasks "
-                                      "(default: transfer.data_dir)")
+    p.add_argument(
+        "--pooling", choices=["cls", "mean"], default=None, help="tower pooling (default: cls, or the model's own)"
+    )
+    p.add_argument(
+        "--combine", choices=["sum", "concat"], default="sum", help="how a twin's vectors combine (default: sum)"
+    )
+    p.add_argument(
+        "--data-dir",
+        help="folder of the STS TSV files (default: data/sts) or of the transfer tasks (default: transfer.data_dir)",
+    )
     p.add_argument("--params", help="settings file for the transfer suite (default: params.yaml if present)")
     p.add_argument("--output", required=True, help="JSON file of the per-task scores and their average")
     p.add_argument("--plot-data", help="also write a task,spearman (or task,accuracy) CSV (DVC bar plot)")

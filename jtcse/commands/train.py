@@ -17,9 +17,14 @@ def _add_run_args(p: argparse.ArgumentParser, output_help: str) -> None:
     p.add_argument("--checkpoint-dir", help="resumable checkpoints (default: checkpoints/<output name>)")
     p.add_argument("--metrics-dir", help="train.csv / eval.csv / summary.json for DVC plots and metrics")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if checkpoints exist")
-    p.add_argument("--set", action="append", type=parse_assignment, metavar="KEY=VALUE",
-                   help="override one setting of --params for this run, e.g. --set train.lr=2e-5 (dotted key, "
-                        "YAML value; repeatable). Outside DVC only: in the pipeline use `dvc exp run -S`.")
+    p.add_argument(
+        "--set",
+        action="append",
+        type=parse_assignment,
+        metavar="KEY=VALUE",
+        help="override one setting of --params for this run, e.g. --set train.lr=2e-5 (dotted key, "
+        "YAML value; repeatable). Outside DVC only: in the pipeline use `dvc exp run -S`.",
+    )
 
 
 def _checkpoint_dir(args) -> Path:
@@ -30,33 +35,53 @@ def _report_training(name: str, result, output: str) -> None:
     from jtcse.training import distributed
 
     if distributed.is_main():  # under torchrun, one line for the run, not one per process
-        print(f"{name}: STS-B dev {result.initial_metric:.2f} -> best {result.best_metric:.2f} "
-              f"(step {result.best_step}) in {result.seconds / 60:.1f} min; saved to {output}")
+        print(
+            f"{name}: STS-B dev {result.initial_metric:.2f} -> best {result.best_metric:.2f} "
+            f"(step {result.best_step}) in {result.seconds / 60:.1f} min; saved to {output}"
+        )
 
 
 def train_tower_command(args) -> None:
     from jtcse.training.stages import train_tower
 
-    result = train_tower(command_settings(args), which=args.tower, output=args.output,
-                         checkpoint_dir=_checkpoint_dir(args), metrics_dir=args.metrics_dir, init=args.init,
-                         resume=not args.no_resume)
+    result = train_tower(
+        command_settings(args),
+        which=args.tower,
+        output=args.output,
+        checkpoint_dir=_checkpoint_dir(args),
+        metrics_dir=args.metrics_dir,
+        init=args.init,
+        resume=not args.no_resume,
+    )
     _report_training(f"tower {args.tower}", result, args.output)
 
 
 def train_command(args) -> None:
     from jtcse.training.stages import train_twin
 
-    result = train_twin(command_settings(args), tower_a=args.tower_a, tower_b=args.tower_b, output=args.output,
-                        checkpoint_dir=_checkpoint_dir(args), metrics_dir=args.metrics_dir, resume=not args.no_resume)
+    result = train_twin(
+        command_settings(args),
+        tower_a=args.tower_a,
+        tower_b=args.tower_b,
+        output=args.output,
+        checkpoint_dir=_checkpoint_dir(args),
+        metrics_dir=args.metrics_dir,
+        resume=not args.no_resume,
+    )
     _report_training("jtcse twin", result, args.output)
 
 
 def distill_command(args) -> None:
     from jtcse.training.stages import distill_twin
 
-    result = distill_twin(command_settings(args), twin=args.twin, output=args.output,
-                          checkpoint_dir=_checkpoint_dir(args), metrics_dir=args.metrics_dir,
-                          resume=not args.no_resume)
+    result = distill_twin(
+        command_settings(args),
+        twin=args.twin,
+        output=args.output,
+        checkpoint_dir=_checkpoint_dir(args),
+        metrics_dir=args.metrics_dir,
+        resume=not args.no_resume,
+    )
     _report_training("jtcse-d", result, args.output)
 
 

@@ -25,8 +25,13 @@ def _settings_from(args):
     from jtcse.tuning import with_overrides
 
     settings = load_settings(args.params)
-    return with_overrides(settings, n_trials=args.n_trials, storage=args.storage, study_name=args.study_name,
-                          workers=getattr(args, "workers", None) if args.command == "tune" else None)
+    return with_overrides(
+        settings,
+        n_trials=args.n_trials,
+        storage=args.storage,
+        study_name=args.study_name,
+        workers=getattr(args, "workers", None) if args.command == "tune" else None,
+    )
 
 
 def tune_command(args) -> None:
@@ -34,8 +39,13 @@ def tune_command(args) -> None:
 
     settings = _settings_from(args)
     try:
-        report = run_study(settings, tower_a=args.tower_a, tower_b=args.tower_b, output_dir=args.output_dir,
-                           subprocesses=args.subprocesses or None)
+        report = run_study(
+            settings,
+            tower_a=args.tower_a,
+            tower_b=args.tower_b,
+            output_dir=args.output_dir,
+            subprocesses=args.subprocesses or None,
+        )
     except TuningError as err:
         print(f"jtcse tune: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -54,9 +64,14 @@ def tune_worker_command(args) -> None:
         check_towers(settings, resolve_tower(args.tower_a), resolve_tower(args.tower_b))
         check_data(settings)
         prepare_study(settings)
-    run_worker(settings, tower_a=resolve_tower(args.tower_a), tower_b=resolve_tower(args.tower_b),
-               worker_index=args.worker_index, workers=args.workers,
-               progress=os.environ.get("TQDM_DISABLE") != "1")
+    run_worker(
+        settings,
+        tower_a=resolve_tower(args.tower_a),
+        tower_b=resolve_tower(args.tower_b),
+        worker_index=args.worker_index,
+        workers=args.workers,
+        progress=os.environ.get("TQDM_DISABLE") != "1",
+    )
 
 
 def tune_report_command(args) -> None:
@@ -87,12 +102,14 @@ def tune_command_parser(subparsers) -> None:
     p.add_argument("--subprocesses", action="store_true", help="run even a single worker as a separate process")
     p.set_defaults(func=tune_command)
 
-    p = subparsers.add_parser("tune-worker",
-                              help="one more worker for a study (e.g. on another machine, PostgreSQL storage)")
+    p = subparsers.add_parser(
+        "tune-worker", help="one more worker for a study (e.g. on another machine, PostgreSQL storage)"
+    )
     _tune_options(p)
     p.add_argument("--worker-index", type=int, default=0, help="distinct per worker of a machine: seeds its sampler")
-    p.add_argument("--workers", type=int, default=1,
-                   help="workers on this machine: the CPU threads are split among them")
+    p.add_argument(
+        "--workers", type=int, default=1, help="workers on this machine: the CPU threads are split among them"
+    )
     p.add_argument("--no-create", action="store_true", help="the study exists already (set by `jtcse tune`)")
     p.set_defaults(func=tune_worker_command)
 

@@ -13,9 +13,14 @@ def validate_command(args) -> None:
 
     settings = command_settings(args)
     started = time.perf_counter()
-    validate_data(Path(args.data_dir), corpus=Path(args.corpus or settings.data.corpus), docs_dir=args.docs_dir,
-                  report=args.report, min_words=settings.validate_data.min_words,
-                  max_words=settings.validate_data.max_words)
+    validate_data(
+        Path(args.data_dir),
+        corpus=Path(args.corpus or settings.data.corpus),
+        docs_dir=args.docs_dir,
+        report=args.report,
+        min_words=settings.validate_data.min_words,
+        max_words=settings.validate_data.max_words,
+    )
     print(f"data valid ({time.perf_counter() - started:.1f} s); report -> {args.report}")
 
 

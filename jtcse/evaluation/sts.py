@@ -48,8 +48,15 @@ class STSEvaluator:
     Every distinct sentence across all tasks is encoded once.
     """
 
-    def __init__(self, data_dir: str | Path, tasks: dict[str, str] | None = None, batch_size: int = 128,
-                 primary_metric: str | None = None, show_progress: bool = False, average_name: str = "avg"):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        tasks: dict[str, str] | None = None,
+        batch_size: int = 128,
+        primary_metric: str | None = None,
+        show_progress: bool = False,
+        average_name: str = "avg",
+    ):
         self.data_dir = Path(data_dir)
         self.tasks = dict(tasks or STS_TASKS)
         self.batch_size = check_batch_size(batch_size)
@@ -63,8 +70,10 @@ class STSEvaluator:
         self.pairs: dict[str, STSPairs] = {t: read_sts(self.data_dir / f) for t, f in self.tasks.items()}
         for task, pairs in self.pairs.items():
             if len(set(pairs.scores)) == 1:  # Spearman against constant gold scores is NaN
-                raise DataError(f"{self.data_dir / self.tasks[task]}: every pair has the score {pairs.scores[0]:g}; "
-                                "Spearman is undefined (a gold-score column lost in a conversion?)")
+                raise DataError(
+                    f"{self.data_dir / self.tasks[task]}: every pair has the score {pairs.scores[0]:g}; "
+                    "Spearman is undefined (a gold-score column lost in a conversion?)"
+                )
         self.primary_metric = primary_metric or (average_name if len(self.tasks) > 1 else next(iter(self.tasks)))
         if self.primary_metric not in (*self.tasks, average_name):
             raise ValueError(f"primary metric {self.primary_metric!r} is none of {[*self.tasks, average_name]}")
@@ -76,8 +85,12 @@ class STSEvaluator:
         return [*self.tasks, *([self.average_name] if len(self.tasks) > 1 else [])]
 
     def __call__(self, encoder: Encoder) -> dict[str, float]:
-        _, vectors_of = encode_distinct(encoder, (s for p in self.pairs.values() for s in (*p.sentence1, *p.sentence2)),
-                                        batch_size=self.batch_size, show_progress=self.show_progress)
+        _, vectors_of = encode_distinct(
+            encoder,
+            (s for p in self.pairs.values() for s in (*p.sentence1, *p.sentence2)),
+            batch_size=self.batch_size,
+            show_progress=self.show_progress,
+        )
         results: dict[str, float] = {}
         for task, pairs in self.pairs.items():
             predicted = cosine_scores(vectors_of(pairs.sentence1), vectors_of(pairs.sentence2))
@@ -113,14 +126,16 @@ def dev_evaluator(data_dir: str | Path, selection: str = DEV_MEAN, batch_size: i
     return STSEvaluator(data_dir, tasks, batch_size=batch_size, primary_metric=selection, average_name=DEV_MEAN)
 
 
-def format_table(results: dict[str, dict[str, float]] | dict[str, float], title: str = "model",
-                 tasks: tuple[str, ...] | None = None) -> str:
+def format_table(
+    results: dict[str, dict[str, float]] | dict[str, float], title: str = "model", tasks: tuple[str, ...] | None = None
+) -> str:
     """A markdown table: one row per model, one column per task (default: the STS tasks) and the average."""
     rows = results if results and isinstance(next(iter(results.values())), dict) else {title: results}
     columns = [t for t in (*(tasks or STS_TASKS), "avg") if any(t in r for r in rows.values())]
     header = "| model | " + " | ".join(columns) + " |"
     line = "|---|" + "---:|" * len(columns)
-    body = ["| " + name + " | " + " | ".join(f"{r[c]:.2f}" if c in r else "" for c in columns) + " |"
-            for name, r in rows.items()]
+    body = [
+        "| " + name + " | " + " | ".join(f"{r[c]:.2f}" if c in r else "" for c in columns) + " |"
+        for name, r in rows.items()
+    ]
     return "\n".join([header, line, *body])
-

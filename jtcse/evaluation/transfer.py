@@ -132,8 +132,10 @@ def read_trec(path: str | Path) -> Labelled:
         label, _, rest = line.strip().partition(" ")
         coarse = label.split(":", 1)[0]
         if ":" not in label or coarse not in TREC_CLASSES or not rest.strip():
-            raise DataError(f"{path}:{lineno}: expected 'COARSE:fine question' with COARSE one of "
-                            f"{', '.join(TREC_CLASSES)}, got {line[:80]!r}")
+            raise DataError(
+                f"{path}:{lineno}: expected 'COARSE:fine question' with COARSE one of "
+                f"{', '.join(TREC_CLASSES)}, got {line[:80]!r}"
+            )
         texts.append(normalise(rest))
         labels.append(TREC_CLASSES.index(coarse))
     if not texts:
@@ -181,8 +183,11 @@ def subsample(data: Labelled, limit: int | None, seed: int) -> Labelled:
 
     keep, _ = train_test_split(np.arange(len(data)), train_size=limit, stratify=data.labels, random_state=seed)
     keep = np.sort(keep)
-    return Labelled([data.first[i] for i in keep], data.labels[keep],
-                    None if data.second is None else [data.second[i] for i in keep])
+    return Labelled(
+        [data.first[i] for i in keep],
+        data.labels[keep],
+        None if data.second is None else [data.second[i] for i in keep],
+    )
 
 
 def pair_features(u: np.ndarray, v: np.ndarray, kind: str = "full") -> np.ndarray:
@@ -195,6 +200,7 @@ def pair_features(u: np.ndarray, v: np.ndarray, kind: str = "full") -> np.ndarra
 
 
 # --- the evaluator --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class TransferTimings:
@@ -213,10 +219,22 @@ class TransferEvaluator:
     protocol): the CPU profile's budget, since encoding the full sets takes minutes per tower on 2 cores.
     """
 
-    def __init__(self, data_dir: str | Path, tasks: tuple[str, ...] | list[str] | None = None, *,
-                 batch_size: int = 128, folds: int = 10, inner_folds: int = 10, seed: int = 1111,
-                 max_iter: int = 1000, mrpc_features: str = "full", max_train: int | None = None,
-                 jobs: int | None = None, primary_metric: str | None = None, show_progress: bool = False):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        tasks: tuple[str, ...] | list[str] | None = None,
+        *,
+        batch_size: int = 128,
+        folds: int = 10,
+        inner_folds: int = 10,
+        seed: int = 1111,
+        max_iter: int = 1000,
+        mrpc_features: str = "full",
+        max_train: int | None = None,
+        jobs: int | None = None,
+        primary_metric: str | None = None,
+        show_progress: bool = False,
+    ):
         self.data_dir = Path(data_dir)
         self.tasks = tuple(tasks or TRANSFER_TASKS)
         unknown = [t for t in self.tasks if t not in TRANSFER_FILES]
@@ -237,9 +255,12 @@ class TransferEvaluator:
             raise ValueError(f"max_train ({max_train}) must leave at least 2 examples per fold ({folds} folds)")
         # The cap applies to what the probe trains on (a CV task's whole set, else train); dev and test stay whole.
         self.splits: dict[str, dict[str, Labelled]] = {
-            task: {name: subsample(split, max_train, seed) if name in ("all", "train") else split
-                   for name, split in read_task(self.data_dir, task).items()}
-            for task in self.tasks}
+            task: {
+                name: subsample(split, max_train, seed) if name in ("all", "train") else split
+                for name, split in read_task(self.data_dir, task).items()
+            }
+            for task in self.tasks
+        }
         self.primary_metric = primary_metric or ("avg" if len(self.tasks) > 1 else self.tasks[0])
         self.timings = TransferTimings()
 
@@ -248,8 +269,9 @@ class TransferEvaluator:
 
     def __call__(self, encoder: Encoder) -> dict[str, float]:
         started = time.perf_counter()
-        count, vectors_of = encode_distinct(encoder, self.sentences(), batch_size=self.batch_size,
-                                            show_progress=self.show_progress)
+        count, vectors_of = encode_distinct(
+            encoder, self.sentences(), batch_size=self.batch_size, show_progress=self.show_progress
+        )
         self.timings = TransferTimings(encode=time.perf_counter() - started, sentences=count)
         log.info("transfer: encoded %d distinct sentences in %.1f s", count, self.timings.encode)
         results: dict[str, float] = {}
@@ -272,8 +294,9 @@ class TransferEvaluator:
     def score_task(self, task: str, data: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
         common = dict(seed=self.seed, max_iter=self.max_iter)
         if task in CV_TASKS:
-            return cross_validated_accuracy(*data["all"], folds=self.folds, inner_folds=self.inner_folds,
-                                            jobs=self.jobs, **common)
+            return cross_validated_accuracy(
+                *data["all"], folds=self.folds, inner_folds=self.inner_folds, jobs=self.jobs, **common
+            )
         if task == "sst2":
             return dev_selected_accuracy(data["train"], data["dev"], data["test"], **common)
         return cv_selected_accuracy(data["train"], data["test"], folds=self.folds, jobs=self.jobs, **common)

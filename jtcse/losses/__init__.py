@@ -6,5 +6,11 @@ from jtcse.losses.interaction import InteractionInfoNCELoss
 from jtcse.losses.jtcse_loss import JTCSELoss
 from jtcse.losses.modulus import TensorModulusLoss
 
-__all__ = ["DistillationLoss", "InfoNCELoss", "InteractionInfoNCELoss", "JTCSELoss",
-           "SimilarityDistillationLoss", "TensorModulusLoss"]
+__all__ = [
+    "DistillationLoss",
+    "InfoNCELoss",
+    "InteractionInfoNCELoss",
+    "JTCSELoss",
+    "SimilarityDistillationLoss",
+    "TensorModulusLoss",
+]

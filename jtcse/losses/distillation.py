@@ -32,8 +32,15 @@ class SimilarityDistillationLoss(nn.Module):
 class DistillationLoss(nn.Module):
     """w_kl * KL + w_nce * NCE(student)."""
 
-    def __init__(self, *, w_kl: float = 1.0, w_nce: float = 0.1, temperature: float = 0.05,
-                 teacher_temperature: float = 0.05, student_temperature: float = 0.05):
+    def __init__(
+        self,
+        *,
+        w_kl: float = 1.0,
+        w_nce: float = 0.1,
+        temperature: float = 0.05,
+        teacher_temperature: float = 0.05,
+        student_temperature: float = 0.05,
+    ):
         super().__init__()
         self.w_kl, self.w_nce = w_kl, w_nce
         self.kl = SimilarityDistillationLoss(teacher_temperature, student_temperature)

@@ -23,9 +23,18 @@ class JTCSELoss(nn.Module):
     ``w_cross = w_icnce`` is the reference and ``w_cross = 0`` is TNCSE.
     """
 
-    def __init__(self, *, w_nce: float = 1.0, w_icnce: float = 1.0, w_cross: float = 1.0, w_tm: float = 1.0,
-                 temperature: float = 0.05, icnce_direction: str = "random", modulus_on: str = "pooler",
-                 tm_clamp: float = 1e-4):
+    def __init__(
+        self,
+        *,
+        w_nce: float = 1.0,
+        w_icnce: float = 1.0,
+        w_cross: float = 1.0,
+        w_tm: float = 1.0,
+        temperature: float = 0.05,
+        icnce_direction: str = "random",
+        modulus_on: str = "pooler",
+        tm_clamp: float = 1e-4,
+    ):
         super().__init__()
         if modulus_on not in ("pooler", "embedding"):
             raise ValueError(f"train.modulus_on must be 'pooler' or 'embedding', got {modulus_on!r}")

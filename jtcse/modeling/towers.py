@@ -54,8 +54,10 @@ def check_encoder_folder(name: str, path: str) -> None:
     if not any(folder.glob("*.safetensors")):
         pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
         detail = f"only pickle weights ({', '.join(pickled)}), which jtcse never unpickles" if pickled else "no weights"
-        raise UserError(f"model {name!r}: {path} has {detail}; save the model with safetensors "
-                        "(model.save_pretrained(folder, safe_serialization=True))")
+        raise UserError(
+            f"model {name!r}: {path} has {detail}; save the model with safetensors "
+            "(model.save_pretrained(folder, safe_serialization=True))"
+        )
 
 
 def load_tower(
@@ -78,11 +80,15 @@ def load_tower(
     except OSError:
         if os.path.isdir(path):
             raise
-        raise UserError(f"model {name_or_path!r}: not a local folder, and not in the local Hugging Face cache "
-                        "(jtcse runs offline); give a model folder, 'minilm', or a hub id downloaded before") from None
+        raise UserError(
+            f"model {name_or_path!r}: not a local folder, and not in the local Hugging Face cache "
+            "(jtcse runs offline); give a model folder, 'minilm', or a hub id downloaded before"
+        ) from None
     if config.model_type not in _masked_lm_model_types():
-        raise UserError(f"model {name_or_path!r}: model_type {config.model_type!r} is not a BERT-like encoder "
-                        "(expected e.g. bert, roberta, distilbert: an encoder trained with masked language modelling)")
+        raise UserError(
+            f"model {name_or_path!r}: model_type {config.model_type!r} is not a BERT-like encoder "
+            "(expected e.g. bert, roberta, distilbert: an encoder trained with masked language modelling)"
+        )
     model, loading = AutoModel.from_pretrained(
         path,
         config=config,
@@ -93,7 +99,9 @@ def load_tower(
     )
     missing = [k for k in loading.get("missing_keys", []) if not k.startswith("pooler.")]
     if missing:
-        raise UserError(f"model {name_or_path!r}: checkpoint lacks weights {missing[:5]}; is it an encoder of this architecture?")
+        raise UserError(
+            f"model {name_or_path!r}: checkpoint lacks weights {missing[:5]}; is it an encoder of this architecture?"
+        )
     if any(k.startswith("pooler.") for k in loading.get("missing_keys", [])):
         # A randomly initialised pooler would feed noise into the modulus term: better to have none.
         log.warning("model %s has no trained pooler weights; pooler disabled", name_or_path)
@@ -107,9 +115,11 @@ def check_safe_to_load(directory: Path, *, trust_remote_code: bool = False) -> N
     if not list(directory.glob("*.safetensors")):
         pickled = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLED_WEIGHTS)
         if pickled:
-            raise UserError(f"{directory}: only pickled weights ({', '.join(pickled)}) and no *.safetensors; jtcse "
-                            "never unpickles model files (unpickling can run arbitrary code): convert them to "
-                            "safetensors where you trust the file (model.save_pretrained(dir, safe_serialization=True))")
+            raise UserError(
+                f"{directory}: only pickled weights ({', '.join(pickled)}) and no *.safetensors; jtcse "
+                "never unpickles model files (unpickling can run arbitrary code): convert them to "
+                "safetensors where you trust the file (model.save_pretrained(dir, safe_serialization=True))"
+            )
     if trust_remote_code:
         return
     for name in REMOTE_CODE_FILES:
@@ -119,9 +129,11 @@ def check_safe_to_load(directory: Path, *, trust_remote_code: bool = False) -> N
         except (json.JSONDecodeError, AttributeError):
             continue  # not ours to judge: transformers reports a malformed config
         if auto_map:
-            raise UserError(f"{config}: auto_map {sorted(auto_map)} asks to run Python code shipped with the model; "
-                            "refused because model.trust_remote_code is false (set it to true in params.yaml only "
-                            "for code you have read)")
+            raise UserError(
+                f"{config}: auto_map {sorted(auto_map)} asks to run Python code shipped with the model; "
+                "refused because model.trust_remote_code is false (set it to true in params.yaml only "
+                "for code you have read)"
+            )
 
 
 def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:

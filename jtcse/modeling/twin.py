@@ -43,8 +43,11 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
 def _has_bert_attention(layer: nn.Module) -> bool:
     attention = getattr(layer, "attention", None)
     sa = getattr(attention, "self", None)
-    return (all(hasattr(sa, n) for n in ("query", "key", "value", "num_attention_heads"))
-            and hasattr(attention, "output") and hasattr(layer, "feed_forward_chunk"))
+    return (
+        all(hasattr(sa, n) for n in ("query", "key", "value", "num_attention_heads"))
+        and hasattr(attention, "output")
+        and hasattr(layer, "feed_forward_chunk")
+    )
 
 
 def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -69,8 +72,12 @@ def capture_projections(layer: nn.Module):
 
 
 def cross_attention_output(
-    layer: nn.Module, query: torch.Tensor, key: torch.Tensor, other_value: torch.Tensor,
-    layer_input: torch.Tensor, mask: torch.Tensor,
+    layer: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    other_value: torch.Tensor,
+    layer_input: torch.Tensor,
+    mask: torch.Tensor,
 ) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d) + mask) V_other, then this layer's attention output block with its own residual."""
     sa = layer.attention.self
@@ -121,8 +128,16 @@ class BridgedTwin(nn.Module):
     forward is then exactly the two plain towers, which is what a zero weight on the cross term should cost.
     """
 
-    def __init__(self, tower_a: nn.Module, tower_b: nn.Module, *, num_ca_layers: int, mode: str = "stream",
-                 mix_gate: float = 0.1, pooling: str = "cls"):
+    def __init__(
+        self,
+        tower_a: nn.Module,
+        tower_b: nn.Module,
+        *,
+        num_ca_layers: int,
+        mode: str = "stream",
+        mix_gate: float = 0.1,
+        pooling: str = "cls",
+    ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"train.cross_attention.mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -142,11 +157,13 @@ class BridgedTwin(nn.Module):
             return {self.bridged[-1]} if self.bridged else set()
         return set(self.bridged)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> tuple[TowerOutput, TowerOutput]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> tuple[TowerOutput, TowerOutput]:
         if not self.bridged or (not self.compute_cross and self.mode != "mix"):
-            return self._plain(self.tower_a, input_ids, attention_mask, token_type_ids), \
-                self._plain(self.tower_b, input_ids, attention_mask, token_type_ids)
+            return self._plain(self.tower_a, input_ids, attention_mask, token_type_ids), self._plain(
+                self.tower_b, input_ids, attention_mask, token_type_ids
+            )
         emb_kwargs = {"input_ids": input_ids}
         if token_type_ids is not None:
             emb_kwargs["token_type_ids"] = token_type_ids
@@ -169,9 +186,11 @@ class BridgedTwin(nn.Module):
                 h_a, h_b = layer_a(x_a, mask), layer_b(x_b, mask)
             if self.mode == "stream":
                 stream_a = layer_a.feed_forward_chunk(
-                    cross_attention_output(layer_a, qkv_a["query"], qkv_a["key"], qkv_b["value"], stream_a, mask))
+                    cross_attention_output(layer_a, qkv_a["query"], qkv_a["key"], qkv_b["value"], stream_a, mask)
+                )
                 stream_b = layer_b.feed_forward_chunk(
-                    cross_attention_output(layer_b, qkv_b["query"], qkv_b["key"], qkv_a["value"], stream_b, mask))
+                    cross_attention_output(layer_b, qkv_b["query"], qkv_b["key"], qkv_a["value"], stream_b, mask)
+                )
                 continue
             cross_a = cross_attention_output(layer_a, qkv_a["query"], qkv_a["key"], qkv_b["value"], x_a, mask)
             cross_b = cross_attention_output(layer_b, qkv_b["query"], qkv_b["key"], qkv_a["value"], x_b, mask)
@@ -182,8 +201,10 @@ class BridgedTwin(nn.Module):
                 h_b = h_b + self.mix_gate * cross_b
         if self.mode == "stream":
             cross_a, cross_b = stream_a, stream_b
-        return (self._finish(self.tower_a, h_a, cross_a, attention_mask),
-                self._finish(self.tower_b, h_b, cross_b, attention_mask))
+        return (
+            self._finish(self.tower_a, h_a, cross_a, attention_mask),
+            self._finish(self.tower_b, h_b, cross_b, attention_mask),
+        )
 
     def _plain(self, tower, input_ids, attention_mask, token_type_ids) -> TowerOutput:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -45,8 +45,9 @@ def anisotropy(vectors: torch.Tensor) -> float:
     return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
 
 
-def gradient_norms(parts: dict[str, torch.Tensor], weights: dict[str, float],
-                   params: list[torch.nn.Parameter]) -> dict[str, float]:
+def gradient_norms(
+    parts: dict[str, torch.Tensor], weights: dict[str, float], params: list[torch.nn.Parameter]
+) -> dict[str, float]:
     """Norm over ``params`` of the gradient of each weighted term, and of their sum."""
     norms: dict[str, float] = {}
     total: list[torch.Tensor] | None = None

@@ -56,8 +56,10 @@ def setup(device_setting: str) -> torch.device | None:
         raise UserError("runtime.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise UserError(f"runtime.nproc_per_node asks for rank {local_rank} but only "
-                               f"{torch.cuda.device_count()} CUDA devices are visible")
+            raise UserError(
+                f"runtime.nproc_per_node asks for rank {local_rank} but only "
+                f"{torch.cuda.device_count()} CUDA devices are visible"
+            )
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
@@ -72,10 +74,12 @@ def shard_rows(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     rows = tensor.shape[0]
     if rows % world:
-        raise ValueError(f"a batch of {rows} sentences does not split over {world} training processes: "
-                         "batch_size must be divisible by runtime.nproc_per_node")
+        raise ValueError(
+            f"a batch of {rows} sentences does not split over {world} training processes: "
+            "batch_size must be divisible by runtime.nproc_per_node"
+        )
     size = rows // world
-    return tensor[rank() * size:(rank() + 1) * size]
+    return tensor[rank() * size : (rank() + 1) * size]
 
 
 def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -116,8 +120,9 @@ def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     # A checkpoint's pooler is computed by the HF forward but unused by some objectives (SimCSE on 'cls').
-    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=True)
+    return DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+    )
 
 
 def shutdown() -> None:
@@ -130,13 +135,15 @@ def relaunch(nproc_per_node: int, argv: Sequence[str]) -> int:
     wait for them."""
     from torch.distributed.run import get_args_parser, run
 
-    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc_per_node}",
-                                         "--module", "jtcse", *argv])
+    args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc_per_node}", "--module", "jtcse", *argv]
+    )
     log.info("relaunching `jtcse %s` as %d processes under torchrun", " ".join(argv), nproc_per_node)
     try:
         run(args)
     except Exception as err:  # torchrun's ChildFailedError carries each rank's traceback and has printed it
-        print(f"jtcse {argv[0]}: error: {nproc_per_node} training processes failed: {type(err).__name__}",
-              file=sys.stderr)
+        print(
+            f"jtcse {argv[0]}: error: {nproc_per_node} training processes failed: {type(err).__name__}", file=sys.stderr
+        )
         return 1
     return 0

@@ -34,8 +34,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.desc, self.step, self.checkpoint, self.signum = desc, step, checkpoint, signum
         name = signal.Signals(signum).name
         where = f"checkpoint saved in {checkpoint}" if checkpoint is not None else "no checkpoint was written"
-        super().__init__(f"{desc}: interrupted by {name} at step {step}; {where}; "
-                         "rerun the same command to resume")
+        super().__init__(f"{desc}: interrupted by {name} at step {step}; {where}; rerun the same command to resume")
 
     @property
     def exit_status(self) -> int:
@@ -71,9 +70,11 @@ class CheckpointLock:
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise CheckpointLocked(f"{self.checkpoint_dir}: another run is using this checkpoint folder "
-                                   f"({holder}); wait for it to end, or give this run its own --checkpoint-dir "
-                                   "and --output") from None
+            raise CheckpointLocked(
+                f"{self.checkpoint_dir}: another run is using this checkpoint folder "
+                f"({holder}); wait for it to end, or give this run its own --checkpoint-dir "
+                "and --output"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
         self._fd = fd

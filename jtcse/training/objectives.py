@@ -24,6 +24,7 @@ from jtcse.modeling.twin import BridgedTwin, TowerOutput
 from jtcse.training import diagnostics
 from jtcse.training.distributed import gather_rows, shard_rows
 
+
 def tokenize_views(tokenizer, sentences: list[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Token ids of this process's rows of the doubled batch (all rows outside torchrun)."""
     doubled = [s for s in sentences for _ in range(2)]
@@ -63,8 +64,16 @@ class SimCSEObjective(Objective):
 
     loss_names = ("loss_nce",)
 
-    def __init__(self, tower, tokenizer, *, temperature: float = 0.05, pooling: str = "cls",
-                 max_length: int = 32, eval_max_length: int = 128):
+    def __init__(
+        self,
+        tower,
+        tokenizer,
+        *,
+        temperature: float = 0.05,
+        pooling: str = "cls",
+        max_length: int = 32,
+        eval_max_length: int = 128,
+    ):
         super().__init__(tokenizer, pooling=pooling, max_length=max_length, eval_max_length=eval_max_length)
         self.tower = tower
         self.loss = InfoNCELoss(temperature)
@@ -88,8 +97,16 @@ class JTCSEObjective(Objective):
     loss_names = ("loss_nce", "loss_icnce", "loss_cross", "loss_tm")
     diagnostic_names = diagnostics.COLUMNS[1:]
 
-    def __init__(self, twin: BridgedTwin, tokenizer, loss: JTCSELoss, *, max_length: int = 32,
-                 eval_max_length: int = 128, combine: str = "sum"):
+    def __init__(
+        self,
+        twin: BridgedTwin,
+        tokenizer,
+        loss: JTCSELoss,
+        *,
+        max_length: int = 32,
+        eval_max_length: int = 128,
+        combine: str = "sum",
+    ):
         super().__init__(tokenizer, pooling=twin.pooling, max_length=max_length, eval_max_length=eval_max_length)
         self.twin, self.loss, self.combine = twin, loss, combine
         # A zero-weight bridge term is not computed at all where it cannot change the towers (stream, side).
@@ -128,8 +145,9 @@ class JTCSEObjective(Objective):
         return row
 
     def _probe(self, sentences: list[str]) -> dict[str, float]:
-        enc = self.tokenizer(sentences, padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt").to(self.device)
+        enc = self.tokenizer(
+            sentences, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
         mask = enc["attention_mask"]
         states = [t(**enc).last_hidden_state for t in (self.twin.tower_a, self.twin.tower_b)]
         h_a, h_b = (pool(st, mask, self.pooling) for st in states)
@@ -145,13 +163,16 @@ class JTCSEObjective(Objective):
         return row
 
     def dev_encoder(self) -> TwinEncoder:
-        return TwinEncoder(TowerEncoder(self.twin.tower_a, self.tokenizer, self.pooling, self.eval_max_length),
-                           TowerEncoder(self.twin.tower_b, self.tokenizer, self.pooling, self.eval_max_length),
-                           self.combine)
+        return TwinEncoder(
+            TowerEncoder(self.twin.tower_a, self.tokenizer, self.pooling, self.eval_max_length),
+            TowerEncoder(self.twin.tower_b, self.tokenizer, self.pooling, self.eval_max_length),
+            self.combine,
+        )
 
     def save_model(self, directory: Path) -> None:
-        save_twin(self.twin.tower_a, self.twin.tower_b, self.tokenizer, directory,
-                  pooling=self.pooling, combine=self.combine)
+        save_twin(
+            self.twin.tower_a, self.twin.tower_b, self.tokenizer, directory, pooling=self.pooling, combine=self.combine
+        )
 
 
 class DistillObjective(Objective):
@@ -159,8 +180,17 @@ class DistillObjective(Objective):
 
     loss_names = ("loss_kl", "loss_nce")
 
-    def __init__(self, student, teacher: TwinEncoder, tokenizer, loss: DistillationLoss, *, pooling: str = "cls",
-                 max_length: int = 32, eval_max_length: int = 128):
+    def __init__(
+        self,
+        student,
+        teacher: TwinEncoder,
+        tokenizer,
+        loss: DistillationLoss,
+        *,
+        pooling: str = "cls",
+        max_length: int = 32,
+        eval_max_length: int = 128,
+    ):
         super().__init__(tokenizer, pooling=pooling, max_length=max_length, eval_max_length=eval_max_length)
         self.student, self.loss = student, loss
         # Registered as a sub-module so .to(device) moves it; frozen and kept in eval mode (no dropout), so
@@ -180,11 +210,22 @@ class DistillObjective(Objective):
 
     def forward(self, sentences: list[str]) -> dict[str, torch.Tensor]:
         batch = self.views(sentences)
-        t_batch = batch if self.teacher_tokenizer is None else \
-            tokenize_views(self.teacher_tokenizer, sentences, self.max_length, self.device)
+        t_batch = (
+            batch
+            if self.teacher_tokenizer is None
+            else tokenize_views(self.teacher_tokenizer, sentences, self.max_length, self.device)
+        )
         with torch.no_grad():
-            a = pool(self.teacher_towers[0](**t_batch).last_hidden_state, t_batch["attention_mask"], self.teacher.tower_a.pooling)
-            b = pool(self.teacher_towers[1](**t_batch).last_hidden_state, t_batch["attention_mask"], self.teacher.tower_b.pooling)
+            a = pool(
+                self.teacher_towers[0](**t_batch).last_hidden_state,
+                t_batch["attention_mask"],
+                self.teacher.tower_a.pooling,
+            )
+            b = pool(
+                self.teacher_towers[1](**t_batch).last_hidden_state,
+                t_batch["attention_mask"],
+                self.teacher.tower_b.pooling,
+            )
             teacher = gather_rows(a + b if self.teacher.combine == "sum" else torch.cat([a, b], -1))
         student = gather_rows(pool(self.student(**batch).last_hidden_state, batch["attention_mask"], self.pooling))
         return self.loss(student, teacher)
@@ -206,7 +247,17 @@ def save_twin(tower_a, tower_b, tokenizer, directory: Path, *, pooling: str, com
     directory = Path(directory)
     save_tower(tower_a, tokenizer, directory / "tower_a")
     save_tower(tower_b, tokenizer, directory / "tower_b")
-    (directory / TWIN_MANIFEST).write_text(json.dumps({
-        "format": "jtcse-twin", "format_version": 1, "towers": ["tower_a", "tower_b"],
-        "pooling": pooling, "combine": combine,
-    }, indent=2) + "\n", encoding="utf-8")
+    (directory / TWIN_MANIFEST).write_text(
+        json.dumps(
+            {
+                "format": "jtcse-twin",
+                "format_version": 1,
+                "towers": ["tower_a", "tower_b"],
+                "pooling": pooling,
+                "combine": combine,
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )

@@ -29,8 +29,9 @@ def _prepare(settings: Settings, section: str) -> tuple[torch.device, list[str],
         torch.set_num_threads(settings.runtime.threads)
     device = distributed.setup(settings.runtime.device) or pick_device(settings.runtime.device)
     sentences = read_corpus(settings.data.corpus, settings.data.max_sentences)
-    check_corpus_fits(sentences, getattr(settings, section).batch_size, corpus=settings.data.corpus,
-                      key=f"{section}.batch_size")
+    check_corpus_fits(
+        sentences, getattr(settings, section).batch_size, corpus=settings.data.corpus, key=f"{section}.batch_size"
+    )
     dev = dev_evaluator(settings.data.sts_dir, settings.evaluate.selection, batch_size=settings.evaluate.batch_size)
     return device, sentences, dev
 
@@ -43,8 +44,11 @@ def fingerprint(settings: Settings, section: str, inputs: list[str]) -> dict:
         root = Path(resolve_model_path(name))
         # Weights and the JSON beside them (config, tokenizer, twin.json: a twin's pooling/combine change the
         # teacher without changing any weight).
-        files = sorted(p for p in root.rglob("*") if p.suffix in (".safetensors", ".json") and p.is_file()) \
-            if root.is_dir() else []
+        files = (
+            sorted(p for p in root.rglob("*") if p.suffix in (".safetensors", ".json") and p.is_file())
+            if root.is_dir()
+            else []
+        )
         digests[name] = [sha256_file(f) for f in files] or name
     data_files = [Path(settings.data.corpus), *(Path(settings.data.sts_dir) / name for name in DEV_TASKS.values())]
     return {
@@ -58,13 +62,22 @@ def fingerprint(settings: Settings, section: str, inputs: list[str]) -> dict:
 def _tower(settings: Settings, path: str, seed: int):
     torch.manual_seed(seed)  # any freshly initialised weights (a missing pooler) follow the stage's seed
     m = settings.model
-    return load_tower(path, dropout=m.dropout, attn_implementation=m.attn_implementation,
-                      trust_remote_code=m.trust_remote_code)
+    return load_tower(
+        path, dropout=m.dropout, attn_implementation=m.attn_implementation, trust_remote_code=m.trust_remote_code
+    )
 
 
-def train_tower(settings: Settings, *, which: str, output: str | Path, checkpoint_dir: str | Path,
-                metrics_dir: str | Path | None = None, init: str | None = None, resume: bool = True,
-                stop_after: int | None = None) -> TrainResult:
+def train_tower(
+    settings: Settings,
+    *,
+    which: str,
+    output: str | Path,
+    checkpoint_dir: str | Path,
+    metrics_dir: str | Path | None = None,
+    init: str | None = None,
+    resume: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
     """Stage 1: unsupervised SimCSE on one tower from the base checkpoint (``which`` picks the seed)."""
     if which not in ("a", "b"):
         raise ValueError(f"tower must be 'a' or 'b', got {which!r}")
@@ -72,12 +85,27 @@ def train_tower(settings: Settings, *, which: str, output: str | Path, checkpoin
     seed = p.seed_a if which == "a" else p.seed_b
     device, sentences, dev = _prepare(settings, "pretrain")
     tower, tokenizer = _tower(settings, init or settings.model.base, seed)
-    objective = SimCSEObjective(tower, tokenizer, temperature=p.temperature, pooling=settings.model.pooling,
-                                max_length=settings.model.max_length,
-                                eval_max_length=settings.evaluate.max_length).to(device)
-    trainer = Trainer(objective, sentences, p, dev_evaluator=dev, output_dir=output, checkpoint_dir=checkpoint_dir,
-                      metrics_dir=metrics_dir, runtime=settings.runtime, seed=seed, desc=f"tower {which}",
-                      fingerprint=fingerprint(settings, "pretrain", [init or settings.model.base]) | {"tower": which})
+    objective = SimCSEObjective(
+        tower,
+        tokenizer,
+        temperature=p.temperature,
+        pooling=settings.model.pooling,
+        max_length=settings.model.max_length,
+        eval_max_length=settings.evaluate.max_length,
+    ).to(device)
+    trainer = Trainer(
+        objective,
+        sentences,
+        p,
+        dev_evaluator=dev,
+        output_dir=output,
+        checkpoint_dir=checkpoint_dir,
+        metrics_dir=metrics_dir,
+        runtime=settings.runtime,
+        seed=seed,
+        desc=f"tower {which}",
+        fingerprint=fingerprint(settings, "pretrain", [init or settings.model.base]) | {"tower": which},
+    )
     return trainer.fit(resume=resume, stop_after=stop_after)
 
 
@@ -89,53 +117,130 @@ def build_twin_objective(settings: Settings, tower_a: str, tower_b: str) -> JTCS
     depth = model_a.config.num_hidden_layers
     if ca.num_layers and depth % ca.num_layers:
         divisors = [d for d in range(1, depth + 1) if depth % d == 0]
-        raise ConfigError(f"train.cross_attention.num_layers: {ca.num_layers} does not divide the {depth} layers of "
-                          f"{tower_a}; use one of {divisors}, or 0 for no bridge")
-    twin = BridgedTwin(model_a, model_b, num_ca_layers=ca.num_layers, mode=ca.mode, mix_gate=ca.mix_gate,
-                       pooling=settings.model.pooling)
-    loss = JTCSELoss(w_nce=t.w_nce, w_icnce=t.w_icnce, w_cross=t.w_cross, w_tm=t.w_tm, temperature=t.temperature,
-                     icnce_direction=t.icnce_direction, modulus_on=t.modulus_on, tm_clamp=t.tm_clamp)
+        raise ConfigError(
+            f"train.cross_attention.num_layers: {ca.num_layers} does not divide the {depth} layers of "
+            f"{tower_a}; use one of {divisors}, or 0 for no bridge"
+        )
+    twin = BridgedTwin(
+        model_a,
+        model_b,
+        num_ca_layers=ca.num_layers,
+        mode=ca.mode,
+        mix_gate=ca.mix_gate,
+        pooling=settings.model.pooling,
+    )
+    loss = JTCSELoss(
+        w_nce=t.w_nce,
+        w_icnce=t.w_icnce,
+        w_cross=t.w_cross,
+        w_tm=t.w_tm,
+        temperature=t.temperature,
+        icnce_direction=t.icnce_direction,
+        modulus_on=t.modulus_on,
+        tm_clamp=t.tm_clamp,
+    )
     if t.modulus_on == "pooler" and (model_a.pooler is None or model_b.pooler is None):
-        raise ConfigError(f"train.modulus_on is 'pooler' but {tower_a} or {tower_b} has no pooler: set train.modulus_on: embedding")
-    return JTCSEObjective(twin, tokenizer, loss, max_length=settings.model.max_length,
-                          eval_max_length=settings.evaluate.max_length, combine=t.twin_combine)
+        raise ConfigError(
+            f"train.modulus_on is 'pooler' but {tower_a} or {tower_b} has no pooler: set train.modulus_on: embedding"
+        )
+    return JTCSEObjective(
+        twin,
+        tokenizer,
+        loss,
+        max_length=settings.model.max_length,
+        eval_max_length=settings.evaluate.max_length,
+        combine=t.twin_combine,
+    )
 
 
-def train_twin(settings: Settings, *, tower_a: str, tower_b: str, output: str | Path, checkpoint_dir: str | Path,
-               metrics_dir: str | Path | None = None, resume: bool = True, stop_after: int | None = None,
-               on_eval: Callable[[int, float], None] | None = None, handle_signals: bool = True) -> TrainResult:
+def train_twin(
+    settings: Settings,
+    *,
+    tower_a: str,
+    tower_b: str,
+    output: str | Path,
+    checkpoint_dir: str | Path,
+    metrics_dir: str | Path | None = None,
+    resume: bool = True,
+    stop_after: int | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
+    handle_signals: bool = True,
+) -> TrainResult:
     """Stage 2: joint JTCSE training of the two stage-1 towers (diagnostics.csv/.png beside the logs;
     ``handle_signals``: see :class:`Trainer`)."""
     device, sentences, dev = _prepare(settings, "train")
     objective = build_twin_objective(settings, tower_a, tower_b).to(device)
-    trainer = Trainer(objective, sentences, settings.train, dev_evaluator=dev, output_dir=output,
-                      checkpoint_dir=checkpoint_dir, metrics_dir=metrics_dir, runtime=settings.runtime, desc="jtcse",
-                      fingerprint=fingerprint(settings, "train", [tower_a, tower_b]), handle_signals=handle_signals)
+    trainer = Trainer(
+        objective,
+        sentences,
+        settings.train,
+        dev_evaluator=dev,
+        output_dir=output,
+        checkpoint_dir=checkpoint_dir,
+        metrics_dir=metrics_dir,
+        runtime=settings.runtime,
+        desc="jtcse",
+        fingerprint=fingerprint(settings, "train", [tower_a, tower_b]),
+        handle_signals=handle_signals,
+    )
     result = trainer.fit(resume=resume, stop_after=stop_after, on_eval=on_eval)
     if metrics_dir and distributed.is_main():
         ca = settings.train.cross_attention
         bridge = f"{ca.mode} x {ca.num_layers}, w_cross {settings.train.w_cross}" if ca.num_layers else "no bridge"
-        plot_diagnostics(Path(metrics_dir) / "diagnostics.csv", Path(metrics_dir) / "diagnostics.png",
-                         title=f"stage 2 diagnostics ({bridge})")
+        plot_diagnostics(
+            Path(metrics_dir) / "diagnostics.csv",
+            Path(metrics_dir) / "diagnostics.png",
+            title=f"stage 2 diagnostics ({bridge})",
+        )
     return result
 
 
-def distill_twin(settings: Settings, *, twin: str | Path, output: str | Path, checkpoint_dir: str | Path,
-                 metrics_dir: str | Path | None = None, resume: bool = True, stop_after: int | None = None) -> TrainResult:
+def distill_twin(
+    settings: Settings,
+    *,
+    twin: str | Path,
+    output: str | Path,
+    checkpoint_dir: str | Path,
+    metrics_dir: str | Path | None = None,
+    resume: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
     """Stage 3 (JTCSE-D): distil the twin into one tower."""
     from jtcse.api import load_twin
 
     d = settings.distill
     device, sentences, dev = _prepare(settings, "distill")
     teacher = load_twin(twin, device=str(device))
-    init = {"tower_a": str(Path(twin) / "tower_a"), "tower_b": str(Path(twin) / "tower_b")}.get(d.student_init, d.student_init)
+    init = {"tower_a": str(Path(twin) / "tower_a"), "tower_b": str(Path(twin) / "tower_b")}.get(
+        d.student_init, d.student_init
+    )
     student, tokenizer = _tower(settings, init, d.seed)
-    loss = DistillationLoss(w_kl=d.w_kl, w_nce=d.w_nce, temperature=d.temperature,
-                            teacher_temperature=d.teacher_temperature, student_temperature=d.student_temperature)
-    objective = DistillObjective(student, teacher, tokenizer, loss, pooling=settings.model.pooling,
-                                 max_length=settings.model.max_length,
-                                 eval_max_length=settings.evaluate.max_length).to(device)
-    trainer = Trainer(objective, sentences, d, dev_evaluator=dev, output_dir=output, checkpoint_dir=checkpoint_dir,
-                      metrics_dir=metrics_dir, runtime=settings.runtime, desc="distill",
-                      fingerprint=fingerprint(settings, "distill", [str(twin), init]))
+    loss = DistillationLoss(
+        w_kl=d.w_kl,
+        w_nce=d.w_nce,
+        temperature=d.temperature,
+        teacher_temperature=d.teacher_temperature,
+        student_temperature=d.student_temperature,
+    )
+    objective = DistillObjective(
+        student,
+        teacher,
+        tokenizer,
+        loss,
+        pooling=settings.model.pooling,
+        max_length=settings.model.max_length,
+        eval_max_length=settings.evaluate.max_length,
+    ).to(device)
+    trainer = Trainer(
+        objective,
+        sentences,
+        d,
+        dev_evaluator=dev,
+        output_dir=output,
+        checkpoint_dir=checkpoint_dir,
+        metrics_dir=metrics_dir,
+        runtime=settings.runtime,
+        desc="distill",
+        fingerprint=fingerprint(settings, "distill", [str(twin), init]),
+    )
     return trainer.fit(resume=resume, stop_after=stop_after)

@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from jtcse.config import OptimSettings, RuntimeSettings
 from jtcse.data import SentenceStream
-from jtcse.evaluation.sts import STSEvaluator
 from jtcse.errors import UserError
+from jtcse.evaluation.sts import STSEvaluator
 from jtcse.io import atomic_directory, atomic_write_json, clean_folder_leftovers, clean_leftovers
 from jtcse.training import distributed
 from jtcse.training.guards import CheckpointLock, StopSignals, TrainingDiverged, TrainingInterrupted
@@ -85,8 +85,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: OptimSettings) ->
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     if not checkpoint_dir.is_dir():
         return None
-    found = sorted(p for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*")
-                   if (p / "trainer_state.pt").is_file() and (p / "model.safetensors").is_file())
+    found = sorted(
+        p
+        for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*")
+        if (p / "trainer_state.pt").is_file() and (p / "model.safetensors").is_file()
+    )
     return found[-1] if found else None
 
 
@@ -131,11 +134,22 @@ class Trainer:
     pre-empted job would, so a later run resumes from the last checkpoint.
     """
 
-    def __init__(self, objective: Objective, sentences: list[str], settings: OptimSettings, *,
-                 dev_evaluator: STSEvaluator, output_dir: str | Path, checkpoint_dir: str | Path,
-                 metrics_dir: str | Path | None = None, runtime: RuntimeSettings | None = None,
-                 seed: int | None = None, desc: str = "train", fingerprint: dict | None = None,
-                 handle_signals: bool = True):
+    def __init__(
+        self,
+        objective: Objective,
+        sentences: list[str],
+        settings: OptimSettings,
+        *,
+        dev_evaluator: STSEvaluator,
+        output_dir: str | Path,
+        checkpoint_dir: str | Path,
+        metrics_dir: str | Path | None = None,
+        runtime: RuntimeSettings | None = None,
+        seed: int | None = None,
+        desc: str = "train",
+        fingerprint: dict | None = None,
+        handle_signals: bool = True,
+    ):
         self.objective, self.settings, self.dev_evaluator = objective, settings, dev_evaluator
         self.runtime = runtime or RuntimeSettings()
         self.seed = settings.seed if seed is None else seed
@@ -166,11 +180,15 @@ class Trainer:
             return False
         return bool(wanted and self.metrics_dir)
 
-    def _save_checkpoint(self, step: int, optimizer, scheduler, best: tuple[float, int], initial: float,
-                         logs: dict[str, CsvLog]) -> None:
+    def _save_checkpoint(
+        self, step: int, optimizer, scheduler, best: tuple[float, int], initial: float, logs: dict[str, CsvLog]
+    ) -> None:
         # Each GPU's dropout generator differs under DDP: every rank's state is kept, rank 0 writes them.
-        rank_cuda_rng = distributed.all_gather_object(torch.cuda.get_rng_state()) \
-            if distributed.world_size() > 1 and torch.cuda.is_available() else []
+        rank_cuda_rng = (
+            distributed.all_gather_object(torch.cuda.get_rng_state())
+            if distributed.world_size() > 1 and torch.cuda.is_available()
+            else []
+        )
         if not distributed.is_main():
             distributed.barrier()
             return
@@ -179,14 +197,23 @@ class Trainer:
             for csv_log in logs.values():
                 if csv_log.path.is_file():
                     shutil.copy2(csv_log.path, tmp / csv_log.path.name)
-            torch.save({
-                "step": step, "best_metric": best[0], "best_step": best[1], "initial_metric": initial,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "world_size": distributed.world_size(), "rank_cuda_rng": rank_cuda_rng,
-            }, tmp / "trainer_state.pt")
-        old = sorted(self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"))[:-self.settings.keep_checkpoints]
+            torch.save(
+                {
+                    "step": step,
+                    "best_metric": best[0],
+                    "best_step": best[1],
+                    "initial_metric": initial,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "python_rng": random.getstate(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "world_size": distributed.world_size(),
+                    "rank_cuda_rng": rank_cuda_rng,
+                },
+                tmp / "trainer_state.pt",
+            )
+        old = sorted(self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"))[: -self.settings.keep_checkpoints]
         for path in old:
             shutil.rmtree(path, ignore_errors=True)
         log.info("checkpoint step %d -> %s", step, self.checkpoint_dir)
@@ -199,8 +226,11 @@ class Trainer:
         if latest is None or not stored.is_file():
             return None
         if json.loads(stored.read_text(encoding="utf-8")) != json.loads(json.dumps(self.fingerprint)):
-            log.warning("%s: checkpoints in %s belong to other settings or inputs; starting afresh",
-                        self.desc, self.checkpoint_dir)
+            log.warning(
+                "%s: checkpoints in %s belong to other settings or inputs; starting afresh",
+                self.desc,
+                self.checkpoint_dir,
+            )
             return None
         if int(latest.name.removeprefix(CHECKPOINT_PREFIX)) >= self.settings.steps:
             log.info("%s: the run in %s had finished; training afresh", self.desc, self.checkpoint_dir)
@@ -217,7 +247,9 @@ class Trainer:
             except Exception as err:  # a damaged file raises anything from EOFError to SafetensorError
                 reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
                 unreadable.append((candidate, reason))
-                log.warning("%s: checkpoint %s is unreadable (%s); trying the previous one", self.desc, candidate, reason)
+                log.warning(
+                    "%s: checkpoint %s is unreadable (%s); trying the previous one", self.desc, candidate, reason
+                )
                 continue
             for bad, _ in unreadable:  # or a later save would prune the good ones and keep these
                 shutil.rmtree(bad, ignore_errors=True)
@@ -225,8 +257,10 @@ class Trainer:
                 log.warning("%s: resuming from the previous checkpoint %s", self.desc, candidate.name)
             return candidate
         latest, reason = unreadable[0]
-        raise UserError(f"{self.checkpoint_dir}: no readable checkpoint to resume from ({latest.name}: {reason}); "
-                        f"start afresh with --no-resume, or delete {self.checkpoint_dir}")
+        raise UserError(
+            f"{self.checkpoint_dir}: no readable checkpoint to resume from ({latest.name}: {reason}); "
+            f"start afresh with --no-resume, or delete {self.checkpoint_dir}"
+        )
 
     def _publish_best(self) -> None:
         with atomic_directory(self.output_dir) as tmp:
@@ -244,8 +278,9 @@ class Trainer:
         clean_leftovers(self.output_dir)
         clean_folder_leftovers(self.checkpoint_dir)
 
-    def fit(self, *, resume: bool = True, stop_after: int | None = None,
-            on_eval: Callable[[int, float], None] | None = None) -> TrainResult:
+    def fit(
+        self, *, resume: bool = True, stop_after: int | None = None, on_eval: Callable[[int, float], None] | None = None
+    ) -> TrainResult:
         """Train (or resume) to ``settings.steps``; holds the checkpoint folder's lock while it runs.
 
         Raises :class:`TrainingInterrupted` after SIGTERM/SIGINT (a checkpoint of the current step is written)
@@ -268,8 +303,14 @@ class Trainer:
             if lock is not None:
                 lock.release()
 
-    def _fit(self, *, resume: bool, stop_after: int | None, on_eval: Callable[[int, float], None] | None,
-             signals: StopSignals) -> TrainResult:
+    def _fit(
+        self,
+        *,
+        resume: bool,
+        stop_after: int | None,
+        on_eval: Callable[[int, float], None] | None,
+        signals: StopSignals,
+    ) -> TrainResult:
         s = self.settings
         seed_everything(self.seed, self.runtime.deterministic)
         params = [p for p in self.objective.parameters() if p.requires_grad]
@@ -306,21 +347,27 @@ class Trainer:
             logs["train"] = CsvLog(self.metrics_dir / "train.csv", ["step", "loss", *self.objective.loss_names, "lr"])
             logs["eval"] = CsvLog(self.metrics_dir / "eval.csv", ["step", *self.dev_evaluator.metric_names])
             if diagnose:
-                logs["diagnostics"] = CsvLog(self.metrics_dir / "diagnostics.csv", ["step", *self.objective.diagnostic_names])
+                logs["diagnostics"] = CsvLog(
+                    self.metrics_dir / "diagnostics.csv", ["step", *self.objective.diagnostic_names]
+                )
             for csv_log in logs.values():
-                csv_log.reset(start if checkpoint is not None else None,
-                              checkpoint / csv_log.path.name if checkpoint is not None else None)
+                csv_log.reset(
+                    start if checkpoint is not None else None,
+                    checkpoint / csv_log.path.name if checkpoint is not None else None,
+                )
 
         # Diagnostics look at one fixed batch and probe set, so their curves compare steps, not batches.
         diagnostics_batch = self.stream.batch(0) if diagnose else []
-        probe = self.stream.sentences[:getattr(s, "diagnostics_probe", 0)] if diagnose else []
+        probe = self.stream.sentences[: getattr(s, "diagnostics_probe", 0)] if diagnose else []
 
         def record_eval(step: int, metrics: dict[str, float]) -> float:
             nonlocal best
             metric = metrics[self.dev_evaluator.primary_metric]
             if not math.isfinite(metric):  # never "saved to" a folder no evaluation ever filled
-                raise FloatingPointError(f"{self.desc}: dev {self.dev_evaluator.primary_metric} is {metric} at step {step}: the model gives "
-                                         "every pair the same similarity (collapsed embeddings)")
+                raise FloatingPointError(
+                    f"{self.desc}: dev {self.dev_evaluator.primary_metric} is {metric} at step {step}: the model gives "
+                    "every pair the same similarity (collapsed embeddings)"
+                )
             if metric > best[0]:
                 best = (metric, step)
                 self._save_best()
@@ -340,8 +387,15 @@ class Trainer:
             log.info("%s: step 0 dev %s = %.2f", self.desc, self.dev_evaluator.primary_metric, initial)
 
         end = s.steps if stop_after is None else min(s.steps, start + stop_after)
-        bar = tqdm(range(start, end), initial=start, total=s.steps, desc=self.desc, unit="step", dynamic_ncols=True,
-                   disable=not main)
+        bar = tqdm(
+            range(start, end),
+            initial=start,
+            total=s.steps,
+            desc=self.desc,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not main,
+        )
         history: list[dict] = []
         last_metric = best[0]
         pending: list[tuple[int, float, dict[str, torch.Tensor]]] = []  # steps whose losses are still on the device
@@ -357,8 +411,10 @@ class Trainer:
             for (step, lr, _), row_values in zip(pending, values):
                 row = {"step": step, "lr": lr, **dict(zip(names, row_values))}
                 if not math.isfinite(row["loss"]):
-                    raise TrainingDiverged(f"{self.desc}: loss became {row['loss']} at step {step}; "
-                                             "lower the learning rate or check the temperature")
+                    raise TrainingDiverged(
+                        f"{self.desc}: loss became {row['loss']} at step {step}; "
+                        "lower the learning rate or check the temperature"
+                    )
                 history.append(row)
                 if "train" in logs:
                     logs["train"].append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
@@ -396,14 +452,27 @@ class Trainer:
         flush()  # a stop_after that ends between syncs
         bar.close()
         seconds = time.perf_counter() - began
-        result = TrainResult(best_metric=best[0], best_step=best[1], initial_metric=initial,
-                             steps=end, seconds=seconds, history=history)
+        result = TrainResult(
+            best_metric=best[0], best_step=best[1], initial_metric=initial, steps=end, seconds=seconds, history=history
+        )
         if self.metrics_dir and main and end == s.steps:
-            atomic_write_json(self.metrics_dir / "summary.json", {
-                f"initial_{self.dev_evaluator.primary_metric}": round(initial, 4),
-                f"best_{self.dev_evaluator.primary_metric}": round(best[0], 4),
-                "best_step": best[1], "steps": s.steps, "batch_size": s.batch_size,
-                "seconds_this_run": round(seconds, 1),
-            })
-        log.info("%s: best dev %.2f at step %d (from %.2f); model -> %s", self.desc, best[0], best[1], initial, self.output_dir)
+            atomic_write_json(
+                self.metrics_dir / "summary.json",
+                {
+                    f"initial_{self.dev_evaluator.primary_metric}": round(initial, 4),
+                    f"best_{self.dev_evaluator.primary_metric}": round(best[0], 4),
+                    "best_step": best[1],
+                    "steps": s.steps,
+                    "batch_size": s.batch_size,
+                    "seconds_this_run": round(seconds, 1),
+                },
+            )
+        log.info(
+            "%s: best dev %.2f at step %d (from %.2f); model -> %s",
+            self.desc,
+            best[0],
+            best[1],
+            initial,
+            self.output_dir,
+        )
         return result

@@ -69,7 +69,9 @@ def read_best_params(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-def apply_best(best: str | os.PathLike | dict[str, Any], params: str | os.PathLike = "params.yaml") -> dict[str, tuple[Any, Any]]:
+def apply_best(
+    best: str | os.PathLike | dict[str, Any], params: str | os.PathLike = "params.yaml"
+) -> dict[str, tuple[Any, Any]]:
     """Write the best values into ``params`` (comments and layout kept; atomic); return key -> (old, new).
 
     The edited file is validated before it replaces the original: an invalid value leaves params.yaml as it was.

@@ -27,8 +27,9 @@ def suggest(trial: optuna.Trial, settings: Settings) -> dict[str, Any]:
         name = dotted.removeprefix("train.")
         if isinstance(spec, SearchRange):
             if is_int_setting(dotted):
-                out[dotted] = trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1),
-                                                log=spec.log)
+                out[dotted] = trial.suggest_int(
+                    name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log
+                )
             else:
                 out[dotted] = trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
         elif isinstance(spec, SearchChoices):
@@ -49,8 +50,9 @@ class TrialObjective:
     ``tune.max_trial_seconds``, a constraint (``seconds_over_limit`` > 0 marks the trial infeasible).
     """
 
-    def __init__(self, settings: Settings, *, tower_a: str, tower_b: str, worker: str | None = None,
-                 threads: int | None = None):
+    def __init__(
+        self, settings: Settings, *, tower_a: str, tower_b: str, worker: str | None = None, threads: int | None = None
+    ):
         self.settings, self.tower_a, self.tower_b = settings, tower_a, tower_b
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
         self.threads = threads
@@ -84,11 +86,20 @@ class TrialObjective:
 
         started = time.perf_counter()
         try:
-            with tempfile.TemporaryDirectory(prefix=f"jtcse-trial-{trial.number:04d}-",
-                                             ignore_cleanup_errors=True) as tmp:
-                result = train_twin(settings, tower_a=self.tower_a, tower_b=self.tower_b, output=Path(tmp) / "twin",
-                                    checkpoint_dir=Path(tmp) / "checkpoints", metrics_dir=None, resume=False,
-                                    on_eval=on_eval, handle_signals=False)
+            with tempfile.TemporaryDirectory(
+                prefix=f"jtcse-trial-{trial.number:04d}-", ignore_cleanup_errors=True
+            ) as tmp:
+                result = train_twin(
+                    settings,
+                    tower_a=self.tower_a,
+                    tower_b=self.tower_b,
+                    output=Path(tmp) / "twin",
+                    checkpoint_dir=Path(tmp) / "checkpoints",
+                    metrics_dir=None,
+                    resume=False,
+                    on_eval=on_eval,
+                    handle_signals=False,
+                )
         except FloatingPointError as err:
             trial.set_user_attr("diverged", str(err))
             raise optuna.TrialPruned(str(err)) from None
@@ -101,8 +112,14 @@ class TrialObjective:
             raise RuntimeError(f"trial {trial.number}: training ran no dev evaluation")
         best_step = max(seen, key=seen.get)
         trial.set_user_attr("best_step", best_step)
-        log.info("trial %d: best dev Spearman %.2f at step %d (untrained towers: %.2f) in %.0f s", trial.number,
-                 seen[best_step], best_step, result.initial_metric, seconds)
+        log.info(
+            "trial %d: best dev Spearman %.2f at step %d (untrained towers: %.2f) in %.0f s",
+            trial.number,
+            seen[best_step],
+            best_step,
+            result.initial_metric,
+            seconds,
+        )
         return seen[best_step]
 
 

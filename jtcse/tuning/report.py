@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from jtcse.config import Settings
-from jtcse.io import atomic_file, atomic_write_text
+from jtcse.io import atomic_savefig, atomic_write_text
 from jtcse.tuning.objective import short_value
 from jtcse.tuning.settings import (
     BEST_FILE,
@@ -62,13 +62,19 @@ def write_best_params(study: optuna.Study, path: str | os.PathLike, settings: Se
     """best_params.yaml: dotted keys -> values, for ``jtcse tune-apply``; ``_meta`` (ignored by it) says where from."""
     path = Path(path)
     best = study.best_trial
-    meta = {"study": study.study_name, "trial": best.number, "value": round(float(best.value), 4),
-            "metric": study.metric_names[0] if study.metric_names else None}
+    meta = {
+        "study": study.study_name,
+        "trial": best.number,
+        "value": round(float(best.value), 4),
+        "metric": study.metric_names[0] if study.metric_names else None,
+    }
     if settings is not None:
         meta |= {"storage": safe_url(settings.tune.storage), "trial_steps": settings.tune.trial_steps}
-    header = (f"# Best trial of Optuna study {study.study_name!r}: trial {best.number}, dev Spearman "
-              f"{best.value:.4f}.\n# Apply: jtcse tune-apply --best {path.as_posix()} --params params.yaml "
-              f"(the {META_KEY} key is ignored)\n")
+    header = (
+        f"# Best trial of Optuna study {study.study_name!r}: trial {best.number}, dev Spearman "
+        f"{best.value:.4f}.\n# Apply: jtcse tune-apply --best {path.as_posix()} --params params.yaml "
+        f"(the {META_KEY} key is ignored)\n"
+    )
     body = yaml.safe_dump({META_KEY: meta, **best_params(study)}, sort_keys=False)
     atomic_write_text(path, header + body)
     return path
@@ -80,8 +86,7 @@ def _save_figure(ax: Any, path: Path) -> None:
     figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
     figure.set_size_inches(8, 5)
     figure.tight_layout()
-    with atomic_file(path, "wb") as fh:
-        figure.savefig(fh, format="png", dpi=110, bbox_inches="tight")  # keeps a legend placed outside the axes
+    atomic_savefig(figure, path, dpi=110, bbox_inches="tight")  # tight: keeps a legend placed outside the axes
     plt.close(figure)
 
 
@@ -103,8 +108,9 @@ def write_plots(study: optuna.Study, output_dir: str | os.PathLike) -> tuple[dic
         files["history_plot"] = str(path)
     else:
         notes.append("no optimisation history: no trial completed")
-    varying = {name for t in complete for name in t.params
-               if len({json.dumps(u.params.get(name)) for u in complete}) > 1}
+    varying = {
+        name for t in complete for name in t.params if len({json.dumps(u.params.get(name)) for u in complete}) > 1
+    }
     if len(complete) < 2 or not varying:
         notes.append("no parameter importances: they need at least two completed trials with different values")
     else:
@@ -121,10 +127,18 @@ def write_trials_csv(study: optuna.Study, path: str | os.PathLike) -> Path:
     path = Path(path)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value,
-                     "last_step": t.last_step, "seconds": t.user_attrs.get("seconds"),
-                     "worker": t.user_attrs.get("worker"), "retry_of": t.system_attrs.get("failed_trial"),
-                     **{k.removeprefix("train."): v for k, v in t.user_attrs.get("overrides", {}).items()}})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "last_step": t.last_step,
+                "seconds": t.user_attrs.get("seconds"),
+                "worker": t.user_attrs.get("worker"),
+                "retry_of": t.system_attrs.get("failed_trial"),
+                **{k.removeprefix("train."): v for k, v in t.user_attrs.get("overrides", {}).items()},
+            }
+        )
     import pandas as pd
 
     buffer = io.StringIO()
@@ -139,22 +153,31 @@ def _study_span(study: optuna.Study) -> float | None:
     return (max(ends) - min(starts)).total_seconds() if starts and ends else None
 
 
-def summary_markdown(study: optuna.Study, settings: Settings, counts: TrialCounts, wall_seconds: float | None,
-                     notes: list[str]) -> str:
+def summary_markdown(
+    study: optuna.Study, settings: Settings, counts: TrialCounts, wall_seconds: float | None, notes: list[str]
+) -> str:
     from optuna.trial import TrialState
 
     tune = settings.tune
-    lines = [f"# Optuna study `{study.study_name}`", "",
-             f"Storage `{safe_url(tune.storage)}`; objective: best dev Spearman x 100 (evaluate.selection) within "
-             f"{tune.trial_steps} steps (maximised); target {tune.n_trials} finished trials.", "",
-             "| | |", "|---|---|"]
+    lines = [
+        f"# Optuna study `{study.study_name}`",
+        "",
+        f"Storage `{safe_url(tune.storage)}`; objective: best dev Spearman x 100 (evaluate.selection) within "
+        f"{tune.trial_steps} steps (maximised); target {tune.n_trials} finished trials.",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
     try:
         best = study.best_trial
     except ValueError:
         best = None
     lines.append(f"| best value | {best.value:.4f} (trial {best.number}) |" if best else "| best value | none |")
-    lines += [f"| trials completed | {counts.complete} |", f"| trials pruned | {counts.pruned} |",
-              f"| trials failed | {counts.failed} |"]
+    lines += [
+        f"| trials completed | {counts.complete} |",
+        f"| trials pruned | {counts.pruned} |",
+        f"| trials failed | {counts.failed} |",
+    ]
     if counts.running or counts.waiting:
         lines.append(f"| trials running / waiting | {counts.running} / {counts.waiting} |")
     if wall_seconds is not None:
@@ -171,12 +194,25 @@ def summary_markdown(study: optuna.Study, settings: Settings, counts: TrialCount
     trials = study.get_trials(deepcopy=False)
     if trials:
         names = list(dict.fromkeys(k for t in trials for k in t.params))
-        lines += ["", "## Trials", "", "| # | state | value | step | s | worker | " + " | ".join(names) + " |",
-                  "|---" * (6 + len(names)) + "|"]
+        lines += [
+            "",
+            "## Trials",
+            "",
+            "| # | state | value | step | s | worker | " + " | ".join(names) + " |",
+            "|---" * (6 + len(names)) + "|",
+        ]
         for t in trials:
-            value = f"{t.value:.4f}" if t.value is not None and t.state in (TrialState.COMPLETE, TrialState.PRUNED) else ""
-            cells = [str(t.number), t.state.name.lower(), value, str(t.last_step if t.last_step is not None else ""),
-                     str(t.user_attrs.get("seconds", "")), str(t.user_attrs.get("worker", ""))]
+            value = (
+                f"{t.value:.4f}" if t.value is not None and t.state in (TrialState.COMPLETE, TrialState.PRUNED) else ""
+            )
+            cells = [
+                str(t.number),
+                t.state.name.lower(),
+                value,
+                str(t.last_step if t.last_step is not None else ""),
+                str(t.user_attrs.get("seconds", "")),
+                str(t.user_attrs.get("worker", "")),
+            ]
             cells += [short_value(t.params[n]) if n in t.params else "" for n in names]
             lines.append("| " + " | ".join(cells) + " |")
     if notes:
@@ -184,16 +220,18 @@ def summary_markdown(study: optuna.Study, settings: Settings, counts: TrialCount
     return "\n".join(lines) + "\n"
 
 
-def write_report(settings: Settings, output_dir: str | os.PathLike = "tune", *,
-                 wall_seconds: float | None = None) -> StudyReport:
+def write_report(
+    settings: Settings, output_dir: str | os.PathLike = "tune", *, wall_seconds: float | None = None
+) -> StudyReport:
     """Write best_params.yaml (when a trial completed), trials.csv, the plots and summary.md for the study."""
     tune = settings.tune
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     study = load_study(tune)
     counts = trial_counts(study)
-    report = StudyReport(study_name=tune.study_name, storage=safe_url(tune.storage), counts=counts,
-                         wall_seconds=wall_seconds)
+    report = StudyReport(
+        study_name=tune.study_name, storage=safe_url(tune.storage), counts=counts, wall_seconds=wall_seconds
+    )
     notes: list[str] = []
     try:
         best = study.best_trial
@@ -211,6 +249,11 @@ def write_report(settings: Settings, output_dir: str | os.PathLike = "tune", *,
     summary_path = output_dir / SUMMARY_FILE
     atomic_write_text(summary_path, report.summary)
     report.files["summary"] = str(summary_path)
-    log.info("study %r: %s; best %s; report in %s", tune.study_name, counts,
-             f"{report.best_value:.4f} (trial {report.best_trial})" if best else "none", output_dir)
+    log.info(
+        "study %r: %s; best %s; report in %s",
+        tune.study_name,
+        counts,
+        f"{report.best_value:.4f} (trial {report.best_trial})" if best else "none",
+        output_dir,
+    )
     return report

@@ -14,12 +14,11 @@ from jtcse.config import (
     SearchChoices,
     SearchRange,
     Settings,
-    resolve_model_path,
     set_dotted,
     settings_from_dict,
 )
+from jtcse.formats import resolve_model_path
 from jtcse.io import atomic_write_text
-
 
 META_KEY = "_meta"  # key of best_params.yaml that tune-apply ignores
 SETTINGS_FILE = "study_settings.yaml"  # the resolved settings the workers of a run load
@@ -37,8 +36,14 @@ def metric_name(settings: Settings) -> str:
     return f"{settings.evaluate.selection}_spearman"
 
 
-def with_overrides(settings: Settings, *, n_trials: int | None = None, storage: str | None = None,
-                   study_name: str | None = None, workers: int | None = None) -> Settings:
+def with_overrides(
+    settings: Settings,
+    *,
+    n_trials: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    workers: int | None = None,
+) -> Settings:
     """A validated copy of ``settings`` with the given ``tune`` keys replaced (command-line overrides)."""
     changes = {"n_trials": n_trials, "storage": storage, "study_name": study_name, "workers": workers}
     raw = settings.model_dump(mode="json", by_alias=True)
@@ -72,8 +77,9 @@ def trial_settings(settings: Settings, overrides: dict[str, Any], *, threads: in
     raw = settings.model_dump(mode="json", by_alias=True)
     for dotted, value in overrides.items():
         set_dotted(raw, dotted, value)
-    raw["train"].update(steps=tune.trial_steps, eval_every=tune.eval_every, checkpoint_every=tune.trial_steps,
-                        keep_checkpoints=1)
+    raw["train"].update(
+        steps=tune.trial_steps, eval_every=tune.eval_every, checkpoint_every=tune.trial_steps, keep_checkpoints=1
+    )
     if threads is not None and raw["runtime"]["threads"] is None:
         raw["runtime"]["threads"] = threads
     return settings_from_dict(raw, "trial settings")
@@ -85,8 +91,10 @@ def _layer_count(tower: str) -> int:
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(tower))
     except (OSError, ValueError) as err:
-        raise ConfigError(f"tower {tower}: cannot be loaded ({err}); train the stage-1 towers first "
-                          "(dvc repro pretrain_a pretrain_b) or pass --tower-a/--tower-b") from None
+        raise ConfigError(
+            f"tower {tower}: cannot be loaded ({err}); train the stage-1 towers first "
+            "(dvc repro pretrain_a pretrain_b) or pass --tower-a/--tower-b"
+        ) from None
     return int(config.num_hidden_layers)
 
 
@@ -109,8 +117,10 @@ def check_towers(settings: Settings, tower_a: str, tower_b: str) -> None:
         values, where = [spec], "tune.space.cross_attention.num_layers"
     bad = [v for v in values if v and depth % int(v)]
     if bad:
-        raise ConfigError(f"{where}: {bad} do not divide the {depth} layers of {tower_a}; "
-                          f"use divisors of {depth} (or 0 for no bridge)")
+        raise ConfigError(
+            f"{where}: {bad} do not divide the {depth} layers of {tower_a}; "
+            f"use divisors of {depth} (or 0 for no bridge)"
+        )
 
 
 def check_data(settings: Settings) -> None:

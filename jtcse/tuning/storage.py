@@ -74,12 +74,17 @@ def _heartbeat_storage_class() -> type:
             grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 1))
             session = self.scoped_session()
             try:
-                running = (session.query(models.TrialModel)
-                           .filter(models.TrialModel.study_id == study_id,
-                                   models.TrialModel.state == TrialState.RUNNING).all())
+                running = (
+                    session.query(models.TrialModel)
+                    .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING)
+                    .all()
+                )
                 now = datetime.now()  # datetime_start reads back as naive local time, like this
-                return [t.trial_id for t in running
-                        if not t.heartbeats and t.datetime_start is not None and now - t.datetime_start > grace]
+                return [
+                    t.trial_id
+                    for t in running
+                    if not t.heartbeats and t.datetime_start is not None and now - t.datetime_start > grace
+                ]
             finally:
                 session.close()
 
@@ -113,14 +118,19 @@ def make_storage(tune: TuneSettings) -> optuna.storages.RDBStorage:
             engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
     retry = RetryHeartbeatStaleTrialCallback(max_retry=tune.max_retry) if tune.max_retry > 0 else None
     try:
-        return _heartbeat_storage_class()(tune.storage, engine_kwargs=engine_kwargs,
-                                          heartbeat_interval=tune.heartbeat_interval, grace_period=tune.grace_period,
-                                          heartbeat_stale_trial_callback=retry)
+        return _heartbeat_storage_class()(
+            tune.storage,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=tune.heartbeat_interval,
+            grace_period=tune.grace_period,
+            heartbeat_stale_trial_callback=retry,
+        )
     except (DBAPIError, SQLAlchemyError) as err:
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()
         raise StorageUnavailableError(
             f"tune.storage {safe_url(tune.storage)}: cannot open the study database "
-            f"({reason[0] if reason else type(err).__name__}); is the server running and the URL right?") from None
+            f"({reason[0] if reason else type(err).__name__}); is the server running and the URL right?"
+        ) from None
 
 
 def derive_seed(seed: int, worker_index: int, n_existing: int) -> int:
@@ -136,8 +146,14 @@ def make_sampler(tune: TuneSettings, worker_index: int = 0, n_existing: int = 0)
 
     quiet_experimental_warnings()
     s = tune.sampler
-    return TPESampler(seed=derive_seed(s.seed, worker_index, n_existing), n_startup_trials=s.n_startup_trials,
-                      n_ei_candidates=24, multivariate=s.multivariate, group=False, constant_liar=True)
+    return TPESampler(
+        seed=derive_seed(s.seed, worker_index, n_existing),
+        n_startup_trials=s.n_startup_trials,
+        n_ei_candidates=24,
+        multivariate=s.multivariate,
+        group=False,
+        constant_liar=True,
+    )
 
 
 def make_pruner(tune: TuneSettings) -> optuna.pruners.BasePruner:
@@ -153,8 +169,12 @@ def make_pruner(tune: TuneSettings) -> optuna.pruners.BasePruner:
 
 def _space_fingerprint(settings: Settings) -> dict[str, Any]:
     tune = settings.tune
-    return {"space": tune.space.model_dump(mode="json"), "trial_steps": tune.trial_steps,
-            "eval_every": tune.eval_every, "selection": settings.evaluate.selection}
+    return {
+        "space": tune.space.model_dump(mode="json"),
+        "trial_steps": tune.trial_steps,
+        "eval_every": tune.eval_every,
+        "selection": settings.evaluate.selection,
+    }
 
 
 def prepare_study(settings: Settings) -> optuna.Study:
@@ -163,11 +183,19 @@ def prepare_study(settings: Settings) -> optuna.Study:
 
     tune = settings.tune
     storage = make_storage(tune)
-    study = optuna.create_study(study_name=tune.study_name, storage=storage, load_if_exists=True,
-                                direction="maximize", sampler=make_sampler(tune), pruner=make_pruner(tune))
+    study = optuna.create_study(
+        study_name=tune.study_name,
+        storage=storage,
+        load_if_exists=True,
+        direction="maximize",
+        sampler=make_sampler(tune),
+        pruner=make_pruner(tune),
+    )
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise ConfigError(f"tune.study_name: study {tune.study_name!r} in {safe_url(tune.storage)} minimises "
-                          "something else; pick another name")
+        raise ConfigError(
+            f"tune.study_name: study {tune.study_name!r} in {safe_url(tune.storage)} minimises "
+            "something else; pick another name"
+        )
     fingerprint = _space_fingerprint(settings)
     stored = study.user_attrs.get("setup")
     if stored is None:
@@ -177,8 +205,11 @@ def prepare_study(settings: Settings) -> optuna.Study:
         log.info("study %r created in %s", tune.study_name, safe_url(tune.storage))
     else:
         if stored != fingerprint:
-            log.warning("study %r: the search space or trial budget changed since it began; earlier trials still "
-                        "guide the sampler (use a new tune.study_name for a fresh search)", tune.study_name)
+            log.warning(
+                "study %r: the search space or trial budget changed since it began; earlier trials still "
+                "guide the sampler (use a new tune.study_name for a fresh search)",
+                tune.study_name,
+            )
         log.info("study %r resumed from %s: %s", tune.study_name, safe_url(tune.storage), trial_counts(study))
     optuna.storages.fail_stale_trials(study)
     return study
@@ -204,14 +235,20 @@ class TrialCounts:
         return self.complete + self.pruned
 
     def __str__(self) -> str:
-        return (f"{self.complete} complete, {self.pruned} pruned, {self.failed} failed, {self.running} running, "
-                f"{self.waiting} waiting")
+        return (
+            f"{self.complete} complete, {self.pruned} pruned, {self.failed} failed, {self.running} running, "
+            f"{self.waiting} waiting"
+        )
 
 
 def trial_counts(study: optuna.Study) -> TrialCounts:
     from optuna.trial import TrialState
 
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    return TrialCounts(complete=states.count(TrialState.COMPLETE), pruned=states.count(TrialState.PRUNED),
-                       failed=states.count(TrialState.FAIL), running=states.count(TrialState.RUNNING),
-                       waiting=states.count(TrialState.WAITING))
+    return TrialCounts(
+        complete=states.count(TrialState.COMPLETE),
+        pruned=states.count(TrialState.PRUNED),
+        failed=states.count(TrialState.FAIL),
+        running=states.count(TrialState.RUNNING),
+        waiting=states.count(TrialState.WAITING),
+    )

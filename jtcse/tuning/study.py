@@ -38,10 +38,19 @@ class TuningInterrupted(KeyboardInterrupt):
         self.exit_status = 128 + signum
 
 
-def run_study(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: str = DEFAULT_TOWER_B,
-              output_dir: str | os.PathLike = "tune", workers: int | None = None, n_trials: int | None = None,
-              storage: str | None = None, study_name: str | None = None, subprocesses: bool | None = None,
-              progress: bool = True) -> StudyReport:
+def run_study(
+    settings: Settings,
+    *,
+    tower_a: str = DEFAULT_TOWER_A,
+    tower_b: str = DEFAULT_TOWER_B,
+    output_dir: str | os.PathLike = "tune",
+    workers: int | None = None,
+    n_trials: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    subprocesses: bool | None = None,
+    progress: bool = True,
+) -> StudyReport:
     """Create or resume the study, run its trials with ``tune.workers`` workers, write the report.
 
     One worker runs in this process unless ``subprocesses`` is true; several always run as separate processes
@@ -56,16 +65,25 @@ def run_study(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: st
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if tune.workers > 1 and make_url_backend(tune.storage) == "sqlite":
-        log.warning("%d workers on SQLite: writes are serialised and may time out; use PostgreSQL for several "
-                    "workers (docs/tuning.md)", tune.workers)
+        log.warning(
+            "%d workers on SQLite: writes are serialised and may time out; use PostgreSQL for several "
+            "workers (docs/tuning.md)",
+            tune.workers,
+        )
     prepare_study(settings)
     settings_path = write_settings(settings, output_dir / SETTINGS_FILE)
     started = time.perf_counter()
     with signals_as_interrupt() as received:
         try:
             if subprocesses or tune.workers > 1:
-                codes = run_worker_processes(settings_path, settings, tower_a=tower_a, tower_b=tower_b,
-                                             log_dir=output_dir / "logs", progress=progress)
+                codes = run_worker_processes(
+                    settings_path,
+                    settings,
+                    tower_a=tower_a,
+                    tower_b=tower_b,
+                    log_dir=output_dir / "logs",
+                    progress=progress,
+                )
             else:
                 run_worker(settings, tower_a=tower_a, tower_b=tower_b, progress=progress)
                 codes = [0]
@@ -75,12 +93,15 @@ def run_study(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: st
             raise TuningInterrupted(
                 f"interrupted by {signal.Signals(signum).name}; workers stopped; the report in {output_dir} covers "
                 f"the finished trials ({report.counts}); rerun the same command to continue the study",
-                signum) from None
+                signum,
+            ) from None
     report = write_report(settings, output_dir, wall_seconds=time.perf_counter() - started)
     failed = [i for i, code in enumerate(codes) if code]
     if failed:
-        raise TuningError(f"worker(s) {failed} failed (see {output_dir / 'logs'}); the report covers the trials "
-                          f"that finished: {report.counts}")
+        raise TuningError(
+            f"worker(s) {failed} failed (see {output_dir / 'logs'}); the report covers the trials "
+            f"that finished: {report.counts}"
+        )
     if report.best_trial is None:
         raise TuningError(f"study {tune.study_name!r} has no completed trial ({report.counts}); see the errors above")
     return report

@@ -39,6 +39,7 @@ def signals_as_interrupt():
     def interrupt(signum, _frame):
         received.append(signum)
         raise KeyboardInterrupt(signal.Signals(signum).name)
+
     previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
     _received_signals = received
     try:
@@ -56,8 +57,15 @@ def _available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def run_worker(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: str = DEFAULT_TOWER_B,
-               worker_index: int = 0, workers: int = 1, progress: bool = True) -> int:
+def run_worker(
+    settings: Settings,
+    *,
+    tower_a: str = DEFAULT_TOWER_A,
+    tower_b: str = DEFAULT_TOWER_B,
+    worker_index: int = 0,
+    workers: int = 1,
+    progress: bool = True,
+) -> int:
     """Run trials of the (existing) study until it holds ``tune.n_trials`` finished trials; return how many ran here.
 
     A worker starts a trial only while finished + running trials stay below ``n_trials``; otherwise it waits
@@ -73,14 +81,25 @@ def run_worker(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: s
     sampler = make_sampler(tune, worker_index, len(study.get_trials(deepcopy=False)))
     study = load_study(tune, sampler=sampler, pruner=make_pruner(tune))
     threads = max(1, _available_cpus() // workers) if workers > 1 else None
-    objective = TrialObjective(settings, tower_a=tower_a, tower_b=tower_b,
-                               worker=f"{socket.gethostname()}:{os.getpid()}/{worker_index}", threads=threads)
+    objective = TrialObjective(
+        settings,
+        tower_a=tower_a,
+        tower_b=tower_b,
+        worker=f"{socket.gethostname()}:{os.getpid()}/{worker_index}",
+        threads=threads,
+    )
     poll = min(tune.heartbeat_interval, 5)
     stack = contextlib.ExitStack()
     stack.enter_context(signals_as_interrupt())  # a SIGTERM'd worker marks its trial failed, then exits
     counts = trial_counts(study)
-    bar = tqdm(total=tune.n_trials, initial=min(counts.finished, tune.n_trials), desc=f"tune {tune.study_name}",
-               unit="trial", dynamic_ncols=True, disable=not progress)
+    bar = tqdm(
+        total=tune.n_trials,
+        initial=min(counts.finished, tune.n_trials),
+        desc=f"tune {tune.study_name}",
+        unit="trial",
+        dynamic_ncols=True,
+        disable=not progress,
+    )
     ran = failed_here = 0
     next_note = 0.0
 
@@ -97,16 +116,25 @@ def run_worker(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: s
             if counts.finished >= tune.n_trials:
                 break
             if failed_here >= tune.max_failed_trials:
-                log.error("worker %d: %d of its trials failed (tune.max_failed_trials): not starting more; see the "
-                          "errors above", worker_index, failed_here)
+                log.error(
+                    "worker %d: %d of its trials failed (tune.max_failed_trials): not starting more; see the "
+                    "errors above",
+                    worker_index,
+                    failed_here,
+                )
                 break
             if counts.finished + counts.running >= tune.n_trials:
                 # The last trials run elsewhere; stay to retry one whose worker dies. The wait is bounded: each
                 # of them completes, or is failed grace_period after its last heartbeat (or its start, if none).
                 if time.monotonic() >= next_note:
-                    log.info("worker %d: waiting for %d trial(s) running in other workers (%s); a trial of a dead "
-                             "worker is failed and re-queued %d s after its last heartbeat", worker_index,
-                             counts.running, counts, tune.grace_period)
+                    log.info(
+                        "worker %d: waiting for %d trial(s) running in other workers (%s); a trial of a dead "
+                        "worker is failed and re-queued %d s after its last heartbeat",
+                        worker_index,
+                        counts.running,
+                        counts,
+                        tune.grace_period,
+                    )
                     next_note = time.monotonic() + 60
                 time.sleep(poll)
                 continue
@@ -119,37 +147,68 @@ def run_worker(settings: Settings, *, tower_a: str = DEFAULT_TOWER_A, tower_b: s
     return ran
 
 
-def worker_command(settings_path: str | os.PathLike, *, tower_a: str, tower_b: str, worker_index: int = 0,
-                   workers: int = 1) -> list[str]:
+def worker_command(
+    settings_path: str | os.PathLike, *, tower_a: str, tower_b: str, worker_index: int = 0, workers: int = 1
+) -> list[str]:
     """The command line of one worker process of a prepared study: ``jtcse tune-worker ... --no-create``.
 
     Run as ``python -m jtcse`` with this interpreter, not the ``jtcse`` script found on PATH, so that the worker
     imports the same jtcse (and environment) as the process that starts it.
     """
-    return [sys.executable, "-m", "jtcse", "tune-worker", "--params", str(settings_path), "--tower-a", str(tower_a),
-            "--tower-b", str(tower_b), "--worker-index", str(worker_index), "--workers", str(workers), "--no-create"]
+    return [
+        sys.executable,
+        "-m",
+        "jtcse",
+        "tune-worker",
+        "--params",
+        str(settings_path),
+        "--tower-a",
+        str(tower_a),
+        "--tower-b",
+        str(tower_b),
+        "--worker-index",
+        str(worker_index),
+        "--workers",
+        str(workers),
+        "--no-create",
+    ]
 
 
 def worker_env(workers: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-               TQDM_DISABLE="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+        TQDM_DISABLE="1",
+    )
     if workers > 1:
         env.setdefault("OMP_NUM_THREADS", str(max(1, _available_cpus() // workers)))
     return env
 
 
-def spawn_worker(settings_path: str | os.PathLike, *, tower_a: str, tower_b: str, worker_index: int, workers: int,
-                 log_dir: str | os.PathLike) -> subprocess.Popen:
+def spawn_worker(
+    settings_path: str | os.PathLike,
+    *,
+    tower_a: str,
+    tower_b: str,
+    worker_index: int,
+    workers: int,
+    log_dir: str | os.PathLike,
+) -> subprocess.Popen:
     """Start one worker process; its output goes to ``log_dir/worker-<index>.log``."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"worker-{worker_index}.log"
     with log_path.open("ab") as fh:
         fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} worker {worker_index}/{workers}\n".encode())
-        proc = subprocess.Popen(worker_command(settings_path, tower_a=tower_a, tower_b=tower_b,
-                                               worker_index=worker_index, workers=workers),
-                                stdout=fh, stderr=subprocess.STDOUT, env=worker_env(workers))
+        proc = subprocess.Popen(
+            worker_command(settings_path, tower_a=tower_a, tower_b=tower_b, worker_index=worker_index, workers=workers),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=worker_env(workers),
+        )
     proc.log_path = log_path  # type: ignore[attr-defined]
     return proc
 
@@ -176,18 +235,30 @@ def _stop(procs: list[subprocess.Popen], timeout: float = 30) -> None:
             proc.wait(timeout=timeout)
 
 
-def run_worker_processes(settings_path: str | os.PathLike, settings: Settings, *, tower_a: str, tower_b: str,
-                         log_dir: str | os.PathLike, progress: bool = True) -> list[int]:
+def run_worker_processes(
+    settings_path: str | os.PathLike,
+    settings: Settings,
+    *,
+    tower_a: str,
+    tower_b: str,
+    log_dir: str | os.PathLike,
+    progress: bool = True,
+) -> list[int]:
     """Run ``tune.workers`` worker processes against the prepared study; show progress; return their exit codes."""
     from tqdm.auto import tqdm
 
     tune = settings.tune
-    procs = [spawn_worker(settings_path, tower_a=tower_a, tower_b=tower_b, worker_index=i, workers=tune.workers,
-                          log_dir=log_dir) for i in range(tune.workers)]
+    procs = [
+        spawn_worker(
+            settings_path, tower_a=tower_a, tower_b=tower_b, worker_index=i, workers=tune.workers, log_dir=log_dir
+        )
+        for i in range(tune.workers)
+    ]
     log.info("%d worker processes started (pids %s); logs in %s", len(procs), [p.pid for p in procs], log_dir)
     study = load_study(tune)
-    bar = tqdm(total=tune.n_trials, desc=f"tune {tune.study_name}", unit="trial", dynamic_ncols=True,
-               disable=not progress)
+    bar = tqdm(
+        total=tune.n_trials, desc=f"tune {tune.study_name}", unit="trial", dynamic_ncols=True, disable=not progress
+    )
     try:
         while any(p.poll() is None for p in procs):
             counts = trial_counts(study)
@@ -203,6 +274,12 @@ def run_worker_processes(settings_path: str | os.PathLike, settings: Settings, *
     codes = [p.returncode for p in procs]
     for i, (proc, code) in enumerate(zip(procs, codes)):
         if code:
-            log.error("worker %d (pid %d) exited with %d; last lines of %s:\n%s", i, proc.pid, code,
-                      proc.log_path, log_tail(proc.log_path))  # type: ignore[attr-defined]
+            log.error(
+                "worker %d (pid %d) exited with %d; last lines of %s:\n%s",
+                i,
+                proc.pid,
+                code,
+                proc.log_path,
+                log_tail(proc.log_path),
+            )  # type: ignore[attr-defined]
     return codes

@@ -8,8 +8,13 @@ import torch
 
 from tests.conftest import build_tiny_model
 
-SENTENCES = ["A man is playing a guitar.", "Two dogs run across a snowy field while a child watches them.",
-             "x", "The stock market fell sharply on Tuesday, analysts said.", "A woman slices an onion."]
+SENTENCES = [
+    "A man is playing a guitar.",
+    "Two dogs run across a snowy field while a child watches them.",
+    "x",
+    "The stock market fell sharply on Tuesday, analysts said.",
+    "A woman slices an onion.",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -32,8 +37,9 @@ def tower_folder(request, tmp_path_factory, tiny_bert):
 
 @pytest.fixture(scope="module")
 def models(tower_folder):
-    import jtcse
     from sentence_transformers import SentenceTransformer
+
+    import jtcse
 
     return SentenceTransformer(str(tower_folder), device="cpu"), jtcse.load(tower_folder, device="cpu")
 
@@ -87,7 +93,9 @@ def test_single_string_is_a_vector_and_quantised_precisions_match(models):
 
 def test_similarity_and_dimension_match_sentence_transformers(models):
     st, ours = models
-    assert ours.get_sentence_embedding_dimension() == ours.get_embedding_dimension() == st.get_embedding_dimension() == 32
+    assert (
+        ours.get_sentence_embedding_dimension() == ours.get_embedding_dimension() == st.get_embedding_dimension() == 32
+    )
     assert ours.similarity_fn_name == st.similarity_fn_name == "cosine"
     vectors = ours.encode(SENTENCES)
     same(st.similarity(vectors[:2], vectors), ours.similarity(vectors[:2], vectors))
@@ -108,8 +116,9 @@ def test_empty_input_keeps_the_vector_width(models):
 
 def test_twin_answers_the_same_calls_as_the_sum_of_its_towers_in_sentence_transformers(tmp_path, tiny_bert):
     """A twin has no sentence-transformers form: its reference is the sum of its two exported towers."""
-    import jtcse
     from sentence_transformers import SentenceTransformer
+
+    import jtcse
     from jtcse.modeling.towers import load_tower
     from jtcse.packaging import export_sentence_transformer
     from jtcse.training.objectives import save_twin
@@ -127,8 +136,10 @@ def test_twin_answers_the_same_calls_as_the_sum_of_its_towers_in_sentence_transf
     assert twin.get_sentence_embedding_dimension() == 32
     same(summed.numpy(), twin.encode(SENTENCES, batch_size=2, show_progress_bar=False, device="cpu"))
     same(summed, twin.encode(SENTENCES, convert_to_tensor=True))
-    same(torch.nn.functional.normalize(summed, dim=-1), twin.encode(SENTENCES, convert_to_tensor=True,
-                                                                     normalize_embeddings=True))
+    same(
+        torch.nn.functional.normalize(summed, dim=-1),
+        twin.encode(SENTENCES, convert_to_tensor=True, normalize_embeddings=True),
+    )
     same(summed[2], twin.encode(SENTENCES[2], convert_to_tensor=True))
     same(list(summed), twin.encode(SENTENCES, convert_to_numpy=False))
     same(references[0].similarity(summed, summed), twin.similarity(summed, summed))

@@ -34,8 +34,22 @@ def test_quality_writes_every_row(tiny_settings, tmp_path):
     out = tmp_path / "results"
     stage = ["steps=2", "eval_every=2", "checkpoint_every=2", "batch_size=8"]
     sets = [f"{section}.{kv}" for section in ("pretrain", "train", "distill") for kv in stage]
-    argv = ["--params", str(params), "--seeds", "1", "--rows", "all", "--out", str(out),
-            "--reuse-dir", str(tmp_path / "work"), "--set", "data.max_sentences=64", "--set", "runtime.threads=1"]
+    argv = [
+        "--params",
+        str(params),
+        "--seeds",
+        "1",
+        "--rows",
+        "all",
+        "--out",
+        str(out),
+        "--reuse-dir",
+        str(tmp_path / "work"),
+        "--set",
+        "data.max_sentences=64",
+        "--set",
+        "runtime.threads=1",
+    ]
     for item in sets:
         argv += ["--set", item]
     report = quality.main(argv)
@@ -85,17 +99,38 @@ def test_ablation_writes_every_cell_with_dev_test_and_diagnostics(tiny_settings,
 
     params = _params_file(tiny_settings, tmp_path / "params.yaml")
     out = tmp_path / "results"
-    argv = ["--params", str(params), "--seeds", "1", "--out", str(out), "--reuse-dir", str(tmp_path / "work"),
-            "--cells", "tncse", "stream2:cross_attention.mode=stream,cross_attention.num_layers=2,w_cross=0.5",
-            "--set", "data.max_sentences=64", "--set", "runtime.threads=1", "--set", "train.diagnostics_probe=8"]
+    argv = [
+        "--params",
+        str(params),
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+        "--reuse-dir",
+        str(tmp_path / "work"),
+        "--cells",
+        "tncse",
+        "stream2:cross_attention.mode=stream,cross_attention.num_layers=2,w_cross=0.5",
+        "--set",
+        "data.max_sentences=64",
+        "--set",
+        "runtime.threads=1",
+        "--set",
+        "train.diagnostics_probe=8",
+    ]
     for section in ("pretrain", "train"):
         argv += ["--set", f"{section}.steps=2", "--set", f"{section}.eval_every=2", "--set", f"{section}.batch_size=8"]
     report = ablation.main(argv)
     data = json.loads((out / "ablation.json").read_text())
-    assert sorted(c["name"] for c in data["cells"]) == ["stream2", "tncse"] == sorted(c["name"] for c in report["cells"])
+    assert (
+        sorted(c["name"] for c in data["cells"]) == ["stream2", "tncse"] == sorted(c["name"] for c in report["cells"])
+    )
     by_name = {c["name"]: c for c in data["cells"]}
-    assert by_name["stream2"]["overrides"] == {"train.cross_attention.mode": "stream",
-                                               "train.cross_attention.num_layers": 2, "train.w_cross": 0.5}
+    assert by_name["stream2"]["overrides"] == {
+        "train.cross_attention.mode": "stream",
+        "train.cross_attention.num_layers": 2,
+        "train.w_cross": 0.5,
+    }
     dev_means = [c["dev"]["dev_mean"][0] for c in data["cells"]]
     assert dev_means == sorted(dev_means, reverse=True)  # chosen on dev: sorted by the selection metric
     for cell in data["cells"]:
@@ -120,38 +155,91 @@ def test_quality_design_rows_and_profiles(tiny_settings, tmp_path):
     with pytest.raises(SystemExit, match="unknown profile"):
         common.profile_overrides("huge", [])
     params = _params_file(tiny_settings, tmp_path / "params.yaml")
-    argv = ["--params", str(params), "--seeds", "1", "--rows", "tncse", "side1", "--out", str(tmp_path / "r"),
-            "--design", "side1:cross_attention.mode=side,cross_attention.num_layers=1,w_cross=2",
-            "--set", "data.max_sentences=64", "--set", "runtime.threads=1", "--set", "train.diagnostics=false"]
+    argv = [
+        "--params",
+        str(params),
+        "--seeds",
+        "1",
+        "--rows",
+        "tncse",
+        "side1",
+        "--out",
+        str(tmp_path / "r"),
+        "--design",
+        "side1:cross_attention.mode=side,cross_attention.num_layers=1,w_cross=2",
+        "--set",
+        "data.max_sentences=64",
+        "--set",
+        "runtime.threads=1",
+        "--set",
+        "train.diagnostics=false",
+    ]
     for section in ("pretrain", "train"):
         argv += ["--set", f"{section}.steps=2", "--set", f"{section}.eval_every=2", "--set", f"{section}.batch_size=8"]
     report = quality.main(argv)
     assert [(r["key"], r["number"]) for r in report["rows"]] == [("tncse", "4"), ("design_side1", "5.1")]
-    assert report["row_overrides"]["design_side1"] == {"train.cross_attention.mode": "side",
-                                                        "train.cross_attention.num_layers": 1, "train.w_cross": 2}
+    assert report["row_overrides"]["design_side1"] == {
+        "train.cross_attention.mode": "side",
+        "train.cross_attention.num_layers": 1,
+        "train.w_cross": 2,
+    }
     assert "| 5.1 | JTCSE twin, side1 |" in (tmp_path / "r" / "quality.md").read_text()
 
 
 def test_transfer_writes_every_row_and_reuses_finished_ones(tiny_settings, tiny_bert, small_transfer_dir, tmp_path):
     params = _params_file(tiny_settings, tmp_path / "params.yaml")
     out, work = tmp_path / "results", tmp_path / "work"
-    argv = ["--params", str(params), "--out", str(out), "--reuse-dir", str(work), "--set", "runtime.threads=1",
-            "--set", f"transfer.data_dir={small_transfer_dir}", "--set", "transfer.folds=2",
-            "--set", "transfer.inner_folds=2", "--set", "transfer.max_train=null",
-            "--rows", "base_cls=@base", f"tower_mean={tiny_bert}@mean", f"from_dvc={tmp_path / 'dvc.json'}"]
-    (tmp_path / "dvc.json").write_text(json.dumps({"mr": 60.0, "cr": 70.0, "subj": 80.0, "mpqa": 75.0, "sst2": 65.0,
-                                                  "trec": 50.0, "mrpc": 66.0, "avg": 66.5714}))
+    argv = [
+        "--params",
+        str(params),
+        "--out",
+        str(out),
+        "--reuse-dir",
+        str(work),
+        "--set",
+        "runtime.threads=1",
+        "--set",
+        f"transfer.data_dir={small_transfer_dir}",
+        "--set",
+        "transfer.folds=2",
+        "--set",
+        "transfer.inner_folds=2",
+        "--set",
+        "transfer.max_train=null",
+        "--rows",
+        "base_cls=@base",
+        f"tower_mean={tiny_bert}@mean",
+        f"from_dvc={tmp_path / 'dvc.json'}",
+    ]
+    (tmp_path / "dvc.json").write_text(
+        json.dumps(
+            {
+                "mr": 60.0,
+                "cr": 70.0,
+                "subj": 80.0,
+                "mpqa": 75.0,
+                "sst2": 65.0,
+                "trec": 50.0,
+                "mrpc": 66.0,
+                "avg": 66.5714,
+            }
+        )
+    )
     report = transfer.main(argv)
 
     data = json.loads((out / "transfer.json").read_text())
-    assert [(r["name"], r["pooling"]) for r in data["rows"]] == [("base_cls", "cls"), ("tower_mean", "mean"),
-                                                                  ("from_dvc", "-")]
+    assert [(r["name"], r["pooling"]) for r in data["rows"]] == [
+        ("base_cls", "cls"),
+        ("tower_mean", "mean"),
+        ("from_dvc", "-"),
+    ]
     assert data["rows"][2]["scores"]["trec"] == 50.0 and data["rows"][2]["seconds"] is None
     for row in data["rows"][:2]:
         assert set(row["scores"]) == {"mr", "cr", "subj", "mpqa", "sst2", "trec", "mrpc", "avg"}
         assert 0 <= row["scores"]["avg"] <= 100 and row["seconds"] > 0 and row["sentences"] > 0
-        assert row["scores"]["avg"] == pytest.approx(sum(v for k, v in row["scores"].items() if k != "avg") / 7,
-                                                     abs=1e-3)
+        assert row["scores"]["avg"] == pytest.approx(
+            sum(v for k, v in row["scores"].items() if k != "avg") / 7, abs=1e-3
+        )
     # cls and mean pooling of the same weights are different vectors, so different probes.
     assert data["rows"][0]["scores"] != data["rows"][1]["scores"]
     md = (out / "transfer.md").read_text()

@@ -15,8 +15,12 @@ import torch
 
 from tests.conftest import REPO
 
-SENTENCES = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply.",
-             "Two dogs run across a snowy field."]
+SENTENCES = [
+    "A man is playing a guitar.",
+    "Someone plays an instrument.",
+    "The stock market fell sharply.",
+    "Two dogs run across a snowy field.",
+]
 
 
 def env() -> dict:
@@ -79,15 +83,49 @@ def test_encode_refuses_an_unknown_suffix_before_any_work(model, tmp_path, capsy
     err = capsys.readouterr().err
     assert f"{out}: unknown output suffix '.txt'; use .npy, .csv or .jsonl (or --format)" in err
     assert not out.exists()
-    assert main(["encode", "--model", str(model), "--input", str(text), "--output", str(out), "--format", "csv",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--model",
+                str(model),
+                "--input",
+                str(text),
+                "--output",
+                str(out),
+                "--format",
+                "csv",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert len(out.read_text().strip().split(",")) == 32
 
 
 def test_encode_reads_stdin_and_writes_stdout(model, reference):
-    proc = subprocess.run([sys.executable, "-m", "jtcse.cli", "encode", "--model", str(model), "--input", "-",
-                           "--output", "-", "--device", "cpu"], input="\n".join(SENTENCES) + "\n", env=env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jtcse.cli",
+            "encode",
+            "--model",
+            str(model),
+            "--input",
+            "-",
+            "--output",
+            "-",
+            "--device",
+            "cpu",
+        ],
+        input="\n".join(SENTENCES) + "\n",
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["sentence"] for r in rows] == SENTENCES

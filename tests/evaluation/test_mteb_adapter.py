@@ -41,19 +41,36 @@ def local_sts_task(tsv):
 
     class JtcseLocalSTS(AbsTaskSTS):
         metadata = TaskMetadata(
-            name="JtcseLocalSTS", type="STS", main_score="cosine_spearman",
+            name="JtcseLocalSTS",
+            type="STS",
+            main_score="cosine_spearman",
             description="Twelve sentence pairs written by the jtcse test suite.",
-            reference="https://github.com/embeddings-benchmark/mteb", dataset={"path": str(tsv), "revision": "local"},
-            category="t2t", eval_splits=["test"], eval_langs=["eng-Latn"], date=("2026-12-01", "2026-12-01"),
-            dialect=["Written"], domains=[], task_subtypes=[], license="cc-by-4.0", annotations_creators="derived",
-            modalities=["text"], sample_creation="found", bibtex_citation="",
+            reference="https://github.com/embeddings-benchmark/mteb",
+            dataset={"path": str(tsv), "revision": "local"},
+            category="t2t",
+            eval_splits=["test"],
+            eval_langs=["eng-Latn"],
+            date=("2026-12-01", "2026-12-01"),
+            dialect=["Written"],
+            domains=[],
+            task_subtypes=[],
+            license="cc-by-4.0",
+            annotations_creators="derived",
+            modalities=["text"],
+            sample_creation="found",
+            bibtex_citation="",
         )
         min_score, max_score = 0, 5
 
         def load_data(self, **kwargs):
             pairs = read_sts(tsv)
-            self.dataset = DatasetDict({"test": Dataset.from_dict(
-                {"sentence1": pairs.sentence1, "sentence2": pairs.sentence2, "score": pairs.scores})})
+            self.dataset = DatasetDict(
+                {
+                    "test": Dataset.from_dict(
+                        {"sentence1": pairs.sentence1, "sentence2": pairs.sentence2, "score": pairs.scores}
+                    )
+                }
+            )
             self.data_loaded = True
 
     return JtcseLocalSTS()
@@ -64,9 +81,17 @@ def tiny_twin(tmp_path_factory, tiny_bert):
     root = tmp_path_factory.mktemp("twin")
     shutil.copytree(tiny_bert, root / "tower_a")
     build_tiny_model(root / "tower_b", seed=1)
-    (root / "twin.json").write_text(json.dumps({"format": "jtcse-twin", "format_version": 1,
-                                                "towers": ["tower_a", "tower_b"], "pooling": "cls",
-                                                "combine": "sum"}))
+    (root / "twin.json").write_text(
+        json.dumps(
+            {
+                "format": "jtcse-twin",
+                "format_version": 1,
+                "towers": ["tower_a", "tower_b"],
+                "pooling": "cls",
+                "combine": "sum",
+            }
+        )
+    )
     return root
 
 
@@ -78,7 +103,9 @@ def test_twin_vectors_through_the_wrapper_equal_jtcse_load_encode(tiny_twin):
 
     texts = [s for a, b, _ in PAIRS for s in (a, b)]
     wrapper = MTEBEncoder.from_path(tiny_twin, device="cpu", batch_size=5)
-    loader = DataLoader([{"text": t} for t in texts], batch_size=7, collate_fn=lambda rows: {"text": [r["text"] for r in rows]})
+    loader = DataLoader(
+        [{"text": t} for t in texts], batch_size=7, collate_fn=lambda rows: {"text": [r["text"] for r in rows]}
+    )
     via_mteb = wrapper.encode(loader, task_metadata=None, hf_split="test", hf_subset="default")
     direct = jtcse.load(tiny_twin, device="cpu").encode(texts)
     assert via_mteb.shape == (len(texts), 32)
@@ -102,7 +129,9 @@ def test_mteb_evaluates_a_local_task_end_to_end_and_matches_jtcse_sts(tiny_twin,
     saved = list((tmp_path / "results").rglob("JtcseLocalSTS.json"))
     assert len(saved) == 1 and "tiny-twin" in str(saved[0])
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
-    assert summary["model"] == "jtcse/tiny-twin" and summary["main_score_x100"]["JtcseLocalSTS"] == scores["JtcseLocalSTS"]
+    assert (
+        summary["model"] == "jtcse/tiny-twin" and summary["main_score_x100"]["JtcseLocalSTS"] == scores["JtcseLocalSTS"]
+    )
 
 
 def test_cli_unknown_task_is_one_line_exit_2(tiny_bert, tmp_path, capsys):

@@ -79,8 +79,26 @@ def test_cli_evaluate_writes_the_seven_tasks(tiny_bert, small_sts_dir, tmp_path,
     from jtcse.cli import main
 
     out = tmp_path / "m.json"
-    assert main(["evaluate", "--model", str(tiny_bert), "--model-b", str(tiny_bert), "--pooling", "cls",
-                 "--data-dir", str(small_sts_dir), "--output", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tiny_bert),
+                "--model-b",
+                str(tiny_bert),
+                "--pooling",
+                "cls",
+                "--data-dir",
+                str(small_sts_dir),
+                "--output",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(out.read_text())
     assert list(metrics) == ["sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr", "avg"]
     assert metrics["avg"] == pytest.approx(np.mean([metrics[k] for k in list(metrics)[:7]]), abs=1e-3)
@@ -91,7 +109,9 @@ def test_dev_selection_metrics(small_sts_dir):
     from jtcse.evaluation.sts import DEV_MEAN, DEV_TASKS, dev_evaluator
 
     rng = np.random.default_rng(0)
-    sentences = {s for f in DEV_TASKS.values() for p in [read_sts(small_sts_dir / f)] for s in (*p.sentence1, *p.sentence2)}
+    sentences = {
+        s for f in DEV_TASKS.values() for p in [read_sts(small_sts_dir / f)] for s in (*p.sentence1, *p.sentence2)
+    }
     encoder = LookupEncoder({s: angle_vector(rng.uniform(0, 1.5)) for s in sentences})
     both = dev_evaluator(small_sts_dir, DEV_MEAN)
     scores = both(encoder)

@@ -43,8 +43,10 @@ def test_sst_reads_sentence_tab_label_and_names_a_bad_line(tmp_path):
 
 def test_trec_takes_the_coarse_class_and_reads_latin1(tmp_path):
     path = tmp_path / "train_5500.label"
-    path.write_bytes(b"NUM:dist How far is it from Denver to Aspen ?\nHUM:desc Who was Galil\xe9e ?\n"
-                     b"ABBR:exp What does NASA stand for ?\n")
+    path.write_bytes(
+        b"NUM:dist How far is it from Denver to Aspen ?\nHUM:desc Who was Galil\xe9e ?\n"
+        b"ABBR:exp What does NASA stand for ?\n"
+    )
     data = read_trec(path)
     assert data.first == ["How far is it from Denver to Aspen ?", "Who was Galilée ?", "What does NASA stand for ?"]
     assert data.labels.tolist() == [5, 3, 0]  # ABBR, DESC, ENTY, HUM, LOC, NUM
@@ -55,10 +57,12 @@ def test_trec_takes_the_coarse_class_and_reads_latin1(tmp_path):
 
 def test_mrpc_skips_the_bom_header_and_reads_both_strings(tmp_path):
     path = tmp_path / "msr_paraphrase_train.txt"
-    path.write_text("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
-                    "1\t702876\t702977\tAmrozi accused his brother .\tReferring to him , Amrozi accused him .\n"
-                    "0\t2108705\t2108831\tYucaipa owned Dominick 's .\tYucaipa bought Dominick 's in 1995 .\n",
-                    encoding="utf-8")
+    path.write_text(
+        "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+        "1\t702876\t702977\tAmrozi accused his brother .\tReferring to him , Amrozi accused him .\n"
+        "0\t2108705\t2108831\tYucaipa owned Dominick 's .\tYucaipa bought Dominick 's in 1995 .\n",
+        encoding="utf-8",
+    )
     data = read_mrpc(path)
     assert data.first == ["Amrozi accused his brother .", "Yucaipa owned Dominick 's ."]
     assert data.second == ["Referring to him , Amrozi accused him .", "Yucaipa bought Dominick 's in 1995 ."]
@@ -70,9 +74,15 @@ def test_mrpc_skips_the_bom_header_and_reads_both_strings(tmp_path):
 
 def test_the_bundle_has_the_standard_senteval_counts(data_dir):
     counts = {t: {k: len(v) for k, v in read_task(data_dir / "transfer", t).items()} for t in TRANSFER_TASKS}
-    assert counts == {"mr": {"all": 10662}, "cr": {"all": 3775}, "subj": {"all": 10000}, "mpqa": {"all": 10606},
-                      "sst2": {"train": 67349, "dev": 872, "test": 1821}, "trec": {"train": 5452, "test": 500},
-                      "mrpc": {"train": 4076, "test": 1725}}
+    assert counts == {
+        "mr": {"all": 10662},
+        "cr": {"all": 3775},
+        "subj": {"all": 10000},
+        "mpqa": {"all": 10606},
+        "sst2": {"train": 67349, "dev": 872, "test": 1821},
+        "trec": {"train": 5452, "test": 500},
+        "mrpc": {"train": 4076, "test": 1725},
+    }
 
 
 # --- the probe, on synthetic data with a known answer ---------------------------------------------------------
@@ -88,7 +98,7 @@ def blobs(n_per_class: int, flipped: int, seed: int, dim: int = 5):
     x = np.concatenate([rng.normal(-4.0, 0.5, (n_per_class, dim)), rng.normal(4.0, 0.5, (n_per_class, dim))])
     y = np.array([0] * n_per_class + [1] * n_per_class)
     y[:flipped] = 1
-    y[n_per_class:n_per_class + flipped] = 0
+    y[n_per_class : n_per_class + flipped] = 0
     return x, y
 
 
@@ -126,8 +136,16 @@ def test_warm_started_grid_and_parallel_folds_give_the_cold_serial_answer():
     x = rng.normal(size=(150, 6))
     y = (x[:, 0] + 0.8 * rng.normal(size=150) > 0).astype(int)  # noisy labels: C matters
     with threadpool_limits(limits=1):  # see _one_blas_thread: threads only slow these tiny fits down
-        naive = [np.mean([LogisticRegression(C=c, max_iter=500, random_state=1111).fit(x[tr], y[tr]).score(x[te], y[te])
-                          for tr, te in _folds(y, 5, 1111)]) * 100 for c in C_GRID_KFOLD]
+        naive = [
+            np.mean(
+                [
+                    LogisticRegression(C=c, max_iter=500, random_state=1111).fit(x[tr], y[tr]).score(x[te], y[te])
+                    for tr, te in _folds(y, 5, 1111)
+                ]
+            )
+            * 100
+            for c in C_GRID_KFOLD
+        ]
     c, score = select_c_by_cv(x, y, C_GRID_KFOLD, folds=5, seed=1111, max_iter=500)
     assert c == C_GRID_KFOLD[int(np.argmax(naive))] and score == pytest.approx(max(naive), abs=1e-9)
     assert select_c_by_cv(x, y, C_GRID_KFOLD, folds=5, seed=1111, max_iter=500, jobs=2) == (c, score)
@@ -152,8 +170,7 @@ def test_subsample_is_stratified_seeded_and_keeps_pairs_aligned():
 def test_max_train_caps_what_the_probes_learn_from_not_dev_or_test(small_transfer_dir):
     evaluator = TransferEvaluator(small_transfer_dir, ["mr", "sst2", "mrpc"], folds=2, max_train=20)
     sizes = {t: {k: len(v) for k, v in splits.items()} for t, splits in evaluator.splits.items()}
-    assert sizes == {"mr": {"all": 20}, "sst2": {"train": 20, "dev": 40, "test": 40},
-                     "mrpc": {"train": 20, "test": 40}}
+    assert sizes == {"mr": {"all": 20}, "sst2": {"train": 20, "dev": 40, "test": 40}, "mrpc": {"train": 20, "test": 40}}
     with pytest.raises(ValueError, match=r"max_train \(3\) must leave at least 2 examples per fold"):
         TransferEvaluator(small_transfer_dir, ["mr"], folds=2, max_train=3)
 
@@ -212,9 +229,29 @@ def test_cli_suite_transfer_writes_metrics_and_plot_data(tiny_bert, small_transf
     params = tmp_path / "params.yaml"
     params.write_text("transfer:\n  tasks: [cr, trec, mrpc]\n  folds: 2\n  inner_folds: 2\n  max_iter: 50\n")
     out = tmp_path / "m" / "transfer.json"
-    rc = main(["evaluate", "--suite", "transfer", "--model", str(tiny_bert), "--data-dir", str(small_transfer_dir),
-               "--params", str(params), "--output", str(out), "--plot-data", str(tmp_path / "t.csv"),
-               "--max-length", "32", "--name", "tiny", "--device", "cpu"])
+    rc = main(
+        [
+            "evaluate",
+            "--suite",
+            "transfer",
+            "--model",
+            str(tiny_bert),
+            "--data-dir",
+            str(small_transfer_dir),
+            "--params",
+            str(params),
+            "--output",
+            str(out),
+            "--plot-data",
+            str(tmp_path / "t.csv"),
+            "--max-length",
+            "32",
+            "--name",
+            "tiny",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     results = json.loads(out.read_text())
     assert set(results) == {"cr", "trec", "mrpc", "avg"}
@@ -230,8 +267,21 @@ def test_cli_bad_transfer_setting_is_one_line_exit_2(tiny_bert, small_transfer_d
 
     params = tmp_path / "params.yaml"
     params.write_text("transfer:\n  folds: 1\n")
-    rc = main(["evaluate", "--suite", "transfer", "--model", str(tiny_bert), "--data-dir", str(small_transfer_dir),
-               "--params", str(params), "--output", str(tmp_path / "x.json")])
+    rc = main(
+        [
+            "evaluate",
+            "--suite",
+            "transfer",
+            "--model",
+            str(tiny_bert),
+            "--data-dir",
+            str(small_transfer_dir),
+            "--params",
+            str(params),
+            "--output",
+            str(tmp_path / "x.json"),
+        ]
+    )
     assert rc == 2
     assert "transfer.folds" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
@@ -243,8 +293,23 @@ def test_report_suite_transfer_writes_the_transfer_table(tmp_path, capsys):
     scores = {t: 70.0 + i for i, t in enumerate(TRANSFER_TASKS)} | {"avg": 73.0}
     (tmp_path / "base.json").write_text(json.dumps(scores))
     (tmp_path / "twin.json").write_text(json.dumps({**scores, "mr": 80.125}))
-    assert main(["--suite", "transfer", "--base", str(tmp_path / "base.json"), "--twin", str(tmp_path / "twin.json"),
-                 "--distilled", str(tmp_path / "absent.json"), "--markdown", str(tmp_path / "t.md")]) == 0
+    assert (
+        main(
+            [
+                "--suite",
+                "transfer",
+                "--base",
+                str(tmp_path / "base.json"),
+                "--twin",
+                str(tmp_path / "twin.json"),
+                "--distilled",
+                str(tmp_path / "absent.json"),
+                "--markdown",
+                str(tmp_path / "t.md"),
+            ]
+        )
+        == 0
+    )
     lines = (tmp_path / "t.md").read_text().splitlines()
     assert lines[0] == "# SentEval transfer results (logistic-regression probe, accuracy x 100)"
     assert lines[2] == "| model | mr | cr | subj | mpqa | sst2 | trec | mrpc | avg |"

@@ -100,13 +100,22 @@ def test_scheduled_deployment_on_a_real_server_runs(project, tmp_path):
     import httpx
 
     port = free_port()
-    env = project_env() | {"PREFECT_HOME": str(tmp_path / "home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-                           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    env = project_env() | {
+        "PREFECT_HOME": str(tmp_path / "home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     runner = None
     try:
+
         def healthy():
             try:
                 return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200
@@ -114,12 +123,30 @@ def test_scheduled_deployment_on_a_real_server_runs(project, tmp_path):
                 return False
 
         wait_for(healthy, 150, "prefect server")
-        runner = subprocess.Popen([sys.executable, "-m", "flows.serve", "--project-dir", str(project), "--name", "smoke",
-                                   "--cron", "0 4 * * 0", "--no-pull"], env=env, cwd=str(project.parent),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-        code = ("import sys; from prefect.deployments import run_deployment; "
-                "r = run_deployment('retrain/smoke', timeout=300); print(r.state.type.value, r.id); "
-                "sys.exit(0 if r.state.is_completed() else 1)")
+        runner = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flows.serve",
+                "--project-dir",
+                str(project),
+                "--name",
+                "smoke",
+                "--cron",
+                "0 4 * * 0",
+                "--no-pull",
+            ],
+            env=env,
+            cwd=str(project.parent),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        code = (
+            "import sys; from prefect.deployments import run_deployment; "
+            "r = run_deployment('retrain/smoke', timeout=300); print(r.state.type.value, r.id); "
+            "sys.exit(0 if r.state.is_completed() else 1)"
+        )
 
         def deployment():
             r = httpx.post(f"http://127.0.0.1:{port}/api/deployments/filter", json={}, timeout=5)

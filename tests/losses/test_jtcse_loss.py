@@ -17,8 +17,9 @@ def test_total_is_weighted_sum_of_the_parts():
     nce = InfoNCELoss()(a.embedding) + InfoNCELoss()(b.embedding)
     ic = InteractionInfoNCELoss(direction="symmetric")
     icnce, cross = ic(a.embedding, b.embedding), ic(a.cross, b.cross)
-    tm = TensorModulusLoss()(a.embedding, b.embedding, a.pooler, b.pooler) + \
-        TensorModulusLoss()(b.embedding, a.embedding, b.pooler, a.pooler)
+    tm = TensorModulusLoss()(a.embedding, b.embedding, a.pooler, b.pooler) + TensorModulusLoss()(
+        b.embedding, a.embedding, b.pooler, a.pooler
+    )
     assert torch.allclose(loss["loss"], 0.3 * nce + 2.0 * icnce + 0.7 * cross + 5.0 * tm)
     assert torch.allclose(loss["loss_tm"], tm)
     assert torch.allclose(loss["loss_icnce"], icnce) and torch.allclose(loss["loss_cross"], cross)
@@ -43,8 +44,9 @@ def test_without_a_bridge_there_is_no_cross_term():
 def test_modulus_on_embedding_uses_sentence_vectors():
     a, b = outputs(0, pooler=False), outputs(1, pooler=False)
     loss = JTCSELoss(modulus_on="embedding", w_nce=0, w_icnce=0, w_cross=0)(a, b)
-    tm = TensorModulusLoss()(a.embedding, b.embedding, a.embedding, b.embedding) + \
-        TensorModulusLoss()(b.embedding, a.embedding, b.embedding, a.embedding)
+    tm = TensorModulusLoss()(a.embedding, b.embedding, a.embedding, b.embedding) + TensorModulusLoss()(
+        b.embedding, a.embedding, b.embedding, a.embedding
+    )
     assert torch.allclose(loss["loss"], tm)
 
 

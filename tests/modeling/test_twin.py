@@ -104,7 +104,9 @@ def test_hand_layer_reproduces_the_stock_layer(tiny_bert):
     enc = batch(tok)
     with torch.no_grad():
         hidden = a(**enc, output_hidden_states=True).hidden_states
-        assert torch.allclose(hand_plain_layer(a.encoder.layer[0], hidden[0], enc["attention_mask"]), hidden[1], atol=1e-5)
+        assert torch.allclose(
+            hand_plain_layer(a.encoder.layer[0], hidden[0], enc["attention_mask"]), hidden[1], atol=1e-5
+        )
 
 
 def test_stream_cross_output_equals_hand_computation(tiny_bert):
@@ -121,11 +123,15 @@ def test_stream_cross_output_equals_hand_computation(tiny_bert):
 
         def stream(own, other, hid_own, hid_other):
             s = hid_own[1]
-            s = hand_ffn(own.encoder.layer[1], hand_cross(own.encoder.layer[1], other.encoder.layer[1],
-                                                          hid_own[1], hid_other[1], mask, residual=s))
+            s = hand_ffn(
+                own.encoder.layer[1],
+                hand_cross(own.encoder.layer[1], other.encoder.layer[1], hid_own[1], hid_other[1], mask, residual=s),
+            )
             s = hand_plain_layer(own.encoder.layer[2], s, mask)
-            return hand_ffn(own.encoder.layer[3], hand_cross(own.encoder.layer[3], other.encoder.layer[3],
-                                                             hid_own[3], hid_other[3], mask, residual=s))
+            return hand_ffn(
+                own.encoder.layer[3],
+                hand_cross(own.encoder.layer[3], other.encoder.layer[3], hid_own[3], hid_other[3], mask, residual=s),
+            )
 
         expected_a, expected_b = stream(a, b, hid_a, hid_b), stream(b, a, hid_b, hid_a)
     assert torch.allclose(out_a.cross, expected_a[:, 0], atol=1e-5)
@@ -190,7 +196,9 @@ def test_mix_mode_changes_streams_and_zero_gate_does_not(tiny_bert):
     with torch.no_grad():
         plain = a(**enc).last_hidden_state[:, 0]
         mixed, _ = BridgedTwin(a, b, num_ca_layers=2, mode="mix", mix_gate=0.5)(enc["input_ids"], enc["attention_mask"])
-        gated_off, _ = BridgedTwin(a, b, num_ca_layers=2, mode="mix", mix_gate=0.0)(enc["input_ids"], enc["attention_mask"])
+        gated_off, _ = BridgedTwin(a, b, num_ca_layers=2, mode="mix", mix_gate=0.0)(
+            enc["input_ids"], enc["attention_mask"]
+        )
     assert not torch.allclose(mixed.embedding, plain, atol=1e-3)
     assert torch.allclose(gated_off.embedding, plain, atol=1e-5)
 

@@ -24,8 +24,9 @@ def test_e_cls_is_cls_norm_over_mean_norm_of_the_real_other_tokens():
 def test_anisotropy_is_the_mean_cosine_of_distinct_pairs():
     torch.manual_seed(1)
     v = torch.randn(6, 3)
-    pairs = [torch.nn.functional.cosine_similarity(v[i], v[j], dim=0).item()
-             for i in range(6) for j in range(6) if i != j]
+    pairs = [
+        torch.nn.functional.cosine_similarity(v[i], v[j], dim=0).item() for i in range(6) for j in range(6) if i != j
+    ]
     assert anisotropy(v) == pytest.approx(sum(pairs) / len(pairs), abs=1e-6)
     assert anisotropy(torch.ones(4, 3)) == pytest.approx(1.0)
 
@@ -34,17 +35,21 @@ def test_gradient_norms_equal_one_backward_per_weighted_term():
     torch.manual_seed(2)
     w = torch.nn.Parameter(torch.randn(3))
     u = torch.nn.Parameter(torch.randn(2))
-    parts = {"nce": (w ** 2).sum(), "tm": (w * u.sum()).sum()}
+    parts = {"nce": (w**2).sum(), "tm": (w * u.sum()).sum()}
     weights = {"nce": 0.5, "tm": 3.0}
     norms = gradient_norms(parts, weights, [w, u])
     for name in parts:
         w.grad = u.grad = None
         (weights[name] * parts[name]).backward(retain_graph=True)
-        naive = math.sqrt(sum((p.grad if p.grad is not None else torch.zeros_like(p)).pow(2).sum().item() for p in (w, u)))
+        naive = math.sqrt(
+            sum((p.grad if p.grad is not None else torch.zeros_like(p)).pow(2).sum().item() for p in (w, u))
+        )
         assert norms[f"grad_{name}"] == pytest.approx(naive, rel=1e-6)
     w.grad = u.grad = None
     sum(weights[k] * v for k, v in parts.items()).backward()
-    assert norms["grad_total"] == pytest.approx(math.sqrt(w.grad.pow(2).sum().item() + u.grad.pow(2).sum().item()), rel=1e-6)
+    assert norms["grad_total"] == pytest.approx(
+        math.sqrt(w.grad.pow(2).sum().item() + u.grad.pow(2).sum().item()), rel=1e-6
+    )
 
 
 def _losses(metrics_dir):
@@ -59,7 +64,9 @@ def test_diagnostics_are_logged_and_do_not_change_training(tiny_settings, tmp_pa
     off = tiny_settings.model_copy(deep=True)
     off.train.diagnostics = False
     train_twin(on, output=tmp_path / "on", checkpoint_dir=tmp_path / "ck_on", metrics_dir=tmp_path / "m_on", **kwargs)
-    train_twin(off, output=tmp_path / "off", checkpoint_dir=tmp_path / "ck_off", metrics_dir=tmp_path / "m_off", **kwargs)
+    train_twin(
+        off, output=tmp_path / "off", checkpoint_dir=tmp_path / "ck_off", metrics_dir=tmp_path / "m_off", **kwargs
+    )
     assert _losses(tmp_path / "m_on") == _losses(tmp_path / "m_off")
     assert not (tmp_path / "m_off" / "diagnostics.csv").exists()
     rows = list(csv.DictReader((tmp_path / "m_on" / "diagnostics.csv").open()))
@@ -84,7 +91,9 @@ def test_zero_cross_weight_is_exactly_tncse(tiny_settings, tmp_path):
     assert _losses(tmp_path / "m_z") == _losses(tmp_path / "m_t")
     with_bridge = tiny_settings.model_copy(deep=True)
     with_bridge.train.diagnostics = False
-    train_twin(with_bridge, output=tmp_path / "b", checkpoint_dir=tmp_path / "ck_b", metrics_dir=tmp_path / "m_b", **kwargs)
+    train_twin(
+        with_bridge, output=tmp_path / "b", checkpoint_dir=tmp_path / "ck_b", metrics_dir=tmp_path / "m_b", **kwargs
+    )
     assert [r["loss"] for r in _losses(tmp_path / "m_b")] != [r["loss"] for r in _losses(tmp_path / "m_t")]
 
 

@@ -54,14 +54,29 @@ def setup(tmp_path_factory, data_dir):
 def settings_for(root: Path, sample_corpus: Path):
     from jtcse.config import settings_from_dict
 
-    return settings_from_dict({
-        "model": {"base": str(root / "student"), "pooling": "mean", "max_length": 24, "attn_implementation": "eager"},
-        "data": {"corpus": str(sample_corpus), "sts_dir": str(root / "sts"), "max_sentences": 200},
-        "runtime": {"threads": 1},
-        "distill": {"steps": 60, "batch_size": 16, "lr": 2e-3, "eval_every": 60, "checkpoint_every": 60,
-                    "keep_checkpoints": 1, "student_init": str(root / "student"), "seed": 42},
-        "evaluate": {"batch_size": 128, "max_length": 32, "selection": "stsb_dev"},
-    })
+    return settings_from_dict(
+        {
+            "model": {
+                "base": str(root / "student"),
+                "pooling": "mean",
+                "max_length": 24,
+                "attn_implementation": "eager",
+            },
+            "data": {"corpus": str(sample_corpus), "sts_dir": str(root / "sts"), "max_sentences": 200},
+            "runtime": {"threads": 1},
+            "distill": {
+                "steps": 60,
+                "batch_size": 16,
+                "lr": 2e-3,
+                "eval_every": 60,
+                "checkpoint_every": 60,
+                "keep_checkpoints": 1,
+                "student_init": str(root / "student"),
+                "seed": 42,
+            },
+            "evaluate": {"batch_size": 128, "max_length": 32, "selection": "stsb_dev"},
+        }
+    )
 
 
 def dev_scores(encoder, pairs) -> np.ndarray:
@@ -89,8 +104,13 @@ def test_distillation_lowers_the_loss_and_moves_the_student_toward_the_teacher(s
     teacher_dev, teacher_scores = dev(teacher)["stsb_dev"], dev_scores(teacher, pairs)
 
     def objective(student, tok):
-        loss = DistillationLoss(w_kl=d.w_kl, w_nce=d.w_nce, temperature=d.temperature,
-                                teacher_temperature=d.teacher_temperature, student_temperature=d.student_temperature)
+        loss = DistillationLoss(
+            w_kl=d.w_kl,
+            w_nce=d.w_nce,
+            temperature=d.temperature,
+            teacher_temperature=d.teacher_temperature,
+            student_temperature=d.student_temperature,
+        )
         return DistillObjective(student, teacher, tok, loss, pooling="mean", max_length=24).train()
 
     batch = read_corpus(sample_corpus, 16)
@@ -99,8 +119,13 @@ def test_distillation_lowers_the_loss_and_moves_the_student_toward_the_teacher(s
     initial = TowerEncoder(student.eval(), tok, "mean", 32)
     before_dev, before_scores = dev(initial)["stsb_dev"], dev_scores(initial, pairs)
 
-    result = distill_twin(settings, twin=setup / "twin", output=tmp_path / "distilled",
-                          checkpoint_dir=tmp_path / "ckpt", metrics_dir=tmp_path / "metrics")
+    result = distill_twin(
+        settings,
+        twin=setup / "twin",
+        output=tmp_path / "distilled",
+        checkpoint_dir=tmp_path / "ckpt",
+        metrics_dir=tmp_path / "metrics",
+    )
     assert result.steps == 60 and result.initial_metric == pytest.approx(before_dev, abs=1e-6)
     assert (tmp_path / "distilled" / "model.safetensors").is_file()
     final = load_file(str(sorted((tmp_path / "ckpt").glob("step-*"))[-1] / "model.safetensors"))
@@ -116,8 +141,12 @@ def test_distillation_lowers_the_loss_and_moves_the_student_toward_the_teacher(s
     gap_before, gap_after = abs(before_dev - teacher_dev), abs(after_dev - teacher_dev)
     agreement_before = spearmanr(before_scores, teacher_scores).statistic
     agreement_after = spearmanr(after_scores, teacher_scores).statistic
-    report = dict(loss=(before_loss, after_loss), teacher=teacher_dev, student=(before_dev, after_dev),
-                  agreement=(agreement_before, agreement_after))
+    report = dict(
+        loss=(before_loss, after_loss),
+        teacher=teacher_dev,
+        student=(before_dev, after_dev),
+        agreement=(agreement_before, agreement_after),
+    )
     # Margins over 12 seeds of this setup (teacher/student inits and data order): loss ratio <= 0.75, gap ratio
     # <= 0.62 (from gaps of 31-45 points), agreement gain >= +0.057.
     assert after_loss < 0.85 * before_loss, report

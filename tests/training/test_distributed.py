@@ -17,8 +17,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _losses(path):
-    return [(int(r["step"]), float(r["loss"]), float(r["loss_icnce"]), float(r["loss_tm"]))
-            for r in csv.DictReader(open(path))]
+    return [
+        (int(r["step"]), float(r["loss"]), float(r["loss_icnce"]), float(r["loss_tm"]))
+        for r in csv.DictReader(open(path))
+    ]
 
 
 def test_two_processes_train_the_same_twin_as_one(tiny_settings, tmp_path):
@@ -31,8 +33,14 @@ def test_two_processes_train_the_same_twin_as_one(tiny_settings, tmp_path):
     settings.train.checkpoint_every = 4
     settings.runtime.device = "cpu"
     tower = str(settings.model.base)
-    train_twin(settings, tower_a=tower, tower_b=tower, output=tmp_path / "one", checkpoint_dir=tmp_path / "ck_one",
-               metrics_dir=tmp_path / "m_one")
+    train_twin(
+        settings,
+        tower_a=tower,
+        tower_b=tower,
+        output=tmp_path / "one",
+        checkpoint_dir=tmp_path / "ck_one",
+        metrics_dir=tmp_path / "m_one",
+    )
 
     raw = settings.model_dump(mode="json", by_alias=True)
     raw["runtime"]["nproc_per_node"] = 2
@@ -40,10 +48,29 @@ def test_two_processes_train_the_same_twin_as_one(tiny_settings, tmp_path):
     params.write_text(yaml.safe_dump(raw), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
-        [sys.executable, "-m", "jtcse.cli", "train", "--params", str(params), "--tower-a", tower, "--tower-b", tower,
-         "--output", str(tmp_path / "two"), "--checkpoint-dir", str(tmp_path / "ck_two"),
-         "--metrics-dir", str(tmp_path / "m_two")],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "jtcse.cli",
+            "train",
+            "--params",
+            str(params),
+            "--tower-a",
+            tower,
+            "--tower-b",
+            tower,
+            "--output",
+            str(tmp_path / "two"),
+            "--checkpoint-dir",
+            str(tmp_path / "ck_two"),
+            "--metrics-dir",
+            str(tmp_path / "m_two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("jtcse twin: STS-B dev") == 1  # one result line, from rank 0
 
@@ -76,8 +103,10 @@ def _objectives(raw_settings: dict):
     settings = settings_from_dict(raw_settings)
     base = str(settings.model.base)
     tower, tokenizer = load_tower(base, dropout=0.0)
-    return {"simcse": SimCSEObjective(tower, tokenizer, max_length=24),
-            "jtcse": build_twin_objective(settings, base, base)}
+    return {
+        "simcse": SimCSEObjective(tower, tokenizer, max_length=24),
+        "jtcse": build_twin_objective(settings, base, base),
+    }
 
 
 def _gradients(objectives: dict, sentences: list[str], device: torch.device) -> dict[str, torch.Tensor]:
@@ -99,8 +128,9 @@ def _gradient_worker(rank: int, world: int, port: int, raw_settings: dict, sente
 
     from jtcse.training import distributed
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
+    )
     torch.set_num_threads(1)
     device = distributed.setup("cpu")
     grads = _gradients(_objectives(raw_settings), sentences, device)
@@ -132,6 +162,14 @@ def test_gathered_gradients_equal_one_process_gradients(tiny_settings, sample_co
 
 
 def test_batch_sizes_must_split_over_the_processes():
-    with pytest.raises(ConfigError, match=r"train\.batch_size \(30\) must be divisible by runtime\.nproc_per_node \(4\)"):
-        settings_from_dict({"runtime": {"nproc_per_node": 4}, "pretrain": {"batch_size": 32},
-                            "train": {"batch_size": 30}, "distill": {"batch_size": 64}})
+    with pytest.raises(
+        ConfigError, match=r"train\.batch_size \(30\) must be divisible by runtime\.nproc_per_node \(4\)"
+    ):
+        settings_from_dict(
+            {
+                "runtime": {"nproc_per_node": 4},
+                "pretrain": {"batch_size": 32},
+                "train": {"batch_size": 30},
+                "distill": {"batch_size": 64},
+            }
+        )

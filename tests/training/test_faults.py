@@ -31,8 +31,13 @@ WAIT_S = 120  # the longest any wait below lasts (the whole tiny run takes a few
 def fault_settings(tiny_settings, **stage_overrides):
     settings = tiny_settings.model_copy(deep=True)
     for section in (settings.pretrain, settings.train, settings.distill):
-        for key, value in {"steps": STEPS, "eval_every": 5, "checkpoint_every": 1, "keep_checkpoints": 2,
-                           **stage_overrides}.items():
+        for key, value in {
+            "steps": STEPS,
+            "eval_every": 5,
+            "checkpoint_every": 1,
+            "keep_checkpoints": 2,
+            **stage_overrides,
+        }.items():
             setattr(section, key, value)
     return settings
 
@@ -55,11 +60,22 @@ def twin_dir(tmp_path_factory, tiny_bert):
 
 
 def stage_args(stage: str, root: Path, tiny_bert: Path, twin: Path) -> list[str]:
-    extra = {"tower": ["train-tower", "--tower", "a"],
-             "twin": ["train", "--tower-a", str(tiny_bert), "--tower-b", str(tiny_bert)],
-             "distill": ["distill", "--twin", str(twin)]}[stage]
-    return [*extra, "--params", str(root / "params.yaml"), "--output", str(root / "out"),
-            "--checkpoint-dir", str(root / "ckpt"), "--metrics-dir", str(root / "metrics")]
+    extra = {
+        "tower": ["train-tower", "--tower", "a"],
+        "twin": ["train", "--tower-a", str(tiny_bert), "--tower-b", str(tiny_bert)],
+        "distill": ["distill", "--twin", str(twin)],
+    }[stage]
+    return [
+        *extra,
+        "--params",
+        str(root / "params.yaml"),
+        "--output",
+        str(root / "out"),
+        "--checkpoint-dir",
+        str(root / "ckpt"),
+        "--metrics-dir",
+        str(root / "metrics"),
+    ]
 
 
 def run_in_process(stage: str, settings, root: Path, tiny_bert: Path, twin: Path):
@@ -75,8 +91,9 @@ def run_in_process(stage: str, settings, root: Path, tiny_bert: Path, twin: Path
 
 def cli(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
-    return subprocess.Popen([sys.executable, "-m", "jtcse.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jtcse.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
@@ -117,7 +134,10 @@ def own_lines(stderr: str) -> list[str]:
 def assert_same_run(ref: Path, got: Path, note: str) -> None:
     """Final weights, best weights and CSV logs bit for bit; summary.json except its wall time."""
     final = f"step-{STEPS:08d}"
-    a, b = load_file(str(ref / "ckpt" / final / "model.safetensors")), load_file(str(got / "ckpt" / final / "model.safetensors"))
+    a, b = (
+        load_file(str(ref / "ckpt" / final / "model.safetensors")),
+        load_file(str(got / "ckpt" / final / "model.safetensors")),
+    )
     assert a.keys() == b.keys(), note
     assert all(torch.equal(a[k], b[k]) for k in a), f"final weights differ ({note})"
     for name in sorted(p.relative_to(ref / "out").as_posix() for p in (ref / "out").rglob("*.safetensors")):
@@ -143,12 +163,15 @@ def reference(tiny_settings, tiny_bert, twin_dir, tmp_path):
             run_in_process(stage, settings, root, tiny_bert, twin_dir)
             done[stage] = root
         return done[stage]
+
     return settings, get
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["tower", "twin", "distill"])
-def test_sigkill_at_a_random_step_then_rerun_equals_an_uninterrupted_run(stage, reference, tiny_bert, twin_dir, tmp_path):
+def test_sigkill_at_a_random_step_then_rerun_equals_an_uninterrupted_run(
+    stage, reference, tiny_bert, twin_dir, tmp_path
+):
     settings, ref = reference
     kill_after = random.Random().randint(1, STEPS - 3)
     note = f"{stage}, SIGKILL after checkpoint {kill_after}"
@@ -172,19 +195,22 @@ def test_sigkill_at_a_random_step_then_rerun_equals_an_uninterrupted_run(stage, 
 
 def signal_at_step(signum: int, train_csv: Path, step: int) -> threading.Thread:
     """Send ``signum`` to this process once ``train_csv`` logs ``step`` steps (a real signal, a real handler)."""
+
     def watch() -> None:
         deadline = time.monotonic() + WAIT_S
         while logged_steps(train_csv) < step and time.monotonic() < deadline:
             time.sleep(0.005)
         os.kill(os.getpid(), signum)
+
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
 
 
 @pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_sigterm_and_ctrl_c_write_a_checkpoint_and_say_how_to_resume(signum, status, tiny_settings, tiny_bert,
-                                                                     twin_dir, tmp_path, capsys):
+def test_sigterm_and_ctrl_c_write_a_checkpoint_and_say_how_to_resume(
+    signum, status, tiny_settings, tiny_bert, twin_dir, tmp_path, capsys
+):
     from jtcse.cli import main
     from jtcse.training.stages import train_tower
 
@@ -199,8 +225,11 @@ def test_sigterm_and_ctrl_c_write_a_checkpoint_and_say_how_to_resume(signum, sta
     watcher.join(timeout=WAIT_S)
     err = capsys.readouterr().err.strip().splitlines()
     name = signal.Signals(signum).name
-    match = re.fullmatch(rf"jtcse(?: train-tower)?: tower a: interrupted by {name} at step (\d+); checkpoint saved in "
-                         rf"(\S+); rerun the same command to resume", err[-1])
+    match = re.fullmatch(
+        rf"jtcse(?: train-tower)?: tower a: interrupted by {name} at step (\d+); checkpoint saved in "
+        rf"(\S+); rerun the same command to resume",
+        err[-1],
+    )
     assert code == status and match, err
     step = int(match.group(1))
     assert 3 <= step < STEPS
@@ -210,8 +239,13 @@ def test_sigterm_and_ctrl_c_write_a_checkpoint_and_say_how_to_resume(signum, sta
 
     assert main(args) == 0
     reference_root = tmp_path / "reference"
-    train_tower(settings, which="a", output=reference_root / "out", checkpoint_dir=reference_root / "ckpt",
-                metrics_dir=reference_root / "metrics")
+    train_tower(
+        settings,
+        which="a",
+        output=reference_root / "out",
+        checkpoint_dir=reference_root / "ckpt",
+        metrics_dir=reference_root / "metrics",
+    )
     assert_same_run(reference_root, root, f"{name} at step {step}")
 
 
@@ -229,7 +263,8 @@ def test_a_second_run_in_the_same_checkpoint_folder_is_refused(tiny_settings, ti
     assert re.fullmatch(
         rf"jtcse: error: {re.escape(str(tmp_path / 'ckpt'))}: another run is using this checkpoint folder "
         rf"\(pid {first.pid} since [\d: -]+\); wait for it to end, or give this run its own --checkpoint-dir and --output",
-        err[-1]), err
+        err[-1],
+    ), err
 
     first.send_signal(signal.SIGTERM)  # a real process this time: the exit status a scheduler sees
     code, _, first_err = finish(first)
@@ -243,7 +278,9 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, t
     from jtcse.training.stages import train_tower
 
     settings, ref = reference
-    kwargs = dict(which="a", output=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", metrics_dir=tmp_path / "metrics")
+    kwargs = dict(
+        which="a", output=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", metrics_dir=tmp_path / "metrics"
+    )
     train_tower(settings, stop_after=6, **kwargs)
     (tmp_path / "ckpt" / "step-00000006" / "model.safetensors").write_bytes(b"")  # a 0-byte file
     with caplog.at_level(logging.WARNING, logger="jtcse.training.trainer"):
@@ -265,12 +302,22 @@ def test_no_readable_checkpoint_says_how_to_start_afresh(tiny_settings, tiny_ber
         state = checkpoint / "trainer_state.pt"
         state.write_bytes(state.read_bytes()[:100])  # truncated
     write_params(settings, tmp_path / "params.yaml")
-    args = ["train-tower", "--tower", "a", "--params", str(tmp_path / "params.yaml"), "--output", str(tmp_path / "out"),
-            "--checkpoint-dir", str(tmp_path / "ckpt")]
+    args = [
+        "train-tower",
+        "--tower",
+        "a",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--output",
+        str(tmp_path / "out"),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+    ]
     assert main(args) == 2
     err = own_lines(capsys.readouterr().err)
-    assert len(err) == 1 and err[0].startswith(f"jtcse: error: {tmp_path / 'ckpt'}: no readable checkpoint "
-                                               "to resume from (step-00000004: ")
+    assert len(err) == 1 and err[0].startswith(
+        f"jtcse: error: {tmp_path / 'ckpt'}: no readable checkpoint to resume from (step-00000004: "
+    )
     assert err[0].endswith(f"start afresh with --no-resume, or delete {tmp_path / 'ckpt'}")
     assert main([*args, "--no-resume"]) == 0
 
@@ -282,14 +329,29 @@ def test_a_diverged_run_leaves_no_output_and_says_so_in_one_line(tiny_settings, 
     write_params(settings, tmp_path / "params.yaml")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "model.safetensors").write_bytes(b"an earlier run's model")
-    code = main(["train-tower", "--tower", "a", "--params", str(tmp_path / "params.yaml"), "--output",
-                 str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-dir", str(tmp_path / "m")])
+    code = main(
+        [
+            "train-tower",
+            "--tower",
+            "a",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--output",
+            str(tmp_path / "out"),
+            "--checkpoint-dir",
+            str(tmp_path / "ckpt"),
+            "--metrics-dir",
+            str(tmp_path / "m"),
+        ]
+    )
     captured = capsys.readouterr()
     err = own_lines(captured.err)
     assert code == 2 and len(err) == 1 and "Traceback" not in captured.err, captured.err
-    assert re.fullmatch(rf"jtcse: error: tower a: loss became nan at step \d+; lower the learning rate "
-                        rf"or check the temperature; no model was saved \({re.escape(str(tmp_path / 'out'))} removed\)",
-                        err[0]), err[0]
+    assert re.fullmatch(
+        rf"jtcse: error: tower a: loss became nan at step \d+; lower the learning rate "
+        rf"or check the temperature; no model was saved \({re.escape(str(tmp_path / 'out'))} removed\)",
+        err[0],
+    ), err[0]
     assert "saved to" not in captured.out
     assert not (tmp_path / "out").exists() and not (tmp_path / "m" / "summary.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

@@ -27,8 +27,13 @@ def test_simcse_steps_lower_the_loss(tiny_settings, tmp_path):
     batch = read_corpus(settings.data.corpus, 16)[:8]
     tower, tok = load_tower(settings.model.base)
     before = fixed_batch_loss(SimCSEObjective(tower, tok, max_length=24).train(), batch)
-    result = train_tower(settings, which="a", output=tmp_path / "tower", checkpoint_dir=tmp_path / "ckpt",
-                         metrics_dir=tmp_path / "metrics")
+    result = train_tower(
+        settings,
+        which="a",
+        output=tmp_path / "tower",
+        checkpoint_dir=tmp_path / "ckpt",
+        metrics_dir=tmp_path / "metrics",
+    )
     trained, tok = load_tower(str(tmp_path / "tower"))
     # The best-on-dev weights are saved; compare with the final-step weights to be sure training moved them.
     final = load_file(str(sorted((tmp_path / "ckpt").glob("step-*"))[-1] / "model.safetensors"))
@@ -47,14 +52,25 @@ def test_jtcse_stop_and_resume_equals_uninterrupted_run(tiny_settings, tmp_path)
     tower = str(tiny_settings.model.base)
     common = dict(tower_a=tower, tower_b=tower)
     full = train_twin(tiny_settings, output=tmp_path / "full", checkpoint_dir=tmp_path / "ck_full", **common)
-    first = train_twin(tiny_settings, output=tmp_path / "split", checkpoint_dir=tmp_path / "ck_split",
-                       metrics_dir=tmp_path / "m", stop_after=3, **common)
+    first = train_twin(
+        tiny_settings,
+        output=tmp_path / "split",
+        checkpoint_dir=tmp_path / "ck_split",
+        metrics_dir=tmp_path / "m",
+        stop_after=3,
+        **common,
+    )
     assert first.steps == 3
     # dvc repro deletes a stage's outputs before it reruns the stage: the resume must restore them.
     shutil.rmtree(tmp_path / "split")
     shutil.rmtree(tmp_path / "m")
-    second = train_twin(tiny_settings, output=tmp_path / "split", checkpoint_dir=tmp_path / "ck_split",
-                        metrics_dir=tmp_path / "m", **common)
+    second = train_twin(
+        tiny_settings,
+        output=tmp_path / "split",
+        checkpoint_dir=tmp_path / "ck_split",
+        metrics_dir=tmp_path / "m",
+        **common,
+    )
     losses = lambda hist: [(r["step"], r["loss"], r["loss_icnce"], r["loss_tm"]) for r in hist]  # noqa: E731
     assert losses(first.history) + losses(second.history) == losses(full.history)
     w_full = load_file(str(tmp_path / "ck_full" / "step-00000006" / "model.safetensors"))

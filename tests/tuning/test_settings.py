@@ -32,5 +32,7 @@ def test_tune_settings_errors_name_the_key():
 
 def test_layouts_that_do_not_divide_the_towers_are_refused_before_any_trial(tiny_settings, tiny_bert):
     settings = with_tune(tiny_settings, space={"cross_attention": {"num_layers": {"choices": [2, 3]}}})
-    with pytest.raises(ConfigError, match=r"tune\.space\.cross_attention\.num_layers: \[3\] do not divide the 4 layers"):
+    with pytest.raises(
+        ConfigError, match=r"tune\.space\.cross_attention\.num_layers: \[3\] do not divide the 4 layers"
+    ):
         tuning.check_towers(settings, str(tiny_bert), str(tiny_bert))

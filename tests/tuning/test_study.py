@@ -17,10 +17,15 @@ from tests.tuning.helpers import sqlite_url, trials_of, with_tune
 def test_study_prunes_writes_best_params_and_they_apply_to_params_yaml(tiny_settings, tiny_bert, tmp_path):
     # keep only trials within the top 1 % at each step: after the first completed trial, anything below the best
     # so far is pruned at its first evaluation (the runs are seeded and deterministic)
-    settings = with_tune(tiny_settings, storage=sqlite_url(tmp_path / "optuna.db"), n_trials=4,
-                         pruner={"type": "percentile", "percentile": 1.0, "n_startup_trials": 1, "n_warmup_steps": 0})
-    report = tuning.run_study(settings, tower_a=str(tiny_bert), tower_b=str(tiny_bert), output_dir=tmp_path / "tune",
-                              progress=False)
+    settings = with_tune(
+        tiny_settings,
+        storage=sqlite_url(tmp_path / "optuna.db"),
+        n_trials=4,
+        pruner={"type": "percentile", "percentile": 1.0, "n_startup_trials": 1, "n_warmup_steps": 0},
+    )
+    report = tuning.run_study(
+        settings, tower_a=str(tiny_bert), tower_b=str(tiny_bert), output_dir=tmp_path / "tune", progress=False
+    )
     counts = report.counts
     assert counts.finished == 4 and counts.failed == 0 and counts.running == 0
     assert counts.pruned >= 1 and counts.complete >= 1, counts
@@ -31,7 +36,9 @@ def test_study_prunes_writes_best_params_and_they_apply_to_params_yaml(tiny_sett
 
     out = tmp_path / "tune"
     best = yaml.safe_load((out / "best_params.yaml").read_text())
-    assert best["_meta"]["trial"] == report.best_trial and best["_meta"]["value"] == pytest.approx(report.best_value, abs=1e-4)
+    assert best["_meta"]["trial"] == report.best_trial and best["_meta"]["value"] == pytest.approx(
+        report.best_value, abs=1e-4
+    )
     assert {"train.lr", "train.w_tm", "train.cross_attention.num_layers", "train.modulus_on"} <= set(best)
     summary = (out / "summary.md").read_text()
     assert f"| trials pruned | {counts.pruned} |" in summary and "## Best parameters" in summary
@@ -63,7 +70,7 @@ def test_study_prunes_writes_best_params_and_they_apply_to_params_yaml(tiny_sett
     for a, b in changed:
         assert a.split(":")[0] == b.split(":")[0]
         if "#" in a:
-            assert a[a.index("#"):] == b[b.index("#"):]
+            assert a[a.index("#") :] == b[b.index("#") :]
     assert "# weight of the tensor-modulus constraint" in new and new.startswith("# jtcse settings.")
     assert tuning.apply_best(out / "best_params.yaml", params) == {}  # applying twice changes nothing
 
@@ -74,11 +81,17 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny_settings, tiny_b
     no_pooler = tmp_path / "no_pooler"  # modulus_on: pooler needs a pooler: those draws fail for real
     BertModel(BertConfig.from_pretrained(tiny_bert), add_pooling_layer=False).save_pretrained(no_pooler)
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(no_pooler)
-    settings = with_tune(tiny_settings, storage=sqlite_url(tmp_path / "optuna.db"), n_trials=2, trial_steps=2,
-                         eval_every=1, space={"modulus_on": {"choices": ["pooler", "embedding"]},
-                                                       "cross_attention": {"num_layers": 2}})
-    report = tuning.run_study(settings, tower_a=str(no_pooler), tower_b=str(no_pooler), output_dir=tmp_path / "tune",
-                              progress=False)
+    settings = with_tune(
+        tiny_settings,
+        storage=sqlite_url(tmp_path / "optuna.db"),
+        n_trials=2,
+        trial_steps=2,
+        eval_every=1,
+        space={"modulus_on": {"choices": ["pooler", "embedding"]}, "cross_attention": {"num_layers": 2}},
+    )
+    report = tuning.run_study(
+        settings, tower_a=str(no_pooler), tower_b=str(no_pooler), output_dir=tmp_path / "tune", progress=False
+    )
     assert report.counts.failed >= 1 and report.counts.complete == 2, report.counts
     trials = trials_of(settings)
     assert {t.params["modulus_on"] for t in trials if t.state.name == "FAIL"} == {"pooler"}

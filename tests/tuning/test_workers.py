@@ -40,13 +40,16 @@ def heartbeat_rows(db: Path, trial_number: int) -> int:
     import sqlite3
 
     with sqlite3.connect(db) as connection:
-        return connection.execute("SELECT COUNT(*) FROM trial_heartbeats h JOIN trials t ON t.trial_id = h.trial_id "
-                                  "WHERE t.number = ?", (trial_number,)).fetchone()[0]
+        return connection.execute(
+            "SELECT COUNT(*) FROM trial_heartbeats h JOIN trials t ON t.trial_id = h.trial_id WHERE t.number = ?",
+            (trial_number,),
+        ).fetchone()[0]
 
 
 @pytest.mark.parametrize("window", ["while_training", "before_first_heartbeat"])
-def test_killed_worker_trial_is_failed_and_retried_and_a_rerun_only_runs_the_rest(tiny_settings, tiny_bert, tmp_path,
-                                                                                   monkeypatch, window):
+def test_killed_worker_trial_is_failed_and_retried_and_a_rerun_only_runs_the_rest(
+    tiny_settings, tiny_bert, tmp_path, monkeypatch, window
+):
     """``while_training`` kills the worker during its second trial (heartbeats recorded); ``before_first_heartbeat``
     makes it SIGKILL itself right after creating trial 1, deterministically, so the trial has no heartbeat row at
     all: Optuna alone never fails such a trial and the rerun used to wait for it forever."""
@@ -63,6 +66,7 @@ def test_killed_worker_trial_is_failed_and_retried_and_a_rerun_only_runs_the_res
     monkeypatch.delenv(tuning.SIGKILL_AFTER_CREATING_TRIAL_ENV, raising=False)
     try:
         if window == "while_training":
+
             def second_trial_training():
                 trials = trials_of(settings)
                 done = [t for t in trials if t.state.name == "COMPLETE"]
@@ -104,8 +108,22 @@ def test_killed_worker_trial_is_failed_and_retried_and_a_rerun_only_runs_the_res
 
     from jtcse.cli import main  # the command line reruns the finished study: nothing left to do
 
-    assert main(["tune", "--params", str(path), "--tower-a", tower, "--tower-b", tower,
-                 "--output-dir", str(tmp_path / "again")]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                "--params",
+                str(path),
+                "--tower-a",
+                tower,
+                "--tower-b",
+                tower,
+                "--output-dir",
+                str(tmp_path / "again"),
+            ]
+        )
+        == 0
+    )
     assert len(trials_of(settings)) == len(trials)
     again = yaml.safe_load((tmp_path / "again" / "best_params.yaml").read_text())
     assert again["_meta"]["trial"] == report.best_trial
@@ -124,10 +142,14 @@ def free_port() -> int:
 def postgres_url():
     """A throw-away PostgreSQL server on loopback (Debian's postgresql package; CI installs it)."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    bindir = Path(found[-1]).parent if found else (Path(shutil.which("initdb")).parent if shutil.which("initdb") else None)
+    bindir = (
+        Path(found[-1]).parent if found else (Path(shutil.which("initdb")).parent if shutil.which("initdb") else None)
+    )
     if bindir is None:
-        pytest.fail("PostgreSQL server binaries not found (initdb): apt-get install -y postgresql "
-                    "(.ci/run installs it); this test needs a real server")
+        pytest.fail(
+            "PostgreSQL server binaries not found (initdb): apt-get install -y postgresql "
+            "(.ci/run installs it); this test needs a real server"
+        )
     root = Path(tempfile.mkdtemp(prefix="jtcse-pg-"))  # under /tmp: reachable by the server's user
     as_user: list[str] = []
     if os.geteuid() == 0:  # the server refuses to run as root
@@ -147,14 +169,28 @@ def postgres_url():
             pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}\n{_read(root / 'server.log')}")
 
     run(str(bindir / "initdb"), "-D", str(data), "-U", "jtcse", "-A", "trust", "--no-sync", "--no-locale", "-E", "UTF8")
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60",
-        "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    run(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(root / "server.log"),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+        "start",
+    )
     try:
         run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "jtcse", "optuna")
         yield f"postgresql+psycopg://jtcse@127.0.0.1:{port}/optuna"
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -177,8 +213,9 @@ def _read(path: Path) -> str:
 
 def test_two_worker_processes_share_one_postgres_study(tiny_settings, tiny_bert, tmp_path, postgres_url):
     settings = with_tune(tiny_settings, storage=postgres_url, study_name="two-workers", n_trials=6, workers=2)
-    report = tuning.run_study(settings, tower_a=str(tiny_bert), tower_b=str(tiny_bert), output_dir=tmp_path / "tune",
-                              progress=False)
+    report = tuning.run_study(
+        settings, tower_a=str(tiny_bert), tower_b=str(tiny_bert), output_dir=tmp_path / "tune", progress=False
+    )
     trials = trials_of(settings)
     assert all(t.state.name == "COMPLETE" for t in trials), [t.state for t in trials]
     assert 6 <= len(trials) <= 7  # two workers may both start the last trial
@@ -197,14 +234,33 @@ def test_two_worker_processes_share_one_postgres_study(tiny_settings, tiny_bert,
 @pytest.mark.slow
 def test_sigterm_to_tune_stops_both_workers_and_writes_the_report(tiny_settings, tiny_bert, tmp_path):
     """Issue 15: SIGTERM to `jtcse tune --workers 2` left both workers running and wrote no report."""
-    settings = with_tune(tiny_settings, storage=sqlite_url(tmp_path / "optuna.db"), n_trials=50, trial_steps=400,
-                         eval_every=2, workers=2)
+    settings = with_tune(
+        tiny_settings, storage=sqlite_url(tmp_path / "optuna.db"), n_trials=50, trial_steps=400, eval_every=2, workers=2
+    )
     params = tuning.write_settings(settings, tmp_path / "params.yaml")
     tower = str(tiny_bert)
     env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "jtcse.cli", "tune", "--params", str(params), "--tower-a", tower,
-                             "--tower-b", tower, "--output-dir", str(tmp_path / "tune")], start_new_session=True,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jtcse.cli",
+            "tune",
+            "--params",
+            str(params),
+            "--tower-a",
+            tower,
+            "--tower-b",
+            tower,
+            "--output-dir",
+            str(tmp_path / "tune"),
+        ],
+        start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     proc.log_path = tmp_path / "tune" / "logs" / "worker-0.log"
 
     def alive(pid: int) -> bool:
@@ -213,13 +269,16 @@ def test_sigterm_to_tune_stops_both_workers_and_writes_the_report(tiny_settings,
         except ProcessLookupError:
             return False
         return True
+
     try:
+
         def two_trials_running():
             try:
                 running = [t for t in trials_of(settings) if t.state.name == "RUNNING" and "worker_pid" in t.user_attrs]
             except Exception:  # the study is not created yet
                 return None
             return running if len(running) == 2 else None
+
         running = wait_for(two_trials_running, 240, "two trials RUNNING, one per worker", proc)
         pids = {t.user_attrs["worker_pid"] for t in running}
         proc.send_signal(signal.SIGTERM)
@@ -231,8 +290,9 @@ def test_sigterm_to_tune_stops_both_workers_and_writes_the_report(tiny_settings,
         proc.wait(timeout=30)
     assert proc.returncode == 143, err[-3000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("jtcse tune: interrupted by SIGTERM; workers stopped; the report in ") and \
-        last.endswith("rerun the same command to continue the study"), err[-3000:]
+    assert last.startswith("jtcse tune: interrupted by SIGTERM; workers stopped; the report in ") and last.endswith(
+        "rerun the same command to continue the study"
+    ), err[-3000:]
     assert len(pids) == 2 and still_running == []  # not re-parented and still training
     assert (tmp_path / "tune" / "summary.md").is_file() and (tmp_path / "tune" / "trials.csv").is_file()
     states = {t.state.name for t in trials_of(settings)}
