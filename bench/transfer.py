@@ -137,18 +137,7 @@ def run(args: argparse.Namespace) -> dict:
             f"--rows: model folder(s) not found: {', '.join(missing)} (train them first: dvc repro, "
             "bench/ablation.py --cells tncse --reuse-dir runs/bench/quality)"
         )
-    evaluator = TransferEvaluator(
-        cfg.data_dir,
-        cfg.tasks,
-        batch_size=settings.evaluate.batch_size,
-        folds=cfg.folds,
-        inner_folds=cfg.inner_folds,
-        seed=cfg.seed,
-        max_iter=cfg.max_iter,
-        mrpc_features=cfg.mrpc_features,
-        max_train=cfg.max_train,
-        jobs=cfg.jobs,
-    )
+    evaluator = TransferEvaluator.from_settings(cfg, batch_size=settings.evaluate.batch_size)
     out = Path(args.out)
     results: list[dict] = []
     with common.work_dir(args.reuse_dir, "jtcse-transfer-") as work:

@@ -34,19 +34,8 @@ def _transfer_evaluator(args):
         settings = load_settings(args.params)
     else:
         settings = load_settings("params.yaml") if Path("params.yaml").is_file() else Settings()
-    cfg = settings.transfer
-    return TransferEvaluator(
-        args.data_dir or cfg.data_dir,
-        cfg.tasks,
-        batch_size=args.batch_size,
-        folds=cfg.folds,
-        inner_folds=cfg.inner_folds,
-        seed=cfg.seed,
-        max_iter=cfg.max_iter,
-        mrpc_features=cfg.mrpc_features,
-        max_train=cfg.max_train,
-        jobs=cfg.jobs,
-        show_progress=True,
+    return TransferEvaluator.from_settings(
+        settings.transfer, batch_size=args.batch_size, data_dir=args.data_dir, show_progress=True
     )
 
 

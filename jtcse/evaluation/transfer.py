@@ -264,6 +264,25 @@ class TransferEvaluator:
         self.primary_metric = primary_metric or ("avg" if len(self.tasks) > 1 else self.tasks[0])
         self.timings = TransferTimings()
 
+    @classmethod
+    def from_settings(
+        cls, transfer, *, batch_size: int, data_dir: str | Path | None = None, show_progress: bool = False
+    ) -> TransferEvaluator:
+        """The evaluator a ``transfer:`` settings section describes (``data_dir`` overrides its folder)."""
+        return cls(
+            data_dir or transfer.data_dir,
+            transfer.tasks,
+            batch_size=batch_size,
+            folds=transfer.folds,
+            inner_folds=transfer.inner_folds,
+            seed=transfer.seed,
+            max_iter=transfer.max_iter,
+            mrpc_features=transfer.mrpc_features,
+            max_train=transfer.max_train,
+            jobs=transfer.jobs,
+            show_progress=show_progress,
+        )
+
     def sentences(self) -> list[str]:
         return sorted({s for splits in self.splits.values() for split in splits.values() for s in split.sentences()})
 
