@@ -309,22 +309,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--params", default=str(common.REPO / "params.yaml"), help="settings file (default: params.yaml)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting for every cell, dotted key, YAML value (repeatable)",
-    )
-    p.add_argument(
-        "--profile",
-        default="make-run",
-        choices=list(common.PROFILES),
-        help="step budget: make-run (params.yaml, 60 steps per stage) or long (300 steps per stage)",
+    p = common.training_bench_parser(
+        __doc__, set_help="override a setting for every cell, dotted key, YAML value (repeatable)"
     )
     p.add_argument(
         "--cells",
@@ -339,7 +325,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reuse-dir", help="persistent work dir (shared with bench/quality.py's towers), e.g. runs/bench/quality"
     )
-    p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 

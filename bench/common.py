@@ -55,6 +55,26 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+def training_bench_parser(doc: str | None, *, set_help: str, profile: bool = True) -> argparse.ArgumentParser:
+    """The options every settings-driven benchmark shares: --params, --set, --profile (hidden with
+    ``profile=False``: the script then runs the params file as it is) and -v. Each script adds its own."""
+    p = argparse.ArgumentParser(
+        description=(doc or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--params", default=str(REPO / "params.yaml"), help="settings file (default: params.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument(
+        "--profile",
+        default="make-run",
+        choices=list(PROFILES),
+        help="step budget: make-run (params.yaml, 60 steps per stage) or long (300 steps per stage)"
+        if profile
+        else argparse.SUPPRESS,
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
 def profile_overrides(profile: str, items: Iterable[str] | None) -> dict[str, Any]:
     """A profile's overrides, then the --set ones on top."""
     if profile not in PROFILES:

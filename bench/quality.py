@@ -606,22 +606,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--params", default=str(common.REPO / "params.yaml"), help="settings file (default: params.yaml)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, dotted key, value parsed as YAML (repeatable): --set train.steps=60",
-    )
-    p.add_argument(
-        "--profile",
-        default="make-run",
-        choices=list(common.PROFILES),
-        help="step budget: make-run (params.yaml, 60 steps per stage) or long (300 steps per stage)",
+    p = common.training_bench_parser(
+        __doc__, set_help="override a setting, dotted key, value parsed as YAML (repeatable): --set train.steps=60"
     )
     p.add_argument(
         "--design",
@@ -653,7 +639,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="persistent work dir for models: finished stages with the same settings are "
         "reused and interrupted ones resume (e.g. runs/bench/quality); default: a temporary dir, deleted",
     )
-    p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 

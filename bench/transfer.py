@@ -29,6 +29,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
+from bench.quality import ROW_BY_KEY  # noqa: E402  (row labels: the same models as the quality table)
 
 log = logging.getLogger("bench.transfer")
 
@@ -41,14 +42,6 @@ DEFAULT_ROWS = (
     "jtcse=metrics/twin/transfer.json",
     "jtcse_d=metrics/distilled/transfer.json",
 )
-LABELS = {
-    "base_cls": "base zero-shot (cls)",
-    "base_mean": "base zero-shot (mean)",
-    "simcse": "unsup SimCSE (one tower)",
-    "tncse": "TNCSE twin",
-    "jtcse": "JTCSE twin",
-    "jtcse_d": "JTCSE-D (distilled tower)",
-}
 
 
 def parse_row(item: str, base: str, default_pooling: str) -> tuple[str, str, str]:
@@ -108,10 +101,10 @@ def render_markdown(report: dict) -> str:
     for row in report["rows"]:
         scores = row["scores"]
         cells = " | ".join(f"{scores[t]:.2f}" for t in tasks)
+        label = ROW_BY_KEY[row["name"]].label if row["name"] in ROW_BY_KEY else row["name"]
         seconds = "from dvc repro" if row["seconds"] is None else f"{row['seconds']:.0f}"
         lines.append(
-            f"| {LABELS.get(row['name'], row['name'])} | `{row['model']}` | {row['pooling']} | {cells} | "
-            f"**{scores['avg']:.2f}** | {seconds} |"
+            f"| {label} | `{row['model']}` | {row['pooling']} | {cells} | **{scores['avg']:.2f}** | {seconds} |"
         )
     lines += [
         "",
@@ -192,24 +185,16 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    p = common.training_bench_parser(
+        __doc__,
+        set_help="override a setting, dotted key, YAML value (repeatable), e.g. transfer.max_train=null",
+        profile=False,
     )
-    p.add_argument("--params", default=str(common.REPO / "params.yaml"), help="settings file (default: params.yaml)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, dotted key, YAML value (repeatable), e.g. transfer.max_train=null",
-    )
-    p.add_argument("--profile", default="make-run", choices=list(common.PROFILES), help=argparse.SUPPRESS)
     p.add_argument(
         "--rows", nargs="+", help="name=PATH[@POOLING] rows (@base = model.base); default: " + " ".join(DEFAULT_ROWS)
     )
     p.add_argument("--out", default=str(common.RESULTS), help="results folder (default: bench/results)")
     p.add_argument("--reuse-dir", help="persistent work dir: finished rows are kept, e.g. runs/bench/transfer")
-    p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
