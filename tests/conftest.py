@@ -14,6 +14,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests.stop_on_sigterm import pytest_configure  # noqa: E402, F401  (a hook: SIGTERM tears the session down)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
