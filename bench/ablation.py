@@ -20,7 +20,6 @@ import csv
 import logging
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -95,23 +94,6 @@ def cell_record(metrics_dir: Path, summary: dict) -> dict[str, Any]:
         "diagnostics_last": pick(diagnostics[-1] if diagnostics else None),
         "diagnostics_steps": [int(r["step"]) for r in diagnostics],
     }
-
-
-def test_scores(stage, cache: Path, evaluate) -> tuple[dict[str, float], float]:
-    """The seven test tasks of a trained cell, kept beside it so a resumed ablation does not evaluate it again."""
-    import json
-
-    from jtcse.io import atomic_write_json
-
-    if cache.is_file():
-        stored = json.loads(cache.read_text(encoding="utf-8"))
-        if stored.get("fingerprint") == stage.fingerprint:
-            return stored["scores"], stored["eval_s"]
-    started = time.perf_counter()
-    scores = evaluate()
-    eval_s = time.perf_counter() - started
-    atomic_write_json(cache, {"fingerprint": stage.fingerprint, "scores": scores, "eval_s": round(eval_s, 2)})
-    return scores, eval_s
 
 
 def render_markdown(report: dict) -> str:
@@ -265,9 +247,9 @@ def run(args: argparse.Namespace) -> dict:
             for seed in seeds:
                 log.info("[%d/%d] cell %s, seed %d: %s", i, len(cells), name, seed, cell)
                 stage = ws.twin(seed, design=cell, name=f"ablation_{name}")
-                scores, eval_s = test_scores(
+                scores, eval_s, _ = ws.test_scores(
+                    seed,
                     stage,
-                    work / f"seed{seed}" / f"ablation_{name}.test.json",
                     lambda: evaluator(
                         load_twin(stage.path, device=settings.runtime.device, max_length=settings.evaluate.max_length)
                     ),

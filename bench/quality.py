@@ -25,6 +25,7 @@ Writes bench/results/quality.json, quality.md and quality.png (atomically).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -163,6 +164,15 @@ class Stage:
     requires: list[Stage] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     synthetic: bool = False  # a row made of other stages, with no training of its own (the ensemble)
+    #: The finished stage of another name whose model this one reuses (same settings and inputs), and its
+    #: fingerprint: the key of that stage's cached test scores. None when the stage is its own.
+    source: str | None = None
+    source_fingerprint: str | None = None
+
+    @property
+    def scores_key(self) -> tuple[str, str]:
+        """(name, fingerprint) of the model's own training: where its test scores are cached and what they match."""
+        return (self.source or self.name), (self.source_fingerprint or self.fingerprint)
 
     def _walk(self) -> dict[str, Stage]:
         found: dict[str, Stage] = {}
@@ -211,7 +221,13 @@ class Workspace:
         # The benchmark trains in this process, so runtime.nproc_per_node (read only by the CLI's torchrun
         # relaunch) changes nothing here and must not invalidate finished stages.
         sections["runtime"] = settings.runtime.model_dump(mode="json", exclude={"nproc_per_node"})
-        fingerprint = _digest({"stage": name, "settings": sections, "requires": [r.fingerprint for r in requires]})
+        requires_fingerprints = [r.fingerprint for r in requires]
+
+        def fingerprint_as(stage_name: str) -> str:
+            return _digest({"stage": stage_name, "settings": sections, "requires": requires_fingerprints})
+
+        fingerprint = fingerprint_as(name)
+        stale = False
         if marker.is_file() and output.is_dir():
             done = json.loads(marker.read_text(encoding="utf-8"))
             if done.get("fingerprint") == fingerprint:
@@ -221,6 +237,31 @@ class Workspace:
                 )
                 self.cache[key] = stage
                 return stage
+            stale = True
+        if (twin := self._same_training(folder, fingerprint_as)) is not None:
+            # e.g. quality's twin_jtcse and ablation's ablation_stream3 when the defaults are stream x 3
+            source, done = twin
+            log.info(
+                "seed %d: reusing %s for %s: trained with the same settings and inputs (%.1f s)",
+                seed,
+                folder / source,
+                name,
+                done["seconds"],
+            )
+            stage = Stage(
+                name,
+                folder / source,
+                float(done["seconds"]),
+                fingerprint,
+                True,
+                requires,
+                done.get("summary", {}),
+                source=source,
+                source_fingerprint=done["fingerprint"],
+            )
+            self.cache[key] = stage
+            return stage
+        if stale:
             log.info("seed %d: %s in %s was made with other settings or inputs; retraining", seed, name, folder)
         from jtcse.training.trainer import latest_checkpoint
 
@@ -253,6 +294,39 @@ class Workspace:
         stage = Stage(name, output, seconds, fingerprint, False, requires, summary)
         self.cache[key] = stage
         return stage
+
+    @staticmethod
+    def _same_training(folder: Path, fingerprint_as) -> tuple[str, dict] | None:
+        """A finished stage of another name in this seed's folder whose fingerprint, recomputed under its own name,
+        is the one it stored: it was trained with these very settings and inputs. Names are fingerprinted, so
+        only stages of one kind can match (a stage's own settings section and its inputs are in the fingerprint)."""
+        for marker in sorted(folder.glob("*.done.json")):
+            other = marker.name.removesuffix(".done.json")
+            if not (folder / other).is_dir():
+                continue
+            done = json.loads(marker.read_text(encoding="utf-8"))
+            if done.get("fingerprint") == fingerprint_as(other):
+                return other, done
+        return None
+
+    def test_scores(self, seed: int, stage: Stage, evaluate) -> tuple[dict[str, float], float, bool]:
+        """The seven test tasks of a trained model, cached beside it (``<name>.test.json``, keyed by the training's
+        fingerprint) so a rerun, or another benchmark reusing the model, does not evaluate it again.
+        Returns the scores, the seconds the evaluation took when it ran, and whether they came from the cache."""
+        from jtcse.io import atomic_write_json
+
+        name, fingerprint = stage.scores_key
+        cache = self.root / f"seed{seed}" / f"{name}.test.json"
+        if cache.is_file():
+            stored = json.loads(cache.read_text(encoding="utf-8"))
+            if stored.get("fingerprint") == fingerprint:
+                log.info("seed %d: test scores of %s from %s", seed, stage.name, cache)
+                return stored["scores"], stored["eval_s"], True
+        started = time.perf_counter()
+        scores = evaluate()
+        eval_s = time.perf_counter() - started
+        atomic_write_json(cache, {"fingerprint": fingerprint, "scores": scores, "eval_s": round(eval_s, 2)})
+        return scores, eval_s, False
 
     def tower(self, seed: int, which: str) -> Stage:
         from jtcse.training.stages import train_tower
@@ -546,9 +620,12 @@ def run(args: argparse.Namespace) -> dict:
             log.info("[%d/%d] %s, seed %d", i, len(plan), spec_of[row].label, seed)
             seed_settings = ws.settings_for(seed)
             encoder, stage = make_encoder(row, ws, seed, seed_settings, table.designs)
-            started = time.perf_counter()
-            scores = evaluator(encoder)
-            eval_s = time.perf_counter() - started
+            if stage is None:  # the base rows: nothing trained, nothing to key a cache on
+                started = time.perf_counter()
+                scores, cached = evaluator(encoder), False
+                eval_s = time.perf_counter() - started
+            else:
+                scores, eval_s, cached = ws.test_scores(seed, stage, functools.partial(evaluator, encoder))
             del encoder
             entry = {
                 "scores": {k: round(v, 4) for k, v in scores.items()},
@@ -556,10 +633,13 @@ def run(args: argparse.Namespace) -> dict:
                 "train_stages_s": stage.breakdown() if stage else {},
                 "reused_stages": stage.reused_stages() if stage else [],
                 "eval_s": round(eval_s, 2),
+                "eval_cached": cached,
                 "stage_summary": stage.summary if stage else {},
                 "seeds_used": seeded_overrides(settings, seed) if stage else {},
             }
-            log.info("%s seed %d: avg %.2f (eval %.1f s)", row, seed, scores["avg"], eval_s)
+            log.info(
+                "%s seed %d: avg %.2f (eval %.1f s%s)", row, seed, scores["avg"], eval_s, ", cached" if cached else ""
+            )
             per_row.setdefault(row, {})[seed] = entry
         for row in rows:
             spec = spec_of[row]

@@ -143,8 +143,19 @@ def test_ablation_writes_every_cell_with_dev_test_and_diagnostics(tiny_settings,
     assert "| stream2 | stream | 2 | 0.5 |" in md and "| tncse | none | 0 |" in md
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Rerun: nothing is trained or evaluated again.
+    test_caches = {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "seed1").glob("*.test.json")}
     again = ablation.main(argv)
     assert [c["test"]["mean"] for c in again["cells"]] == [c["test"]["mean"] for c in report["cells"]]
+    assert len(test_caches) == 2
+    assert {p: p.stat().st_mtime_ns for p in test_caches} == test_caches
+
+    # quality.py's TNCSE row is the ablation's tncse cell under another name: its model and test scores are reused.
+    quality_argv = [a for a in argv if a not in ("--cells", "tncse") and not a.startswith("stream2:")]
+    rows = quality.main([*quality_argv, "--rows", "4", "--out", str(tmp_path / "quality")])["rows"]
+    tncse = rows[0]["per_seed"][1]
+    assert tncse["reused_stages"] == ["tower_a", "tower_b", "twin_tncse"] and tncse["eval_cached"]
+    assert tncse["scores"] == {k: round(v, 4) for k, v in by_name["tncse"]["per_seed"]["1"]["scores"].items()}
+    assert not (tmp_path / "work" / "seed1" / "twin_tncse").exists()
 
 
 def test_quality_design_rows_and_profiles(tiny_settings, tmp_path):
