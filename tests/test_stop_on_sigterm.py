@@ -10,16 +10,10 @@ import textwrap
 import time
 from pathlib import Path
 
+from tests.processes import alive
+
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 60
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def wait_until(predicate, what: str) -> None:

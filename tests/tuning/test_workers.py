@@ -20,6 +20,7 @@ import yaml
 
 from jtcse import tuning
 from tests.conftest import REPO
+from tests.processes import alive
 from tests.tuning.helpers import sqlite_url, trials_of, with_tune
 
 
@@ -262,13 +263,6 @@ def test_sigterm_to_tune_stops_both_workers_and_writes_the_report(tiny_settings,
         text=True,
     )
     proc.log_path = tmp_path / "tune" / "logs" / "worker-0.log"
-
-    def alive(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
 
     try:
 
