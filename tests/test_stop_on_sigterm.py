@@ -7,21 +7,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
-from tests.processes import alive
+from tests.conftest import REPO
+from tests.processes import alive, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 60
-
-
-def wait_until(predicate, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {WAIT_S}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_sigterm_runs_the_session_fixtures_teardown(tmp_path):
@@ -68,7 +58,7 @@ def test_sigterm_runs_the_session_fixtures_teardown(tmp_path):
         text=True,
     )
     try:
-        wait_until(lambda: pid_file.is_file() and pid_file.read_text(), "the victim's server to start")
+        wait_for(lambda: pid_file.is_file() and pid_file.read_text(), WAIT_S, "the victim's server to start")
         server_pid = int(pid_file.read_text())
         assert alive(server_pid)
         pytest_run.send_signal(signal.SIGTERM)
@@ -79,4 +69,4 @@ def test_sigterm_runs_the_session_fixtures_teardown(tmp_path):
             pytest_run.wait(timeout=WAIT_S)
     assert "pytest stopped by SIGTERM" in out, out
     assert pytest_run.returncode != 0
-    wait_until(lambda: not alive(server_pid), "the server child to be stopped by the fixture's teardown")
+    wait_for(lambda: not alive(server_pid), WAIT_S, "the server child to be stopped by the fixture's teardown")

@@ -6,12 +6,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
 from tests.pipeline_project import dvc, make_project, project_env
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -85,16 +85,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.mark.timeout(900)  # 60 s (127 s at load average 11); its own waits add up to 150 + 120 + 360 s
 def test_scheduled_deployment_on_a_real_server_runs(project, tmp_path):
     import httpx
@@ -122,7 +112,7 @@ def test_scheduled_deployment_on_a_real_server_runs(project, tmp_path):
             except httpx.HTTPError:
                 return False
 
-        wait_for(healthy, 150, "prefect server")
+        wait_for(healthy, 150, "prefect server", interval=1)
         runner = subprocess.Popen(
             [
                 sys.executable,
@@ -152,7 +142,7 @@ def test_scheduled_deployment_on_a_real_server_runs(project, tmp_path):
             r = httpx.post(f"http://127.0.0.1:{port}/api/deployments/filter", json={}, timeout=5)
             return [d for d in r.json() if d["name"] == "smoke"]
 
-        (dep,) = wait_for(deployment, 120, "the served deployment")
+        (dep,) = wait_for(deployment, 120, "the served deployment", interval=1)
         assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 4 * * 0"]
         result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=360)
         assert result.returncode == 0, result.stdout + result.stderr
