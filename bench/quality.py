@@ -210,7 +210,10 @@ class Workspace:
             self.base_settings, {**seeded_overrides(self.base_settings, seed), **(extra or {})}
         )
 
-    def _run(self, seed: int, name: str, section: str, settings, requires: list[Stage], train) -> Stage:
+    def _run(self, seed: int, name: str, kind: str, section: str, settings, requires: list[Stage], train) -> Stage:
+        """``kind`` names what ``train`` does beyond its settings and inputs (tower A and tower B read the same
+        pretrain section but train with different seeds): only a finished stage of the same kind may stand in
+        for this one under another name."""
         key = (seed, name)
         if key in self.cache:
             return self.cache[key]
@@ -238,7 +241,7 @@ class Workspace:
                 self.cache[key] = stage
                 return stage
             stale = True
-        if (twin := self._same_training(folder, fingerprint_as)) is not None:
+        if (twin := self._same_training(folder, fingerprint_as, kind)) is not None:
             # e.g. quality's twin_jtcse and ablation's ablation_stream3 when the defaults are stream x 3
             source, done = twin
             log.info(
@@ -282,7 +285,9 @@ class Workspace:
         shutil.rmtree(checkpoints, ignore_errors=True)  # the model is final: resumable state is no longer needed
         from jtcse.io import atomic_write_json
 
-        atomic_write_json(marker, {"fingerprint": fingerprint, "seconds": round(seconds, 3), "summary": summary})
+        atomic_write_json(
+            marker, {"fingerprint": fingerprint, "kind": kind, "seconds": round(seconds, 3), "summary": summary}
+        )
         log.info(
             "seed %d: %s done in %.1f s (best dev %.2f at step %d)",
             seed,
@@ -296,16 +301,16 @@ class Workspace:
         return stage
 
     @staticmethod
-    def _same_training(folder: Path, fingerprint_as) -> tuple[str, dict] | None:
-        """A finished stage of another name in this seed's folder whose fingerprint, recomputed under its own name,
-        is the one it stored: it was trained with these very settings and inputs. Names are fingerprinted, so
-        only stages of one kind can match (a stage's own settings section and its inputs are in the fingerprint)."""
+    def _same_training(folder: Path, fingerprint_as, kind: str) -> tuple[str, dict] | None:
+        """A finished stage of another name and the same kind in this seed's folder whose fingerprint, recomputed
+        under its own name, is the one it stored: it was trained with these very settings and inputs. Markers
+        written without a kind are reused only under their own name."""
         for marker in sorted(folder.glob("*.done.json")):
             other = marker.name.removesuffix(".done.json")
             if not (folder / other).is_dir():
                 continue
             done = json.loads(marker.read_text(encoding="utf-8"))
-            if done.get("fingerprint") == fingerprint_as(other):
+            if done.get("kind") == kind and done.get("fingerprint") == fingerprint_as(other):
                 return other, done
         return None
 
@@ -333,7 +338,13 @@ class Workspace:
 
         settings = self.settings_for(seed)
         return self._run(
-            seed, f"tower_{which}", "pretrain", settings, [], lambda **kw: train_tower(settings, which=which, **kw)
+            seed,
+            f"tower_{which}",
+            f"tower_{which}",
+            "pretrain",
+            settings,
+            [],
+            lambda **kw: train_tower(settings, which=which, **kw),
         )
 
     def simcse_long(self, seed: int) -> Stage:
@@ -346,6 +357,7 @@ class Workspace:
         return self._run(
             seed,
             "simcse_long",
+            "tower_a",
             "pretrain",
             settings,
             [tower_a],
@@ -368,6 +380,7 @@ class Workspace:
         return self._run(
             seed,
             name,
+            "twin",
             "train",
             settings,
             [a, b],
@@ -382,6 +395,7 @@ class Workspace:
         return self._run(
             seed,
             "distilled",
+            "distill",
             "distill",
             settings,
             [twin],

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from bench import quality, speed, transfer
 
@@ -63,6 +64,11 @@ def test_quality_writes_every_row(tiny_settings, tmp_path):
         assert row["eval_s"] > 0 and (row["train_s"] > 0) == row["trained"]
     by_key = {r["key"]: r for r in data["rows"]}
     assert set(by_key["jtcse"]["per_seed"]["1"]["train_stages_s"]) == {"twin_jtcse", "tower_a", "tower_b"}
+    # The towers read one pretrain section but train with different seeds: tower B is never tower A reused.
+    work = tmp_path / "work" / "seed1"
+    assert json.loads((work / "tower_b.done.json").read_text())["kind"] == "tower_b"
+    weights_a, weights_b = (load_file(work / t / "model.safetensors") for t in ("tower_a", "tower_b"))
+    assert any(not torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert data["settings"]["pretrain"]["steps"] == 2 and data["environment"]["git_commit"]
     assert data["row_overrides"]["tncse"] == {"train.cross_attention.num_layers": 0}
 
