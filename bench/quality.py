@@ -32,6 +32,7 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -405,42 +406,44 @@ class Workspace:
 
 def make_encoder(
     row: str, ws: Workspace, seed: int, settings, designs: dict[str, dict[str, Any]] | None = None
-) -> tuple[Any, Stage | None]:
+) -> tuple[Callable[[], Any], Stage | None]:
+    """The row's trained stage (training it when it is missing) and a loader of its encoder: loading waits until
+    the test scores are not in the cache."""
     from jtcse.api import load_twin
     from jtcse.encoding import TowerEncoder, TwinEncoder
     from jtcse.formats import resolve_model_path
 
     device, max_length, pooling = settings.runtime.device, settings.evaluate.max_length, settings.model.pooling
 
-    def tower(path) -> TowerEncoder:
+    def tower(path, pooling: str = pooling) -> TowerEncoder:
         return TowerEncoder.from_pretrained(str(path), pooling, max_length, device, settings.model.trust_remote_code)
 
+    def twin(stage: Stage):
+        return load_twin(stage.path, device=device, max_length=max_length)
+
     if row in ("base_cls", "base_mean"):
-        base = resolve_model_path(settings.model.base)
-        return TowerEncoder.from_pretrained(
-            base, row.split("_")[1], max_length, device, settings.model.trust_remote_code
-        ), None
+        return functools.partial(tower, resolve_model_path(settings.model.base), row.split("_")[1]), None
     if row == "simcse":
         stage = ws.tower(seed, "a")
-        return tower(stage.path), stage
+        return functools.partial(tower, stage.path), stage
     if row == "ensemble":
         a, b = ws.tower(seed, "a"), ws.tower(seed, "b")
         # The ensemble's "training" is both towers: a stage that depends on both, with no time of its own.
         stage = Stage("ensemble", b.path, 0.0, _digest([a.fingerprint, b.fingerprint]), False, [a, b], synthetic=True)
-        return TwinEncoder(tower(a.path), tower(b.path), settings.train.twin_combine), stage
+        return lambda: TwinEncoder(tower(a.path), tower(b.path), settings.train.twin_combine), stage
     if row in ("tncse", "jtcse"):
         stage = ws.twin(seed, cross_attention=row == "jtcse")
-        return load_twin(stage.path, device=device, max_length=max_length), stage
+        return functools.partial(twin, stage), stage
     if row in (designs or {}):
         # Named like bench/ablation.py's cells, so a design trained there is reused here and vice versa.
         stage = ws.twin(seed, design=designs[row], name=f"ablation_{row.removeprefix('design_')}")
-        return load_twin(stage.path, device=device, max_length=max_length), stage
+        return functools.partial(twin, stage), stage
     if row == "jtcse_d":
         stage = ws.distilled(seed)
-        return tower(stage.path), stage
+        return functools.partial(tower, stage.path), stage
     if row == "simcse_long":
         stage = ws.simcse_long(seed)
-        return tower(stage.path), stage
+        return functools.partial(tower, stage.path), stage
     raise KeyError(row)
 
 
@@ -633,14 +636,17 @@ def run(args: argparse.Namespace) -> dict:
         for i, (row, seed) in enumerate(plan, start=1):
             log.info("[%d/%d] %s, seed %d", i, len(plan), spec_of[row].label, seed)
             seed_settings = ws.settings_for(seed)
-            encoder, stage = make_encoder(row, ws, seed, seed_settings, table.designs)
+            load_encoder, stage = make_encoder(row, ws, seed, seed_settings, table.designs)
+
+            def evaluate() -> dict[str, float]:
+                return evaluator(load_encoder())
+
             if stage is None:  # the base rows: nothing trained, nothing to key a cache on
                 started = time.perf_counter()
-                scores, cached = evaluator(encoder), False
+                scores, cached = evaluate(), False
                 eval_s = time.perf_counter() - started
             else:
-                scores, eval_s, cached = ws.test_scores(seed, stage, functools.partial(evaluator, encoder))
-            del encoder
+                scores, eval_s, cached = ws.test_scores(seed, stage, evaluate)
             entry = {
                 "scores": {k: round(v, 4) for k, v in scores.items()},
                 "train_s": round(stage.total_seconds(), 2) if stage else 0.0,
