@@ -23,6 +23,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import REPO
+from tests.processes import wait_for
 
 STEPS = 10
 WAIT_S = 120  # the longest any wait below lasts (the whole tiny run takes a few seconds)
@@ -113,15 +114,9 @@ def logged_steps(path: Path) -> int:
         return 0
 
 
-def wait_until(condition, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended ({proc.returncode}) before {what}: {proc.stderr.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"waited {WAIT_S} s for {what}")
-        time.sleep(0.01)
+def stderr_tail(proc: subprocess.Popen):
+    """The end of a finished run's stderr, for a failure message."""
+    return lambda: proc.stderr.read()[-2000:]
 
 
 def own_lines(stderr: str) -> list[str]:
@@ -180,7 +175,14 @@ def test_sigkill_at_a_random_step_then_rerun_equals_an_uninterrupted_run(
     write_params(settings, root / "params.yaml")
     args = stage_args(stage, root, tiny_bert, twin_dir)
     proc = cli(args)
-    wait_until(lambda: newest_step(root / "ckpt") >= kill_after, proc, f"checkpoint {kill_after}")
+    wait_for(
+        lambda: newest_step(root / "ckpt") >= kill_after,
+        WAIT_S,
+        f"checkpoint {kill_after}",
+        0.01,
+        proc,
+        stderr_tail(proc),
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=WAIT_S)
     killed_at = newest_step(root / "ckpt")
@@ -257,7 +259,14 @@ def test_a_second_run_in_the_same_checkpoint_folder_is_refused(tiny_settings, ti
     write_params(settings, tmp_path / "params.yaml")
     args = stage_args("tower", tmp_path, tiny_bert, twin_dir)
     first = cli(args)
-    wait_until(lambda: logged_steps(tmp_path / "metrics" / "train.csv") >= 2, first, "the first run's step 2")
+    wait_for(
+        lambda: logged_steps(tmp_path / "metrics" / "train.csv") >= 2,
+        WAIT_S,
+        "the first run's step 2",
+        0.01,
+        first,
+        stderr_tail(first),
+    )
     assert main(args) == 2  # the second run, while the first trains
     err = capsys.readouterr().err.strip().splitlines()
     assert re.fullmatch(

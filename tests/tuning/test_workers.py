@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -20,20 +19,13 @@ import yaml
 
 from jtcse import tuning
 from tests.conftest import REPO
-from tests.processes import alive
+from tests.processes import alive, wait_for
 from tests.tuning.helpers import sqlite_url, trials_of, with_tune
 
 
-def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"worker exited ({proc.returncode}) before {what}:\n{tuning.log_tail(proc.log_path, 40)}")
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+def worker_log(proc: subprocess.Popen):
+    """The end of a tuning worker's log, for a failure message."""
+    return lambda: tuning.log_tail(proc.log_path, 40)
 
 
 def heartbeat_rows(db: Path, trial_number: int) -> int:
@@ -74,7 +66,9 @@ def test_killed_worker_trial_is_failed_and_retried_and_a_rerun_only_runs_the_res
                 running = [t for t in trials if t.state.name == "RUNNING" and t.intermediate_values]  # training
                 return running[0] if done and running else None
 
-            victim = wait_for(second_trial_training, 180, "a trial training after a completed one", proc)
+            victim = wait_for(
+                second_trial_training, 180, "a trial training after a completed one", 0.05, proc, worker_log(proc)
+            )
             os.kill(proc.pid, signal.SIGKILL)
         try:
             proc.wait(timeout=180)
@@ -273,7 +267,7 @@ def test_sigterm_to_tune_stops_both_workers_and_writes_the_report(tiny_settings,
                 return None
             return running if len(running) == 2 else None
 
-        running = wait_for(two_trials_running, 240, "two trials RUNNING, one per worker", proc)
+        running = wait_for(two_trials_running, 240, "two trials RUNNING, one per worker", 0.05, proc, worker_log(proc))
         pids = {t.user_attrs["worker_pid"] for t in running}
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
