@@ -115,7 +115,9 @@ def row_table(design_items: list[str] | None = None) -> RowTable:
     for i, item in enumerate(design_items or [], start=1):
         name, overrides = parse_design(item)
         designs[f"design_{name}"] = overrides
-        rows.insert(after + i - 1, Row(f"design_{name}", f"5.{i}", f"JTCSE twin, {name}"))
+        bridged = overrides.get("train.cross_attention.num_layers") != 0
+        label = f"{'JTCSE' if bridged else 'TNCSE'} twin, {name}"
+        rows.insert(after + i - 1, Row(f"design_{name}", f"5.{i}", label))
     return RowTable(tuple(rows), designs)
 
 

@@ -201,6 +201,9 @@ def test_quality_design_rows_and_profiles(tiny_settings, tmp_path):
         "train.w_cross": 2,
     }
     assert "| 5.1 | JTCSE twin, side1 |" in (tmp_path / "r" / "quality.md").read_text()
+    # A design without bridged layers is a TNCSE twin, and its row says so.
+    table = quality.row_table(["side1:cross_attention.mode=side", "plain:lr=5e-6,cross_attention.num_layers=0"])
+    assert [r.label for r in table.rows if r.key.startswith("design_")] == ["JTCSE twin, side1", "TNCSE twin, plain"]
 
 
 def test_transfer_writes_every_row_and_reuses_finished_ones(tiny_settings, tiny_bert, small_transfer_dir, tmp_path):
