@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 
@@ -15,8 +16,9 @@ from tests.tuning.helpers import sqlite_url, trials_of, with_tune
 
 
 def test_study_prunes_writes_best_params_and_they_apply_to_params_yaml(tiny_settings, tiny_bert, tmp_path):
-    # keep only trials within the top 1 % at each step: after the first completed trial, anything below the best
-    # so far is pruned at its first evaluation (the runs are seeded and deterministic)
+    # keep only trials within the top 1 % at each step: after the first completed trial, a trial whose best value so
+    # far is below the completed trials' at a step is pruned there. Which trials that hits depends on the CPU's
+    # floating-point trajectory, so the test re-derives every decision from the stored values instead of expecting one.
     settings = with_tune(
         tiny_settings,
         storage=sqlite_url(tmp_path / "optuna.db"),
@@ -28,10 +30,15 @@ def test_study_prunes_writes_best_params_and_they_apply_to_params_yaml(tiny_sett
     )
     counts = report.counts
     assert counts.finished == 4 and counts.failed == 0 and counts.running == 0
-    assert counts.pruned >= 1 and counts.complete >= 1, counts
+    assert counts.complete >= 1 and counts.pruned + counts.complete == 4, counts
     trials = trials_of(settings)
-    pruned = [t for t in trials if t.state.name == "PRUNED"]
-    assert all(t.last_step < settings.tune.trial_steps for t in pruned)  # stopped early
+    assert counts.pruned == sum(t.state.name == "PRUNED" for t in trials)
+    for trial in trials:
+        expected_stop = _percentile_pruning_step(trial, trials, percentile=1.0, n_startup_trials=1)
+        if trial.state.name == "PRUNED":
+            assert trial.last_step == expected_stop, (trial.number, trial.intermediate_values)
+        else:
+            assert expected_stop is None and trial.last_step == settings.tune.trial_steps, trial.number
     assert all(0 not in t.intermediate_values for t in trials)  # the untrained towers are not a trial's score
 
     out = tmp_path / "tune"
@@ -73,6 +80,22 @@ def test_study_prunes_writes_best_params_and_they_apply_to_params_yaml(tiny_sett
             assert a[a.index("#") :] == b[b.index("#") :]
     assert "# weight of the tensor-modulus constraint" in new and new.startswith("# jtcse settings.")
     assert tuning.apply_best(out / "best_params.yaml", params) == {}  # applying twice changes nothing
+
+
+def _percentile_pruning_step(trial, trials, *, percentile: float, n_startup_trials: int) -> int | None:
+    """The step at which a percentile pruner (maximising, one worker: trials run in number order) stops ``trial``,
+    or None: prune once the trial's best value so far is below the given top percentile of the values that the
+    trials completed before it reported at that step."""
+    completed = [t for t in trials if t.number < trial.number and t.state.name == "COMPLETE"]
+    if len(completed) < n_startup_trials:
+        return None
+    best_so_far = -np.inf
+    for step in sorted(trial.intermediate_values):
+        best_so_far = max(best_so_far, trial.intermediate_values[step])
+        others = [t.intermediate_values[step] for t in completed if step in t.intermediate_values]
+        if others and best_so_far < np.percentile(others, 100 - percentile):
+            return step
+    return None
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny_settings, tiny_bert, tmp_path):
