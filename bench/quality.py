@@ -12,7 +12,7 @@ Rows (same base checkpoint, corpus, step budget and seeds for every trained row)
      as many steps as each tower of the twins (pretrain.steps + train.steps)
 
 Work is reused where it is the same thing: towers A and B are trained once per seed and feed rows 2-5; row 6
-distils row 5's twin. Seed ``s`` (>= 1) shifts pretrain.seed_a, pretrain.seed_b, train.seed and distill.seed by
+distils row 5's twin. Seed ``s`` (>= 1) shifts pretrain.tower_a.seed, pretrain.tower_b.seed, train.seed and distill.seed by
 1000 * (s - 1), so seed 1 is exactly params.yaml. Rows in ``--repeat-rows`` (default SimCSE and JTCSE) run with
 every seed and report mean and sample std; the other trained rows use the first seed.
 
@@ -144,8 +144,8 @@ def seeded_overrides(settings, seed: int) -> dict[str, int]:
         raise SystemExit(f"--seeds must be positive integers (seed 1 = params.yaml), got {seed}")
     shift = SEED_STRIDE * (seed - 1)
     return {
-        "pretrain.seed_a": settings.pretrain.seed_a + shift,
-        "pretrain.seed_b": settings.pretrain.seed_b + shift,
+        "pretrain.tower_a.seed": settings.pretrain.tower_a.seed + shift,
+        "pretrain.tower_b.seed": settings.pretrain.tower_b.seed + shift,
         "train.seed": settings.train.seed + shift,
         "distill.seed": settings.distill.seed + shift,
     }
@@ -683,7 +683,7 @@ def run(args: argparse.Namespace) -> dict:
         "params_file": str(args.params),
         "overrides": overrides,
         "seeds": seeds,
-        "seed_derivation": f"seed s shifts pretrain.seed_a, pretrain.seed_b, train.seed, distill.seed by "
+        "seed_derivation": f"seed s shifts pretrain.tower_a.seed, pretrain.tower_b.seed, train.seed, distill.seed by "
         f"{SEED_STRIDE} * (s - 1); seed 1 = the params file",
         "repeated_rows": sorted(repeat & set(rows)),
         "profile": args.profile,

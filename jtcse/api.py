@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jtcse.errors import UserError
-from jtcse.formats import CHECKSUMS, PACKAGE_MANIFEST, TWIN_MANIFEST, sha256_file
+from jtcse.formats import CHECKSUMS, PACKAGE_MANIFEST, TWIN_MANIFEST, sha256_file, twin_poolings
 
 if TYPE_CHECKING:  # torch and transformers load on first use: `jtcse --help` and checksum checks stay fast
     from jtcse.encoding import Encoder, TwinEncoder
@@ -115,10 +115,10 @@ def load_twin(
     path = Path(path)
     manifest = json.loads((path / TWIN_MANIFEST).read_text(encoding="utf-8"))
     towers = [
-        TowerEncoder.from_pretrained(str(path / name), manifest["pooling"], max_length, device)
-        for name in manifest["towers"]
+        TowerEncoder.from_pretrained(str(path / name), pooling, max_length, device)
+        for name, pooling in zip(manifest["towers"], twin_poolings(manifest))
     ]
-    return TwinEncoder(towers[0], towers[1], combine or manifest["combine"])
+    return TwinEncoder(towers[0], towers[1], combine or manifest["combine"], bool(manifest.get("normalize", False)))
 
 
 def load(

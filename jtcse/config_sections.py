@@ -137,11 +137,46 @@ class OptimSettings(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
 
 
+#: Offline text augmentations of a tower's second view (jtcse/training/augment.py), standing in for the authors'
+#: round-trip translations: the two views of a sentence then differ in their words, not only in dropout.
+AUGMENTATIONS = ("none", "word_deletion", "crop", "word_repetition")
+
+
+class TowerSettings(_Section):
+    """What makes one stage-1 tower differ from the other (the authors train tower I and tower II apart, each with
+    its own augmentation and lr). Every null field takes the shared ``pretrain`` / ``model`` value."""
+
+    seed: int = Field(1, description="Seed of this tower's stage-1 run: data order, dropout and augmentation.")
+    lr: float | None = Field(None, gt=0, description="This tower's AdamW learning rate; null = pretrain.lr.")
+    dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="This tower's dropout during stage 1; null = model.dropout."
+    )
+    pooling: Literal["cls", "mean"] | None = Field(
+        None,
+        description="This tower's sentence vector, kept by the twin stage, the twin's encoder and its export; "
+        "null = model.pooling. Towers pooled differently see a sentence differently, which pays off in their sum.",
+    )
+    augment: Literal[AUGMENTATIONS] = Field(
+        "none",
+        description="Augmentation of the second view of every sentence (the positive): 'word_deletion' drops each "
+        "word with probability augment_rate, 'crop' keeps a random contiguous span of 1 - augment_rate of the words, "
+        "'word_repetition' (ESimCSE) repeats each word with probability augment_rate. 'none': dropout views only.",
+    )
+    augment_rate: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Strength of the augmentation: the fraction of words it touches."
+    )
+
+
 class PretrainSettings(OptimSettings):
     """Stage 1: each tower is trained alone with unsupervised SimCSE from the base checkpoint."""
 
-    seed_a: int = Field(1, description="Seed of tower A's stage-1 run (data order and dropout).")
-    seed_b: int = Field(2, description="Seed of tower B's stage-1 run; differs from seed_a so the towers diverge.")
+    tower_a: TowerSettings = Field(default_factory=lambda: TowerSettings(seed=1))
+    tower_b: TowerSettings = Field(default_factory=lambda: TowerSettings(seed=2))
+
+    def tower(self, which: str) -> TowerSettings:
+        if which not in ("a", "b"):
+            raise ValueError(f"tower must be 'a' or 'b', got {which!r}")
+        return self.tower_a if which == "a" else self.tower_b
 
 
 class CrossAttentionSettings(_Section):
@@ -194,9 +229,22 @@ class TwinSettings(OptimSettings):
         lt=1,
         description="Constant that replaces a non-positive cosine in L_tm (reference 1e-4, no gradient).",
     )
+    dropout: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="The towers' dropout in the twin stage, apart from stage 1's; null = model.dropout. TNCSE's twin "
+        "stage uses 0.00025 (BERT): with almost no dropout noise the gradient goes to the cross-tower and modulus "
+        "terms.",
+    )
     cross_attention: CrossAttentionSettings = Field(default_factory=CrossAttentionSettings)
     twin_combine: Literal["sum", "concat"] = Field(
-        "sum", description="How the twin's two sentence vectors are combined at inference."
+        "sum", description="How the twin's two sentence vectors are combined at inference (and for the teacher)."
+    )
+    twin_normalize: bool = Field(
+        False,
+        description="L2-normalise each tower's vector before combining them. The paper sums raw vectors, so the "
+        "longer one dominates; normalised, each tower counts equally (needed when the towers pool differently).",
     )
     diagnostics: bool = Field(
         True,

@@ -218,13 +218,21 @@ class TowerEncoder(Encoder):
         return pool(last, batch["attention_mask"], self.pooling)
 
 
-class TwinEncoder(Encoder):
-    """The shipped JTCSE twin: both towers run independently; their vectors are summed (or concatenated)."""
+def combine_vectors(a: torch.Tensor, b: torch.Tensor, combine: str, normalize: bool = False) -> torch.Tensor:
+    """The twin's sentence vector from its towers' (``train.twin_combine`` / ``train.twin_normalize``)."""
+    if normalize:
+        a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
+    return a + b if combine == "sum" else torch.cat([a, b], dim=-1)
 
-    def __init__(self, tower_a: TowerEncoder, tower_b: TowerEncoder, combine: str = "sum"):
+
+class TwinEncoder(Encoder):
+    """The shipped JTCSE twin: both towers run independently (each with its own pooling); their vectors are
+    summed or concatenated, raw or each L2-normalised first."""
+
+    def __init__(self, tower_a: TowerEncoder, tower_b: TowerEncoder, combine: str = "sum", normalize: bool = False):
         if combine not in ("sum", "concat"):
             raise ValueError(f"twin combine must be 'sum' or 'concat', got {combine!r}")
-        self.tower_a, self.tower_b, self.combine = tower_a, tower_b, combine
+        self.tower_a, self.tower_b, self.combine, self.normalize = tower_a, tower_b, combine, normalize
 
     @property
     def device(self) -> torch.device:
@@ -245,5 +253,6 @@ class TwinEncoder(Encoder):
         return d if self.combine == "sum" else d + self.tower_b.dimension
 
     def embed(self, sentences: list[str]) -> torch.Tensor:
-        a, b = self.tower_a.embed(sentences), self.tower_b.embed(sentences)
-        return a + b if self.combine == "sum" else torch.cat([a, b], dim=-1)
+        return combine_vectors(
+            self.tower_a.embed(sentences), self.tower_b.embed(sentences), self.combine, self.normalize
+        )

@@ -14,6 +14,19 @@ from pathlib import Path
 
 #: A twin folder's description (towers, pooling, how their vectors combine), written by ``jtcse train``.
 TWIN_MANIFEST = "twin.json"
+
+
+def twin_poolings(manifest: dict) -> tuple[str, str]:
+    """Each tower's pooling from a twin.json: one name for both towers, or a list with one per tower."""
+    pooling = manifest["pooling"]
+    return (pooling, pooling) if isinstance(pooling, str) else (pooling[0], pooling[1])
+
+
+def describe_pooling(pooling: str | list[str]) -> str:
+    """twin.json's pooling in words: 'cls', or 'mean (tower A) + cls (tower B)'."""
+    return pooling if isinstance(pooling, str) else f"{pooling[0]} (tower A) + {pooling[1]} (tower B)"
+
+
 #: A package's description (models, default model, file digests), written by ``jtcse package``.
 PACKAGE_MANIFEST = "jtcse_package.json"
 #: ``sha256sum -c`` listing of every other file of a package.

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from jtcse.config import Settings
-from jtcse.formats import SYMBOLIC_MODELS, hub_model_id
+from jtcse.formats import SYMBOLIC_MODELS, describe_pooling, hub_model_id
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ def card_data(
     table = format_table(
         {
             **{f"{label} (zero-shot)": scores for label, scores in baselines.items()},
-            "JTCSE twin (sum of both towers)": twin_metrics,
+            f"JTCSE twin ({twin_description(twin)})": twin_metrics,
             "JTCSE-D (distilled, this model)": distilled_metrics,
         }
     )
@@ -328,13 +328,13 @@ def card_data(
         pooling=pooling,
         pooled="CLS token state (before the BERT pooler)" if pooling == "cls" else "mean of the token states",
         distilled=distilled,
-        twin=twin,
+        twin=twin | {"pooling_words": describe_pooling(twin["pooling"])},
         front_matter=_front_matter(f"{name}-{version}", hub_base, distilled_metrics, data_facts.non_commercial),
         sts_table=table,
         comparisons=_comparisons(distilled_metrics, baselines),
         transfer=_transfer(settings, transfer_metrics),
         eval_max_length=settings.evaluate.max_length,
-        seeds=(settings.pretrain.seed_a, settings.pretrain.seed_b),
+        seeds=(settings.pretrain.tower_a.seed, settings.pretrain.tower_b.seed),
         student_init=settings.distill.student_init,
         w_kl=settings.distill.w_kl,
         w_nce=settings.distill.w_nce,
@@ -377,3 +377,8 @@ def render_model_card(data: ModelCardData) -> str:
 def model_card(**kwargs) -> str:
     """The package's README.md from the keyword arguments of :func:`card_data`."""
     return render_model_card(card_data(**kwargs))
+
+
+def twin_description(twin: dict) -> str:
+    """How the twin's vector is made, in words: 'sum of both towers', 'normalised concat of both towers'."""
+    return f"{'normalised ' if twin.get('normalize') else ''}{twin['combine']} of both towers"

@@ -180,6 +180,7 @@ def copy_twin(source: str | Path, target: str | Path) -> dict:
         "towers": manifest["towers"],
         "pooling": manifest["pooling"],
         "combine": manifest["combine"],
+        "normalize": bool(manifest.get("normalize", False)),
         "dimension": dimension,
     }
 
@@ -449,7 +450,7 @@ def build_package(
                 distilled, tmp / "distilled", pooling=pooling, max_seq_length=max_seq_length
             )
             twin_entry = copy_twin(twin, tmp / "twin")
-            if twin_entry["pooling"] != pooling:
+            if isinstance(twin_entry["pooling"], str) and twin_entry["pooling"] != pooling:
                 log.warning(
                     "twin pooling %r differs from model.pooling %r (the distilled model's)",
                     twin_entry["pooling"],

@@ -45,7 +45,7 @@ def inputs(tmp_path_factory, tiny_bert, data_dir):
     root = tmp_path_factory.mktemp("package_inputs")
     tower_a, tok = load_tower(str(tiny_bert))
     tower_b, _ = load_tower(str(build_tiny_model(root / "tiny_b", seed=1)))
-    save_twin(tower_a, tower_b, tok, root / "models" / "twin", pooling="cls", combine="sum")
+    save_twin(tower_a, tower_b, tok, root / "models" / "twin", poolings=("cls", "cls"), combine="sum")
     build_tiny_model(root / "models" / "distilled", seed=2)
     for name, base in (("twin", 70.0), ("distilled", 71.0), ("base", 65.0), ("base_mean", 72.0)):
         scores = {t: base + i for i, t in enumerate(TASKS)}

@@ -89,7 +89,9 @@ def train_command_parser(subparsers) -> None:
     """Add ``train-tower``, ``train`` and ``distill``."""
     p = subparsers.add_parser("train-tower", help="stage 1: unsupervised SimCSE on one tower")
     _add_run_args(p, "folder for the best tower (HF format)")
-    p.add_argument("--tower", choices=["a", "b"], required=True, help="which tower (picks pretrain.seed_a / seed_b)")
+    p.add_argument(
+        "--tower", choices=["a", "b"], required=True, help="which tower (its own settings: pretrain.tower_a / tower_b)"
+    )
     p.add_argument("--init", help="start from this checkpoint instead of model.base")
     p.set_defaults(func=train_tower_command)
 

@@ -136,7 +136,7 @@ class BridgedTwin(nn.Module):
         num_ca_layers: int,
         mode: str = "stream",
         mix_gate: float = 0.1,
-        pooling: str = "cls",
+        pooling: str | tuple[str, str] = "cls",
     ):
         super().__init__()
         if mode not in MODES:
@@ -148,7 +148,9 @@ class BridgedTwin(nn.Module):
         if num_ca_layers:
             encoder_layers(tower_a), encoder_layers(tower_b)
         self.bridged = bridged_layer_indices(n_a, num_ca_layers)
-        self.mode, self.mix_gate, self.pooling = mode, mix_gate, pooling
+        self.mode, self.mix_gate = mode, mix_gate
+        #: Each tower's pooling (tower A's, tower B's): towers may pool differently (pretrain.tower_*.pooling).
+        self.poolings: tuple[str, str] = (pooling, pooling) if isinstance(pooling, str) else tuple(pooling)
         self.compute_cross = True
 
     def _cross_layers(self) -> set[int]:
@@ -218,8 +220,9 @@ class BridgedTwin(nn.Module):
         pooler = pooler_of(tower)
         if pooled is None and pooler is not None:
             pooled = pooler(last_hidden)
+        pooling = self.poolings[0] if tower is self.tower_a else self.poolings[1]
         return TowerOutput(
-            embedding=pool(last_hidden, attention_mask, self.pooling),
+            embedding=pool(last_hidden, attention_mask, pooling),
             pooler=pooled,
-            cross=pool(cross, attention_mask, self.pooling) if cross is not None else None,
+            cross=pool(cross, attention_mask, pooling) if cross is not None else None,
         )

@@ -11,12 +11,13 @@ loss, so the loss sees the whole batch (see :mod:`jtcse.training.distributed`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from jtcse.encoding import Encoder, TowerEncoder, TwinEncoder
+from jtcse.encoding import Encoder, TowerEncoder, TwinEncoder, combine_vectors
 from jtcse.formats import TWIN_MANIFEST
 from jtcse.losses import DistillationLoss, InfoNCELoss, JTCSELoss
 from jtcse.modeling.towers import pool, save_tower
@@ -25,9 +26,16 @@ from jtcse.training import diagnostics
 from jtcse.training.distributed import gather_rows, shard_rows
 
 
-def tokenize_views(tokenizer, sentences: list[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Token ids of this process's rows of the doubled batch (all rows outside torchrun)."""
-    doubled = [s for s in sentences for _ in range(2)]
+def tokenize_views(
+    tokenizer,
+    sentences: list[str],
+    max_length: int,
+    device: torch.device,
+    second_view: Callable[[str], str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Token ids of this process's rows of the doubled batch (all rows outside torchrun); ``second_view`` edits
+    the second view of each sentence (an augmentation), every process drawing the same edits."""
+    doubled = [v for s in sentences for v in (s, second_view(s) if second_view else s)]
     batch = tokenizer(doubled, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     # Shard by sentence, so both views of a sentence stay in the same process.
     return {k: shard_rows(v.view(len(sentences), 2, -1)).reshape(-1, v.shape[-1]).to(device) for k, v in batch.items()}
@@ -49,8 +57,11 @@ class Objective(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    #: The edit of each sentence's second view (stage 1's augmentation); None: the views differ by dropout only.
+    second_view: Callable[[str], str] | None = None
+
     def views(self, sentences: list[str]) -> dict[str, torch.Tensor]:
-        return tokenize_views(self.tokenizer, sentences, self.max_length, self.device)
+        return tokenize_views(self.tokenizer, sentences, self.max_length, self.device, self.second_view)
 
     def dev_encoder(self) -> Encoder:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -73,10 +84,12 @@ class SimCSEObjective(Objective):
         pooling: str = "cls",
         max_length: int = 32,
         eval_max_length: int = 128,
+        second_view: Callable[[str], str] | None = None,
     ):
         super().__init__(tokenizer, pooling=pooling, max_length=max_length, eval_max_length=eval_max_length)
         self.tower = tower
         self.loss = InfoNCELoss(temperature)
+        self.second_view = second_view
 
     def forward(self, sentences: list[str]) -> dict[str, torch.Tensor]:
         batch = self.views(sentences)
@@ -106,9 +119,10 @@ class JTCSEObjective(Objective):
         max_length: int = 32,
         eval_max_length: int = 128,
         combine: str = "sum",
+        normalize: bool = False,
     ):
-        super().__init__(tokenizer, pooling=twin.pooling, max_length=max_length, eval_max_length=eval_max_length)
-        self.twin, self.loss, self.combine = twin, loss, combine
+        super().__init__(tokenizer, pooling=twin.poolings[0], max_length=max_length, eval_max_length=eval_max_length)
+        self.twin, self.loss, self.combine, self.normalize = twin, loss, combine, normalize
         # A zero-weight bridge term is not computed at all where it cannot change the towers (stream, side).
         twin.compute_cross = loss.weights["cross"] > 0
 
@@ -150,7 +164,7 @@ class JTCSEObjective(Objective):
         ).to(self.device)
         mask = enc["attention_mask"]
         states = [t(**enc).last_hidden_state for t in (self.twin.tower_a, self.twin.tower_b)]
-        h_a, h_b = (pool(st, mask, self.pooling) for st in states)
+        h_a, h_b = (pool(st, mask, pooling) for st, pooling in zip(states, self.twin.poolings))
         row = {
             "cos_towers": float(torch.nn.functional.cosine_similarity(h_a, h_b).mean()),
             "aniso_h": 0.5 * (diagnostics.anisotropy(h_a) + diagnostics.anisotropy(h_b)),
@@ -164,14 +178,21 @@ class JTCSEObjective(Objective):
 
     def dev_encoder(self) -> TwinEncoder:
         return TwinEncoder(
-            TowerEncoder(self.twin.tower_a, self.tokenizer, self.pooling, self.eval_max_length),
-            TowerEncoder(self.twin.tower_b, self.tokenizer, self.pooling, self.eval_max_length),
+            TowerEncoder(self.twin.tower_a, self.tokenizer, self.twin.poolings[0], self.eval_max_length),
+            TowerEncoder(self.twin.tower_b, self.tokenizer, self.twin.poolings[1], self.eval_max_length),
             self.combine,
+            self.normalize,
         )
 
     def save_model(self, directory: Path) -> None:
         save_twin(
-            self.twin.tower_a, self.twin.tower_b, self.tokenizer, directory, pooling=self.pooling, combine=self.combine
+            self.twin.tower_a,
+            self.twin.tower_b,
+            self.tokenizer,
+            directory,
+            poolings=self.twin.poolings,
+            combine=self.combine,
+            normalize=self.normalize,
         )
 
 
@@ -226,7 +247,7 @@ class DistillObjective(Objective):
                 t_batch["attention_mask"],
                 self.teacher.tower_b.pooling,
             )
-            teacher = gather_rows(a + b if self.teacher.combine == "sum" else torch.cat([a, b], -1))
+            teacher = gather_rows(combine_vectors(a, b, self.teacher.combine, self.teacher.normalize))
         student = gather_rows(pool(self.student(**batch).last_hidden_state, batch["attention_mask"], self.pooling))
         return self.loss(student, teacher)
 
@@ -242,8 +263,11 @@ def _same_tokenization(a, b) -> bool:
     return a is b or (a.get_vocab() == b.get_vocab() and a(probe)["input_ids"] == b(probe)["input_ids"])
 
 
-def save_twin(tower_a, tower_b, tokenizer, directory: Path, *, pooling: str, combine: str) -> None:
-    """A twin folder: tower_a/, tower_b/ (plain HF encoders) and twin.json saying how they combine."""
+def save_twin(
+    tower_a, tower_b, tokenizer, directory: Path, *, poolings: tuple[str, str], combine: str, normalize: bool = False
+) -> None:
+    """A twin folder: tower_a/, tower_b/ (plain HF encoders) and twin.json saying how each pools and how they
+    combine (``pooling`` is one name when both towers pool alike, else one per tower)."""
     directory = Path(directory)
     save_tower(tower_a, tokenizer, directory / "tower_a")
     save_tower(tower_b, tokenizer, directory / "tower_b")
@@ -253,8 +277,9 @@ def save_twin(tower_a, tower_b, tokenizer, directory: Path, *, pooling: str, com
                 "format": "jtcse-twin",
                 "format_version": 1,
                 "towers": ["tower_a", "tower_b"],
-                "pooling": pooling,
+                "pooling": poolings[0] if poolings[0] == poolings[1] else list(poolings),
                 "combine": combine,
+                "normalize": normalize,
             },
             indent=2,
         )

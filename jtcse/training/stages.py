@@ -17,6 +17,7 @@ from jtcse.losses import DistillationLoss, JTCSELoss
 from jtcse.modeling.towers import load_tower
 from jtcse.modeling.twin import BridgedTwin
 from jtcse.training import distributed
+from jtcse.training.augment import augmenter
 from jtcse.training.diagnostics import plot_diagnostics
 from jtcse.training.objectives import DistillObjective, JTCSEObjective, SimCSEObjective
 from jtcse.training.trainer import Trainer, TrainResult
@@ -59,12 +60,21 @@ def fingerprint(settings: Settings, section: str, inputs: list[str]) -> dict:
     }
 
 
-def _tower(settings: Settings, path: str, seed: int):
+def _tower(settings: Settings, path: str, seed: int, dropout: float | None = None):
+    """A tower to train from ``path``; ``dropout`` (None: model.dropout) is the stage's own."""
     torch.manual_seed(seed)  # any freshly initialised weights (a missing pooler) follow the stage's seed
     m = settings.model
     return load_tower(
-        path, dropout=m.dropout, attn_implementation=m.attn_implementation, trust_remote_code=m.trust_remote_code
+        path,
+        dropout=m.dropout if dropout is None else dropout,
+        attn_implementation=m.attn_implementation,
+        trust_remote_code=m.trust_remote_code,
     )
+
+
+def tower_pooling(settings: Settings, which: str) -> str:
+    """Tower ``which``'s pooling: its own stage-1 setting, else model.pooling (used by every later stage)."""
+    return settings.pretrain.tower(which).pooling or settings.model.pooling
 
 
 def train_tower(
@@ -78,20 +88,21 @@ def train_tower(
     resume: bool = True,
     stop_after: int | None = None,
 ) -> TrainResult:
-    """Stage 1: unsupervised SimCSE on one tower from the base checkpoint (``which`` picks the seed)."""
-    if which not in ("a", "b"):
-        raise ValueError(f"tower must be 'a' or 'b', got {which!r}")
-    p = settings.pretrain
-    seed = p.seed_a if which == "a" else p.seed_b
+    """Stage 1: unsupervised SimCSE on one tower from the base checkpoint; ``which`` picks the tower's own
+    settings (``pretrain.tower_a`` / ``tower_b``: seed, lr, dropout, pooling, augmentation)."""
+    own = settings.pretrain.tower(which)
+    p = settings.pretrain if own.lr is None else settings.pretrain.model_copy(update={"lr": own.lr})
+    seed = own.seed
     device, sentences, dev = _prepare(settings, "pretrain")
-    tower, tokenizer = _tower(settings, init or settings.model.base, seed)
+    tower, tokenizer = _tower(settings, init or settings.model.base, seed, own.dropout)
     objective = SimCSEObjective(
         tower,
         tokenizer,
         temperature=p.temperature,
-        pooling=settings.model.pooling,
+        pooling=tower_pooling(settings, which),
         max_length=settings.model.max_length,
         eval_max_length=settings.evaluate.max_length,
+        second_view=augmenter(own.augment, own.augment_rate),
     ).to(device)
     trainer = Trainer(
         objective,
@@ -111,8 +122,8 @@ def train_tower(
 
 def build_twin_objective(settings: Settings, tower_a: str, tower_b: str) -> JTCSEObjective:
     t = settings.train
-    model_a, tokenizer = _tower(settings, tower_a, t.seed)
-    model_b, _ = _tower(settings, tower_b, t.seed + 1)
+    model_a, tokenizer = _tower(settings, tower_a, t.seed, t.dropout)
+    model_b, _ = _tower(settings, tower_b, t.seed + 1, t.dropout)
     ca = t.cross_attention
     depth = model_a.config.num_hidden_layers
     if ca.num_layers and depth % ca.num_layers:
@@ -127,7 +138,7 @@ def build_twin_objective(settings: Settings, tower_a: str, tower_b: str) -> JTCS
         num_ca_layers=ca.num_layers,
         mode=ca.mode,
         mix_gate=ca.mix_gate,
-        pooling=settings.model.pooling,
+        pooling=(tower_pooling(settings, "a"), tower_pooling(settings, "b")),
     )
     loss = JTCSELoss(
         w_nce=t.w_nce,
@@ -150,6 +161,7 @@ def build_twin_objective(settings: Settings, tower_a: str, tower_b: str) -> JTCS
         max_length=settings.model.max_length,
         eval_max_length=settings.evaluate.max_length,
         combine=t.twin_combine,
+        normalize=t.twin_normalize,
     )
 
 

@@ -125,7 +125,7 @@ def test_twin_answers_the_same_calls_as_the_sum_of_its_towers_in_sentence_transf
 
     tower_a, tok = load_tower(str(tiny_bert))
     tower_b, _ = load_tower(str(build_tiny_model(tmp_path / "b", seed=1)))
-    save_twin(tower_a, tower_b, tok, tmp_path / "twin", pooling="cls", combine="sum")
+    save_twin(tower_a, tower_b, tok, tmp_path / "twin", poolings=("cls", "cls"), combine="sum")
     twin = jtcse.load(tmp_path / "twin", device="cpu", max_length=32)
     references = []
     for name in ("tower_a", "tower_b"):
@@ -143,3 +143,38 @@ def test_twin_answers_the_same_calls_as_the_sum_of_its_towers_in_sentence_transf
     same(summed[2], twin.encode(SENTENCES[2], convert_to_tensor=True))
     same(list(summed), twin.encode(SENTENCES, convert_to_numpy=False))
     same(references[0].similarity(summed, summed), twin.similarity(summed, summed))
+
+
+@pytest.mark.parametrize(
+    ("poolings", "combine", "normalize"),
+    [(("mean", "cls"), "sum", True), (("cls", "mean"), "concat", True), (("mean", "mean"), "concat", False)],
+)
+def test_a_twin_whose_towers_pool_differently_equals_its_towers_in_sentence_transformers(
+    tmp_path, tiny_bert, poolings, combine, normalize
+):
+    """Each tower keeps its own pooling (pretrain.tower_*.pooling), and a normalised twin L2-normalises each
+    tower's vector before combining: the reference is built from the two towers exported one by one."""
+    from sentence_transformers import SentenceTransformer
+
+    import jtcse
+    from jtcse.modeling.towers import load_tower
+    from jtcse.packaging import export_sentence_transformer
+    from jtcse.training.objectives import save_twin
+
+    tower_a, tok = load_tower(str(tiny_bert))
+    tower_b, _ = load_tower(str(build_tiny_model(tmp_path / "b", seed=1)))
+    save_twin(tower_a, tower_b, tok, tmp_path / "twin", poolings=poolings, combine=combine, normalize=normalize)
+    twin = jtcse.load(tmp_path / "twin", device="cpu", max_length=32)
+    parts = []
+    for name, pooling in zip(("tower_a", "tower_b"), poolings):
+        export_sentence_transformer(
+            tmp_path / "twin" / name, tmp_path / f"st_{name}", pooling=pooling, max_seq_length=32
+        )
+        vectors = SentenceTransformer(str(tmp_path / f"st_{name}"), device="cpu").encode(
+            SENTENCES, convert_to_tensor=True, normalize_embeddings=normalize
+        )
+        parts.append(vectors)
+    expected = parts[0] + parts[1] if combine == "sum" else torch.cat(parts, dim=-1)
+
+    assert twin.get_sentence_embedding_dimension() == (32 if combine == "sum" else 64)
+    same(expected.numpy(), twin.encode(SENTENCES, batch_size=2, show_progress_bar=False, device="cpu"))

@@ -40,7 +40,7 @@ def setup(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("distill")
     tower_a, tok = load_tower(str(build_tiny_model(root / "a", layers=2, seed=101)))
     tower_b, _ = load_tower(str(build_tiny_model(root / "b", layers=2, seed=201)))
-    save_twin(tower_a, tower_b, tok, root / "twin", pooling="mean", combine="sum")
+    save_twin(tower_a, tower_b, tok, root / "twin", poolings=("mean", "mean"), combine="sum")
     student, tok = load_tower(str(build_tiny_model(root / "student", layers=2, seed=301)))
     with torch.no_grad():
         student.embeddings.word_embeddings.weight.mul_(0.05)

@@ -56,7 +56,7 @@ def twin_dir(tmp_path_factory, tiny_bert):
 
     tower, tok = load_tower(str(tiny_bert))
     out = tmp_path_factory.mktemp("twin") / "twin"
-    save_twin(tower, tower, tok, out, pooling="cls", combine="sum")
+    save_twin(tower, tower, tok, out, poolings=("cls", "cls"), combine="sum")
     return out
 
 
