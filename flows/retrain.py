@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from jtcse.config import Settings, load_settings
+from jtcse.config import ConfigError, Settings, load_settings
 from jtcse.evaluation.sts import format_table
 from jtcse.provenance import data_version, git_commit
 from jtcse.registry import decide, decision_dict, promote, registry_problems
@@ -119,6 +120,19 @@ def run_stage(stage: str, project_dir: str) -> str:
     return stage
 
 
+def pipeline_stages(project_dir: Path, chosen: list[str] | None = None) -> list[str]:
+    """The dvc.yaml stages a retrain runs after ``validate``, in order: ``chosen`` (``retrain.stages``), or when it
+    is None every stage of dvc.yaml but validate, in dvc.yaml's order, so dvc.yaml is the one list of stages.
+    A chosen name that dvc.yaml lacks is refused before anything runs."""
+    path = Path(project_dir) / "dvc.yaml"
+    declared = list((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages") or {})
+    if chosen is None:
+        return [stage for stage in declared if stage != "validate"]
+    if unknown := [stage for stage in chosen if stage not in declared]:
+        raise ConfigError(f"retrain.stages: {', '.join(unknown)}: not a stage of {path} ({', '.join(declared)})")
+    return list(chosen)
+
+
 def _metrics(project_dir: Path, name: str) -> dict | None:
     path = project_dir / "metrics" / name / "metrics.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -167,8 +181,8 @@ def retrain(project_dir: str = ".", params_file: str = "params.yaml", pull: bool
     Args:
         project_dir: The jtcse project (DVC workspace) to retrain in: holds dvc.yaml, params.yaml, data.dvc.
             Only one retrain runs in a workspace at a time.
-        params_file: Settings file, relative to project_dir; its `retrain` section picks the stages, the
-            promotion metric and the minimum improvement.
+        params_file: Settings file, relative to project_dir; its `retrain` section picks the stages (null: all
+            of dvc.yaml's), the promotion metric and the minimum improvement.
         pull: Run `dvc pull data.dvc` first, so the run trains on the latest versioned data.
     """
     root = Path(project_dir).resolve()
@@ -179,10 +193,11 @@ def retrain(project_dir: str = ".", params_file: str = "params.yaml", pull: bool
 
 def _retrain(root: Path, settings, pull: bool) -> dict:
     logger = get_run_logger()
+    stages = pipeline_stages(root, settings.stages)  # before anything runs: a misspelt stage stops it here
     data_hash = pull_data(str(root)) if pull else data_version(root / "data.dvc")
     validate(str(root))
     stage_task = run_stage.with_options(retries=settings.stage_retries)
-    for stage in settings.stages:
+    for stage in stages:
         stage_task(stage, str(root))
 
     new = _metrics(root, "twin")

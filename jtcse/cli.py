@@ -18,6 +18,7 @@ from jtcse.commands.encode import encode_command_parser
 from jtcse.commands.evaluate import evaluate_command_parser
 from jtcse.commands.mteb import mteb_command_parser
 from jtcse.commands.package import package_command_parser
+from jtcse.commands.params import params_command_parser
 from jtcse.commands.train import TRAINING_COMMANDS, train_command_parser
 from jtcse.commands.tune import tune_command_parser
 from jtcse.commands.validate import validate_command_parser
@@ -35,6 +36,7 @@ COMMAND_PARSERS = (
     encode_command_parser,
     mteb_command_parser,
     package_command_parser,
+    params_command_parser,
     tune_command_parser,
 )
 

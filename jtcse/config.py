@@ -144,18 +144,81 @@ def read_yaml(path: str | os.PathLike) -> Any:
         loader.dispose()
 
 
-def load_settings(path: str | os.PathLike = "params.yaml", overrides: dict[str, Any] | None = None) -> Settings:
-    """Load and validate ``params.yaml``; ``overrides`` maps dotted keys to values (e.g. from Optuna).
+#: Top-level key of an overlay settings file: the file it is applied on top of (see :func:`read_settings_tree`).
+EXTENDS = "extends"
 
+
+def read_settings_tree(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings mapping of a file, with ``extends:`` resolved (not yet validated).
+
+    A file whose top level says ``extends: params.yaml`` is an *overlay*: it holds only the keys that differ, and
+    its mapping is merged into the base file's (the path is relative to the overlay's folder; a base may itself
+    extend another). Mappings merge key by key, anything else (a value, a list, null) replaces the base's. The
+    merged mapping is validated like any settings file, so an overlay key the schema lacks is refused by name.
     An empty (or comments-only) file is refused: running every stage on defaults nobody chose is a mistake.
     """
+    layers: list[tuple[Path, dict[str, Any]]] = []  # the file asked for first, then what it extends
     path = Path(path)
+    while True:
+        raw = read_yaml(path)
+        if raw is None:
+            raise ConfigError(
+                f"{path}: no settings (the file is empty or holds only comments); expected sections "
+                "such as model:, data:, train: (see the project's params.yaml)"
+            )
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+        layers.append((path, raw))
+        base = raw.pop(EXTENDS, None)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{path}: {EXTENDS}: expected the path of the settings file this one overlays")
+        path = path.parent / base
+        if any(path.resolve() == seen.resolve() for seen, _ in layers):
+            files = " -> ".join(str(seen) for seen, _ in layers)
+            raise ConfigError(f"{layers[-1][0]}: {EXTENDS}: {base} leads back to a file already read ({files})")
+    tree: dict[str, Any] = {}
+    for _, layer in reversed(layers):
+        tree = merge_settings(tree, layer)
+    return tree
+
+
+def merge_settings(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``overlay`` on top of ``base``: mappings merge key by key, any other value replaces the base's."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_settings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def overlay_values(path: str | os.PathLike) -> dict[str, Any]:
+    """The values an overlay sets, as dotted keys (``train.cross_attention.num_layers``) to values, after checking
+    that the overlay and its base load as valid settings. Lists and other non-mapping values are leaves."""
+    load_settings(path)
     raw = read_yaml(path)
-    if raw is None:
-        raise ConfigError(
-            f"{path}: no settings (the file is empty or holds only comments); expected sections "
-            "such as model:, data:, train: (see the project's params.yaml)"
-        )
+    if not isinstance(raw, dict) or EXTENDS not in raw:
+        raise ConfigError(f"{path}: not an overlay (its top level has no '{EXTENDS}:' naming the file it changes)")
+    raw.pop(EXTENDS)
+
+    def leaves(node: dict[str, Any], prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            out.update(leaves(value, f"{dotted}.") if isinstance(value, dict) else {dotted: value})
+        return out
+
+    return leaves(raw, "")
+
+
+def load_settings(path: str | os.PathLike = "params.yaml", overrides: dict[str, Any] | None = None) -> Settings:
+    """Load and validate ``params.yaml`` (or an overlay of it, see :func:`read_settings_tree`); ``overrides`` maps
+    dotted keys to values (e.g. from Optuna)."""
+    path = Path(path)
+    raw = read_settings_tree(path)
     for dotted, value in (overrides or {}).items():
         set_dotted(raw, dotted, value)
     return settings_from_dict(raw, str(path))

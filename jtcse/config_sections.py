@@ -119,9 +119,9 @@ class RuntimeSettings(_Section):
 class OptimSettings(_Section):
     """What every training stage shares: optimiser, schedule, evaluation and checkpoint cadence."""
 
-    steps: int = Field(200, ge=1, description="Optimiser steps of the stage (the paper runs one epoch over Wiki1M).")
+    steps: int = Field(60, ge=1, description="Optimiser steps of the stage (the paper runs one epoch over Wiki1M).")
     batch_size: int = Field(32, ge=2, description="Sentences per step; each is fed twice, so a tower sees 2x rows.")
-    lr: float = Field(2e-5, gt=0, description="AdamW learning rate.")
+    lr: float = Field(3e-5, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
     scheduler: Literal["constant", "linear"] = Field(
         "constant", description="'constant' as the JTCSE reference (no scheduler); 'linear' decays to 0."
@@ -131,10 +131,10 @@ class OptimSettings(_Section):
     temperature: float = Field(0.05, gt=0, description="InfoNCE temperature tau (paper 0.05).")
     seed: int = Field(42, description="Seed of data order, dropout and every random choice of the stage.")
     eval_every: int = Field(
-        50, ge=1, description="Steps between STS-B dev evaluations; the best-scoring weights are kept."
+        20, ge=1, description="Steps between STS-B dev evaluations; the best-scoring weights are kept."
     )
-    checkpoint_every: int = Field(100, ge=1, description="Steps between resumable checkpoints.")
-    keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
+    checkpoint_every: int = Field(20, ge=1, description="Steps between resumable checkpoints.")
+    keep_checkpoints: int = Field(1, ge=1, description="How many recent checkpoints to keep on disk.")
 
 
 #: Offline text augmentations of a tower's second view (jtcse/training/augment.py), standing in for the authors'
@@ -301,7 +301,7 @@ class TransferSettings(_Section):
         description="Outer stratified CV folds of MR/CR/SUBJ/MPQA, and the CV folds that choose C for TREC/MRPC (SentEval: 10).",
     )
     inner_folds: int = Field(
-        10,
+        5,
         ge=2,
         description="Inner CV folds choosing C inside each outer fold of MR/CR/SUBJ/MPQA (SentEval: same as folds).",
     )
@@ -316,7 +316,7 @@ class TransferSettings(_Section):
         description="Processes sharing the probe's CV folds; null = every CPU core. The scores do not depend on it.",
     )
     max_train: int | None = Field(
-        None,
+        2000,
         ge=20,
         description="Cap on the examples each probe learns from (stratified, seeded subset of a CV task's set or of train; dev/test stay whole); null = the full SentEval protocol.",
     )
@@ -343,24 +343,10 @@ class RetrainSettings(_Section):
         0.0, ge=0, description="A new model is promoted only if it beats the current one by more than this."
     )
     registry_dir: Path = Field(Path("registry"), description="Where promoted models and registry.json live.")
-    stages: list[str] = Field(
-        default_factory=lambda: [
-            "pretrain_a",
-            "pretrain_b",
-            "train",
-            "evaluate_base",
-            "evaluate_base_mean",
-            "evaluate",
-            "distill",
-            "evaluate_distilled",
-            "evaluate_transfer_base",
-            "evaluate_transfer",
-            "evaluate_transfer_distilled",
-            "package",
-            "report",
-            "report_transfer",
-        ],
-        description="dvc.yaml stages the flow runs after validation, in order.",
+    stages: list[str] | None = Field(
+        None,
+        description="dvc.yaml stages the flow runs after validation, in order; null = every dvc.yaml stage but "
+        "validate, in dvc.yaml's order (dvc.yaml stays the one list of the pipeline's stages).",
     )
     promote: list[str] = Field(
         default_factory=lambda: ["models/twin", "models/distilled"],

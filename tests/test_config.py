@@ -4,22 +4,31 @@ from jtcse.config import ConfigError, load_settings, settings_from_dict
 from tests.conftest import REPO
 
 
-def test_repository_params_load_and_agree_with_the_code_defaults():
-    """params.yaml documents the defaults: a setting left out of it must mean the same run."""
-    settings = load_settings(REPO / "params.yaml")
-    defaults = settings_from_dict({})
-    assert settings.model.base == "minilm"
-    for section in ("train", "evaluate"):
-        ours, theirs = getattr(settings, section).model_dump(), getattr(defaults, section).model_dump()
-        differing = {k for k in ours if ours[k] != theirs[k]} - {
-            "steps",
-            "batch_size",
-            "eval_every",
-            "checkpoint_every",
-            "keep_checkpoints",
-            "lr",
-        }
-        assert not differing, f"params.yaml {section} differs from jtcse/config.py defaults in {differing}"
+def _differences(ours, theirs, key=""):
+    """Dotted keys at which two nested dicts (settings dumps) differ."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        for name in sorted(set(ours) | set(theirs), key=str):
+            yield from _differences(
+                ours.get(name, "<absent>"), theirs.get(name, "<absent>"), f"{key}.{name}".lstrip(".")
+            )
+    elif ours != theirs or type(ours) is not type(theirs):
+        yield f"{key}: params.yaml {ours!r}, code {theirs!r}"
+
+
+def test_the_code_defaults_are_params_yaml_in_every_section():
+    """One home per default: a setting left out of params.yaml (or a bare Settings()) means the same run."""
+    import yaml
+
+    from jtcse.config import Settings
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    sections = {field.alias or name for name, field in Settings.model_fields.items()}
+    assert set(raw) == sections, f"params.yaml sections {sorted(raw)} are not the settings' {sorted(sections)}"
+    ours = load_settings(REPO / "params.yaml").model_dump(mode="json", by_alias=True)
+    theirs = Settings().model_dump(mode="json", by_alias=True)
+    for section in sorted(sections):
+        differing = list(_differences(ours[section], theirs[section], section))
+        assert not differing, "params.yaml and jtcse/config_sections.py disagree: " + "; ".join(differing)
 
 
 def test_unknown_key_is_named(tmp_path):
@@ -83,5 +92,83 @@ def test_shipped_params_files_load_with_real_numbers_and_true_comments(name):
 
 def test_params_gpu_profile_values():
     gpu = load_settings(REPO / "params-gpu.yaml")
+    cpu = load_settings(REPO / "params.yaml")
     assert (gpu.pretrain.batch_size, gpu.pretrain.lr, gpu.distill.lr) == (64, 2.0e-5, 1.0e-5)
-    assert gpu.model.base == "bert-base-uncased" and gpu.model.dropout is None
+    assert gpu.model.base == "bert-base-uncased" and gpu.model.dropout is None and gpu.model.max_length == 64
+    assert (gpu.pretrain.steps, gpu.train.steps, gpu.distill.steps, gpu.train.lr) == (2000, 2000, 2000, 1.3e-6)
+    assert gpu.train.cross_attention.num_layers == 6
+    assert gpu.tune.space.cross_attention.num_layers.choices == [2, 3, 4, 6, 12]
+    assert (gpu.transfer.inner_folds, gpu.transfer.max_train) == (10, None)  # the full SentEval protocol
+    # what the overlay leaves out is params.yaml's, down to keys inside a changed mapping
+    assert gpu.train.w_tm == cpu.train.w_tm and gpu.data == cpu.data and gpu.tune.space.lr.log is True
+
+
+def test_params_gpu_is_an_overlay_holding_only_schema_keys_that_differ():
+    import yaml
+
+    from jtcse.config import EXTENDS, overlay_values
+    from jtcse.tuning.settings import dotted_get
+
+    raw = yaml.safe_load((REPO / "params-gpu.yaml").read_text(encoding="utf-8"))
+    assert raw[EXTENDS] == "params.yaml"
+    cpu = load_settings(REPO / "params.yaml")
+    values = overlay_values(REPO / "params-gpu.yaml")
+    assert len(values) >= 20
+    for dotted, value in values.items():
+        try:
+            base = dotted_get(cpu, dotted)
+        except AttributeError:
+            pytest.fail(f"params-gpu.yaml: {dotted}: not a setting")
+        assert base != value, f"params-gpu.yaml: {dotted}: {value!r} is params.yaml's value already; drop it"
+
+
+def test_an_overlay_merges_into_its_base_and_validates_like_any_file(tmp_path):
+    (tmp_path / "base.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"))
+    (tmp_path / "sub").mkdir()
+    overlay = tmp_path / "sub" / "gpu.yaml"
+    overlay.write_text(
+        "extends: ../base.yaml\ntrain:\n  cross_attention: {mode: side}\ntune:\n  space: {temperature: 0.07}\n"
+    )
+    settings = load_settings(overlay, {"train.w_tm": 0.5})
+    base = load_settings(tmp_path / "base.yaml")
+    assert settings.train.cross_attention.mode == "side"
+    assert settings.train.cross_attention.num_layers == base.train.cross_attention.num_layers  # merged, not replaced
+    assert settings.tune.space.temperature == 0.07  # a mapping of params.yaml replaced by a value
+    assert settings.train.w_tm == 0.5  # --set applies on top of both
+    # an overlay of an overlay
+    (tmp_path / "more.yaml").write_text("extends: sub/gpu.yaml\ntrain: {steps: 7}\n")
+    deeper = load_settings(tmp_path / "more.yaml")
+    assert (deeper.train.steps, deeper.train.cross_attention.mode) == (7, "side")
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("extends: base.yaml\ntrain:\n  stepz: 3\n", r"over\.yaml: train\.stepz: Extra inputs are not permitted"),
+        ("extends: missing.yaml\n", r"missing\.yaml: file not found"),
+        ("extends: over.yaml\n", r"over\.yaml: extends: over\.yaml leads back to a file already read"),
+        ("extends: [base.yaml]\n", r"over\.yaml: extends: expected the path of the settings file"),
+    ],
+)
+def test_a_bad_overlay_is_named(tmp_path, text, match):
+    (tmp_path / "base.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"))
+    (tmp_path / "over.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_settings(tmp_path / "over.yaml")
+
+
+def test_params_apply_writes_the_overlay_into_params_yaml_keeping_comments(tmp_path, capsys):
+    from jtcse.cli import main
+
+    for name in ("params.yaml", "params-gpu.yaml"):
+        (tmp_path / name).write_text((REPO / name).read_text(encoding="utf-8"))
+    target = tmp_path / "params.yaml"
+    assert main(["params-apply", str(tmp_path / "params-gpu.yaml"), "--params", str(target)]) == 0
+    assert load_settings(target) == load_settings(REPO / "params-gpu.yaml")
+    text = target.read_text(encoding="utf-8")
+    assert "  base: bert-base-uncased # 'minilm' = offline all-MiniLM-L6-v2" in text  # comments stay
+    assert "extends" not in text
+    # applying again changes nothing; a file that is not an overlay is refused
+    assert main(["params-apply", str(tmp_path / "params-gpu.yaml"), "--params", str(target)]) == 0
+    assert "nothing to change" in capsys.readouterr().out
+    assert main(["params-apply", str(target), "--params", str(target)]) == 2
