@@ -7,6 +7,9 @@ the output folder and the logs even when they were deleted (``dvc repro`` remove
 rerunning it). A run whose last checkpoint is its last step is finished and never resumed: rerunning it
 trains again.
 
+Each checkpoint records the SHA256 of its files (``checkpoint.json``, written last); a checkpoint whose files
+do not match it (garbled on disk, size unchanged) counts as unreadable, like one whose files do not parse.
+
 A run holds a lock on its checkpoint folder, stops on SIGTERM/SIGINT after writing a checkpoint at the current
 step, falls back to the previous checkpoint when the latest one cannot be read, and removes its output folder
 when the loss diverges (see :mod:`jtcse.training.guards`).
@@ -33,6 +36,7 @@ from jtcse.config import OptimSettings, RuntimeSettings
 from jtcse.data import SentenceStream
 from jtcse.errors import UserError
 from jtcse.evaluation.sts import STSEvaluator
+from jtcse.formats import sha256_file
 from jtcse.io import atomic_directory, atomic_write_json, clean_folder_leftovers, clean_leftovers
 from jtcse.training import distributed
 from jtcse.training.guards import CheckpointLock, StopSignals, TrainingDiverged, TrainingInterrupted
@@ -43,6 +47,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "step-"
 RUN_FILE = "run.json"  # fingerprint of the settings and inputs the checkpoints belong to
 BEST_DIR = "best"  # the best weights so far, the source of the output folder on resume
+#: The SHA256 of every other file of a checkpoint, written last; checked before a resume reads anything.
+CHECKPOINT_MANIFEST = "checkpoint.json"
 #: Loss values are read back from the device (a CUDA sync) once per this many steps, and before every
 #: evaluation and checkpoint, not after every step; a non-finite loss is still reported with its step.
 SYNC_EVERY = 10
@@ -93,8 +99,39 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+class CheckpointDamaged(Exception):
+    """A checkpoint file does not match the digest recorded when the checkpoint was written (or is missing)."""
+
+
+def record_checkpoint_digests(folder: Path) -> None:
+    """Write ``checkpoint.json``: the SHA256 of every file of the (complete, not yet published) checkpoint."""
+    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKPOINT_MANIFEST}
+    atomic_write_json(folder / CHECKPOINT_MANIFEST, {"format": 1, "files": files})
+
+
+def verify_checkpoint_digests(checkpoint: Path) -> None:
+    """Raise :class:`CheckpointDamaged` naming the first file whose content differs from its recorded SHA256."""
+    manifest = checkpoint / CHECKPOINT_MANIFEST
+    try:
+        recorded = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        if not isinstance(recorded, dict) or not {"model.safetensors", "trainer_state.pt"} <= recorded.keys():
+            raise ValueError("the weights or the trainer state are not listed")
+    except FileNotFoundError:
+        raise CheckpointDamaged(f"{manifest} is missing (the digests of the checkpoint's files)") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointDamaged(f"{manifest}: not a checkpoint manifest ({type(err).__name__}: {err})") from None
+    for name, digest in sorted(recorded.items()):
+        path = checkpoint / name
+        if not path.is_file():
+            raise CheckpointDamaged(f"{path} is missing")
+        if sha256_file(path) != digest:
+            raise CheckpointDamaged(f"{path}: content differs from the SHA256 recorded in {CHECKPOINT_MANIFEST}")
+
+
 def read_checkpoint_files(checkpoint: Path) -> None:
-    """Read a checkpoint's weights and trainer state whole; raises whatever a damaged file raises."""
+    """Check a checkpoint's files against their recorded digests, then read its weights and trainer state
+    whole; raises whatever a damaged file raises."""
+    verify_checkpoint_digests(checkpoint)
     load_file(str(checkpoint / "model.safetensors"))
     torch.load(checkpoint / "trainer_state.pt", weights_only=True)
 
@@ -213,6 +250,7 @@ class Trainer:
                 },
                 tmp / "trainer_state.pt",
             )
+            record_checkpoint_digests(tmp)
         old = sorted(self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"))[: -self.settings.keep_checkpoints]
         for path in old:
             shutil.rmtree(path, ignore_errors=True)

@@ -301,6 +301,64 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, t
     assert_same_run(ref("tower"), tmp_path, "resumed from step 5 after a corrupt step 6")
 
 
+def garble(path: Path) -> None:
+    """Invert 256 bytes in the middle of ``path``, size unchanged (what a bad disk or a stray ``dd`` does)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 256] = bytes(b ^ 0xFF for b in data[middle : middle + 256])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "trainer_state.pt"])
+def test_a_garbled_checkpoint_of_unchanged_size_falls_back_to_the_previous_one(name, reference, tmp_path, caplog):
+    """Issue 21 item 1: a checkpoint file garbled in place still parses; its SHA256 (checkpoint.json) catches it."""
+    from jtcse.training.stages import train_tower
+
+    settings, ref = reference
+    kwargs = dict(
+        which="a", output=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", metrics_dir=tmp_path / "metrics"
+    )
+    train_tower(settings, stop_after=6, **kwargs)
+    damaged = tmp_path / "ckpt" / "step-00000006" / name
+    size = damaged.stat().st_size
+    garble(damaged)
+    assert damaged.stat().st_size == size
+    with caplog.at_level(logging.WARNING, logger="jtcse.training.trainer"):
+        result = train_tower(settings, **kwargs)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "step-00000006 is unreadable" in w and f"{damaged}: content differs from the SHA256" in w for w in warnings
+    ), warnings
+    assert "tower a: resuming from the previous checkpoint step-00000005" in warnings
+    assert len(result.history) == STEPS - 5
+    assert_same_run(ref("tower"), tmp_path, f"resumed from step 5 after a garbled {name} in step 6")
+
+
+def test_garbled_weights_in_every_checkpoint_are_one_line_and_keep_the_output(tiny_settings, tmp_path, capsys):
+    """No readable checkpoint because of garbled weights: exit 2 naming the file; the output folder stays and the
+    message never blames the learning rate (the weights were never loaded)."""
+    from jtcse.cli import main
+    from jtcse.training.stages import train_tower
+
+    settings = fault_settings(tiny_settings)
+    train_tower(settings, which="a", output=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", stop_after=4)
+    assert (tmp_path / "out").is_dir()
+    for checkpoint in (tmp_path / "ckpt").glob("step-*"):
+        garble(checkpoint / "model.safetensors")
+    write_params(settings, tmp_path / "params.yaml")
+    args = ["train-tower", "--tower", "a", "--params", str(tmp_path / "params.yaml")]
+    args += ["--output", str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    assert main(args) == 2
+    err = own_lines(capsys.readouterr().err)
+    newest = tmp_path / "ckpt" / "step-00000004" / "model.safetensors"
+    assert len(err) == 1 and err[0].startswith(
+        f"jtcse: error: {tmp_path / 'ckpt'}: no readable checkpoint to resume from (step-00000004: "
+        f"CheckpointDamaged: {newest}: content differs from the SHA256 recorded in checkpoint.json)"
+    ), err
+    assert "learning rate" not in err[0]
+    assert (tmp_path / "out").is_dir() and any((tmp_path / "out").rglob("*.safetensors"))
+
+
 def test_no_readable_checkpoint_says_how_to_start_afresh(tiny_settings, tiny_bert, tmp_path, capsys):
     from jtcse.cli import main
     from jtcse.training.stages import train_tower
