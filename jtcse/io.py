@@ -14,6 +14,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -96,6 +97,45 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> Ite
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+#: How libraries that do not raise ``OSError(ENOSPC)`` say "disk full": safetensors (Rust ``io::Error``, shown
+#: as ``os error 28`` or ``Os { code: 28, kind: StorageFull ... }``), ``shutil.Error`` (a list of ``[Errno 28]``).
+_NO_SPACE_TEXT = re.compile(r"\bos error 28\b|\bcode: 28\b|StorageFull|\[Errno 28\]|No space left on device")
+
+
+def no_space_error(err: BaseException, path: str | os.PathLike | None = None) -> OSError | None:
+    """``OSError(ENOSPC, ..., file)`` when ``err`` (or an exception it wraps) says the disk is full, else None.
+
+    The file is the one the error names, else ``path``; a ``shutil.Error`` of a copy names its first target.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), current.filename or path)
+        if isinstance(current, shutil.Error) and current.args and isinstance(current.args[0], list):
+            for entry in current.args[0]:
+                if isinstance(entry, tuple) and len(entry) == 3 and _NO_SPACE_TEXT.search(str(entry[2])):
+                    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(entry[1]))
+        elif not isinstance(current, OSError) and _NO_SPACE_TEXT.search(str(current)):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@contextmanager
+def naming_a_full_disk(path: str | os.PathLike) -> Iterator[None]:
+    """Inside the block, a full disk (whichever library reports it, however) becomes ``OSError(ENOSPC)`` naming
+    the file, or else ``path``: ``jtcse`` shows it as one line, exit status 2."""
+    try:
+        yield
+    except Exception as err:
+        full = no_space_error(err, path)
+        if full is None:
+            raise
+        raise full from err
 
 
 def check_output_file(path: str | os.PathLike, option: str = "--output", *, parent_must_exist: bool = False) -> Path:

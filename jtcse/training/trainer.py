@@ -37,7 +37,13 @@ from jtcse.data import SentenceStream
 from jtcse.errors import UserError
 from jtcse.evaluation.sts import STSEvaluator
 from jtcse.formats import sha256_file
-from jtcse.io import atomic_directory, atomic_write_json, clean_folder_leftovers, clean_leftovers
+from jtcse.io import (
+    atomic_directory,
+    atomic_write_json,
+    clean_folder_leftovers,
+    clean_leftovers,
+    naming_a_full_disk,
+)
 from jtcse.training import distributed
 from jtcse.training.guards import CheckpointLock, StopSignals, TrainingDiverged, TrainingInterrupted
 from jtcse.training.objectives import Objective
@@ -156,7 +162,7 @@ class CsvLog:
             writer.writerows(rows)
 
     def append(self, row: dict) -> None:
-        with self.path.open("a", newline="") as fh:
+        with naming_a_full_disk(self.path), self.path.open("a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore").writerow(row)
 
 
@@ -229,27 +235,29 @@ class Trainer:
         if not distributed.is_main():
             distributed.barrier()
             return
-        with atomic_directory(self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}") as tmp:
+        target = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
+        with naming_a_full_disk(target), atomic_directory(target) as tmp:  # a full disk: one line, nothing torn
             save_model(self.objective, str(tmp / "model.safetensors"))
             for csv_log in logs.values():
                 if csv_log.path.is_file():
                     shutil.copy2(csv_log.path, tmp / csv_log.path.name)
-            torch.save(
-                {
-                    "step": step,
-                    "best_metric": best[0],
-                    "best_step": best[1],
-                    "initial_metric": initial,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "python_rng": random.getstate(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    "world_size": distributed.world_size(),
-                    "rank_cuda_rng": rank_cuda_rng,
-                },
-                tmp / "trainer_state.pt",
-            )
+            with (tmp / "trainer_state.pt").open("wb") as state_file:  # a file object: write errors keep errno
+                torch.save(
+                    {
+                        "step": step,
+                        "best_metric": best[0],
+                        "best_step": best[1],
+                        "initial_metric": initial,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "python_rng": random.getstate(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                        "world_size": distributed.world_size(),
+                        "rank_cuda_rng": rank_cuda_rng,
+                    },
+                    state_file,
+                )
             record_checkpoint_digests(tmp)
         old = sorted(self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"))[: -self.settings.keep_checkpoints]
         for path in old:
@@ -301,12 +309,13 @@ class Trainer:
         )
 
     def _publish_best(self) -> None:
-        with atomic_directory(self.output_dir) as tmp:
+        with naming_a_full_disk(self.output_dir), atomic_directory(self.output_dir) as tmp:
             shutil.copytree(self.checkpoint_dir / BEST_DIR, tmp, dirs_exist_ok=True)
 
     def _save_best(self) -> None:
         if distributed.is_main():
-            with atomic_directory(self.checkpoint_dir / BEST_DIR) as tmp:
+            best = self.checkpoint_dir / BEST_DIR
+            with naming_a_full_disk(best), atomic_directory(best) as tmp:
                 self.objective.save_model(tmp)
             self._publish_best()
         distributed.barrier()
@@ -494,17 +503,18 @@ class Trainer:
             best_metric=best[0], best_step=best[1], initial_metric=initial, steps=end, seconds=seconds, history=history
         )
         if self.metrics_dir and main and end == s.steps:
-            atomic_write_json(
-                self.metrics_dir / "summary.json",
-                {
-                    f"initial_{self.dev_evaluator.primary_metric}": round(initial, 4),
-                    f"best_{self.dev_evaluator.primary_metric}": round(best[0], 4),
-                    "best_step": best[1],
-                    "steps": s.steps,
-                    "batch_size": s.batch_size,
-                    "seconds_this_run": round(seconds, 1),
-                },
-            )
+            with naming_a_full_disk(self.metrics_dir / "summary.json"):
+                atomic_write_json(
+                    self.metrics_dir / "summary.json",
+                    {
+                        f"initial_{self.dev_evaluator.primary_metric}": round(initial, 4),
+                        f"best_{self.dev_evaluator.primary_metric}": round(best[0], 4),
+                        "best_step": best[1],
+                        "steps": s.steps,
+                        "batch_size": s.batch_size,
+                        "seconds_this_run": round(seconds, 1),
+                    },
+                )
         log.info(
             "%s: best dev %.2f at step %d (from %.2f); model -> %s",
             self.desc,

@@ -4,6 +4,7 @@ a diverging learning rate, a corpus replaced in place. Each stage run through th
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import os
@@ -448,3 +449,76 @@ def test_data_replaced_at_the_same_path_starts_afresh(changed, tiny_settings, tm
     assert any("belong to other settings or inputs; starting afresh" in m for m in messages), messages
     assert not any(m.startswith("resuming") for m in messages)
     assert len(result.history) == STEPS
+
+
+@pytest.mark.parametrize("where", ["weights", "trainer_state", "output_copy"])
+def test_a_full_disk_during_training_is_one_line_and_tears_nothing(where, tiny_settings, tmp_path, capsys, monkeypatch):
+    """Issue 21 item 4: a full disk, as each library reports it (safetensors: a SafetensorError with `code: 28`;
+    torch.save: OSError 28; the copy to the output folder: a shutil.Error listing `[Errno 28]`), is one line,
+    exit 2, naming what was being written; the earlier checkpoints stay whole and nothing temporary is left."""
+    import jtcse.training.trainer as trainer
+    from jtcse.cli import main
+
+    settings = fault_settings(tiny_settings)
+    write_params(settings, tmp_path / "params.yaml")
+    args = ["train-tower", "--tower", "a", "--params", str(tmp_path / "params.yaml"), "--output", str(tmp_path / "out")]
+    args += ["--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-dir", str(tmp_path / "metrics")]
+    calls = []
+
+    def third_call_fails(real, fail):
+        def fake(*a, **k):
+            calls.append(1)
+            if len(calls) == 3:
+                fail(*a)
+            return real(*a, **k)
+
+        return fake
+
+    def safetensors_full(*_):
+        from safetensors import SafetensorError
+
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+
+    def torch_full(*_):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what a Python file's write says: no file name
+
+    real_copyfile, copies = shutil.copyfile, []
+
+    def copy_full(src, dst, *a, **k):  # the 3rd file copied into the output's temporary folder: disk full
+        if str(tmp_path / ".out.") in str(dst):
+            copies.append(dst)
+            if len(copies) == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real_copyfile(src, dst, *a, **k)
+
+    if where == "weights":
+        monkeypatch.setattr(trainer, "save_model", third_call_fails(trainer.save_model, safetensors_full))
+        named = tmp_path / "ckpt" / "step-00000003"
+    elif where == "trainer_state":
+        monkeypatch.setattr(trainer.torch, "save", third_call_fails(torch.save, torch_full))
+        named = tmp_path / "ckpt" / "step-00000003"
+    else:
+        monkeypatch.setattr(shutil, "copyfile", copy_full)
+        named = None  # a file inside the output's temporary folder
+    code = main(args)
+    captured = capsys.readouterr()
+    err = own_lines(captured.err)
+    assert code == 2 and len(err) == 1 and "Traceback" not in captured.err, captured.err[-3000:]
+    if named is not None:
+        assert err[0] == f"jtcse: error: no space left on device writing {named}; free some space and rerun", err
+    else:
+        assert re.fullmatch(
+            rf"jtcse: error: no space left on device writing {re.escape(str(tmp_path))}/\.out\.\S+\.tmp/\S+; "
+            "free some space and rerun",
+            err[0],
+        ), err
+    monkeypatch.undo()
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".old"))]
+    assert leftovers == [], leftovers
+    from jtcse.training.trainer import read_checkpoint_files
+
+    for checkpoint in (tmp_path / "ckpt").glob("step-*"):
+        read_checkpoint_files(checkpoint)  # every checkpoint left is whole and matches its digests
+    assert main(args) == 0  # once there is space again, the same command resumes and finishes
