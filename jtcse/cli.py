@@ -65,9 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    import errno
-
     from jtcse.errors import UserError
+    from jtcse.io import no_space_error
     from jtcse.training.guards import TrainingInterrupted
 
     # Bad input (a file, a setting, an option; jtcse.errors.UserError) or a full disk: one line on stderr and exit
@@ -83,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"jtcse: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
+    except Exception as err:  # a full disk, however the library that hit it says so (jtcse.io.no_space_error)
+        full = no_space_error(err)
+        if full is None:
             raise
-        where = f" writing {err.filename}" if err.filename else ""
+        where = f" writing {full.filename}" if full.filename else ""
         print(f"jtcse: error: no space left on device{where}; free some space and rerun", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:  # SIGTERM/SIGINT: a checkpoint was written; 128 + signal number

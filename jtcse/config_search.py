@@ -2,11 +2,54 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from jtcse.config_sections import CrossAttentionSettings, TwinSettings, _Section
+
+# --- Study database URLs ------------------------------------------------------------------------------------
+
+_USERINFO_PASSWORD = re.compile(r"(?P<user>://[^/@:\s]*:)[^@\s/?#]*(?=@)")
+_QUERY_PASSWORD = re.compile(r"(?i)(?P<key>[?&;](?:password|passwd|pwd)=)[^&;#\s]*")
+#: The package that provides each database driver module SQLAlchemy may ask for (what to `pip install`).
+DRIVER_PACKAGES = {
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "mysql": "mysql-connector-python",
+    "mariadb": "mariadb",
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "oracledb": "oracledb",
+    "pyodbc": "pyodbc",
+}
+
+
+def mask_url(url: str) -> str:
+    """A storage URL fit for a message: the password of ``user:password@`` and any ``password=`` in the query
+    replaced by ``***``. Works on any text (even one that is not a valid URL), so every message can use it."""
+    return _QUERY_PASSWORD.sub(r"\g<key>***", _USERINFO_PASSWORD.sub(r"\g<user>***", url))
+
+
+def url_passwords(url: str) -> list[str]:
+    """The passwords a URL carries (userinfo and query), as written and decoded: to mask them in other text."""
+    from urllib.parse import unquote
+
+    found = [m.group(0)[len(m.group("user")) :] for m in _USERINFO_PASSWORD.finditer(url)]
+    found += [m.group(0)[len(m.group("key")) :] for m in _QUERY_PASSWORD.finditer(url)]
+    return sorted({v for p in found if p for v in (p, unquote(p))}, key=len, reverse=True)
+
+
+def mask_text(text: str, url: str) -> str:
+    """``text`` (say, a database driver's error) with every password of ``url`` in it replaced by ``***``."""
+    for password in url_passwords(url):
+        text = text.replace(password, "***")
+    return mask_url(text)
+
 
 # --- Hyperparameter search (jtcse.tuning) -------------------------------------------------------------------
 # Each entry of ``tune.space`` is a fixed value, a range ``{low, high, log, step}`` or a set ``{choices: [...]}``
@@ -27,6 +70,10 @@ class SearchRange(_Section):
 
     @model_validator(mode="after")
     def _bounds(self) -> SearchRange:
+        for name in ("low", "high", "step"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if self.low >= self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
@@ -280,16 +327,27 @@ class TuneSettings(_Section):
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
+        shown = mask_url(value)  # never a password in a message
         try:
             url = make_url(value)
         except ArgumentError:
-            raise ValueError(f"{value!r} is not a SQLAlchemy database URL (e.g. sqlite:///tune/optuna.db)") from None
+            raise ValueError(f"{shown!r} is not a SQLAlchemy database URL (e.g. sqlite:///tune/optuna.db)") from None
         try:
-            url.get_dialect()
+            dialect = url.get_dialect()
         except Exception:  # sqlalchemy raises NoSuchModuleError, or ImportError for a missing driver
             raise ValueError(
-                f"{value!r}: no SQLAlchemy dialect/driver {url.drivername!r} is installed "
+                f"{shown!r}: no SQLAlchemy dialect/driver {url.drivername!r} is installed "
                 "(use sqlite:///path.db or postgresql+psycopg://user@host:port/db)"
+            ) from None
+        try:
+            dialect.import_dbapi()  # the driver module itself (mysql:// needs MySQLdb, from mysqlclient)
+        except ImportError as err:
+            module = (err.name or "").split(".")[0] or getattr(dialect, "driver", "?")
+            package = DRIVER_PACKAGES.get(module, module)
+            raise ValueError(
+                f"{shown!r}: the database driver of {url.drivername!r} is not installed (Python module {module}, "
+                f"from the package {package}); install it, or use sqlite:///path.db or "
+                "postgresql+psycopg://user@host:port/db"
             ) from None
         if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
             raise ValueError(

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,6 +97,45 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> Ite
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+#: How libraries that do not raise ``OSError(ENOSPC)`` say "disk full": safetensors (Rust ``io::Error``, shown
+#: as ``os error 28`` or ``Os { code: 28, kind: StorageFull ... }``), ``shutil.Error`` (a list of ``[Errno 28]``).
+_NO_SPACE_TEXT = re.compile(r"\bos error 28\b|\bcode: 28\b|StorageFull|\[Errno 28\]|No space left on device")
+
+
+def no_space_error(err: BaseException, path: str | os.PathLike | None = None) -> OSError | None:
+    """``OSError(ENOSPC, ..., file)`` when ``err`` (or an exception it wraps) says the disk is full, else None.
+
+    The file is the one the error names, else ``path``; a ``shutil.Error`` of a copy names its first target.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), current.filename or path)
+        if isinstance(current, shutil.Error) and current.args and isinstance(current.args[0], list):
+            for entry in current.args[0]:
+                if isinstance(entry, tuple) and len(entry) == 3 and _NO_SPACE_TEXT.search(str(entry[2])):
+                    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(entry[1]))
+        elif not isinstance(current, OSError) and _NO_SPACE_TEXT.search(str(current)):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@contextmanager
+def naming_a_full_disk(path: str | os.PathLike) -> Iterator[None]:
+    """Inside the block, a full disk (whichever library reports it, however) becomes ``OSError(ENOSPC)`` naming
+    the file, or else ``path``: ``jtcse`` shows it as one line, exit status 2."""
+    try:
+        yield
+    except Exception as err:
+        full = no_space_error(err, path)
+        if full is None:
+            raise
+        raise full from err
 
 
 def check_output_file(path: str | os.PathLike, option: str = "--output", *, parent_must_exist: bool = False) -> Path:
@@ -254,3 +296,64 @@ def clean_folder_leftovers(folder: str | os.PathLike) -> list[Path]:
         return []
     targets = {target for child in folder.iterdir() if (target := leftover_target(child)) is not None}
     return [removed for target in sorted(targets) for removed in clean_leftovers(target)]
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    # Beside the target, not inside it: a writer replaces or deletes the target, and an unlinked lock locks nothing.
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+class FolderLock:
+    """Exclusive, non-blocking ``flock`` on ``.<name>.lock`` beside ``path``: one writer of ``path`` at a time.
+
+    The kernel releases it when the process ends, even after ``kill -9``. The holder's pid and start time are
+    written into the lock file for the refusal message (:meth:`refusal`, which subclasses word for their writer).
+    With ``remove_on_release`` the lock file is unlinked (while still locked) on release, so it leaves nothing
+    beside the target; a process that locked the unlinked file meanwhile sees that and tries the new one.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, remove_on_release: bool = False):
+        self.target = Path(path)
+        self.path = lock_path(self.target)
+        self.remove_on_release = remove_on_release
+        self._fd: int | None = None
+
+    def refusal(self, holder: str) -> UserError:
+        return UserError(f"{self.target}: another process is writing it ({holder}); wait for it to end")
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise self.refusal(holder) from None
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # the holder removed this lock file on release: lock the one now at the path
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            if self.remove_on_release:
+                self.path.unlink(missing_ok=True)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -19,6 +19,10 @@ tarball renamed into place, and a new release manifest naming both (with their d
 at any point leaves either the previous release, or a folder and tarball without a matching release manifest,
 which :func:`release_problems` reports and the next ``jtcse package`` repairs (it rebuilds both, and first removes
 the ``.tmp``/``.old`` leftovers of the killed run).
+
+One ``jtcse package`` at a time per package: a run holds :class:`PackageLock` (a ``flock`` on
+``.<name>-<version>.lock`` beside the folder) from before it removes leftovers until the release manifest is
+written, so a second run into the same output is refused instead of deleting the first's live temporary folder.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from jtcse.config import Settings
 from jtcse.errors import InputNotFoundError, UserError
 from jtcse.formats import CHECKSUMS, PACKAGE_MANIFEST, TWIN_MANIFEST, hub_model_id, sha256_file
 from jtcse.io import (
+    FolderLock,
     atomic_directory,
     atomic_rename,
     atomic_write_bytes,
@@ -62,6 +67,23 @@ ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transf
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 #: Sentences of the post-build self-check (every packaged model must load and give the expected vectors).
 PROBE = ["A man is playing a guitar.", "The weather is lovely today!", "x"]
+
+
+class PackageLocked(UserError):
+    """Another ``jtcse package`` is writing the same package."""
+
+
+class PackageLock(FolderLock):
+    """One writer per package folder (and its tarball and release manifest); the lock file is removed on release."""
+
+    def __init__(self, package_path: str | os.PathLike):
+        super().__init__(package_path, remove_on_release=True)
+
+    def refusal(self, holder: str) -> UserError:
+        return PackageLocked(
+            f"{self.target}: another `jtcse package` is writing this package ({holder}); wait for it to end, "
+            "or give this run its own --output-dir"
+        )
 
 
 @dataclass(frozen=True)
@@ -435,80 +457,81 @@ def build_package(
         data_manifest = Path(licenses).parent / "MANIFEST.md" if licenses is not None else Path("data/MANIFEST.md")
     data_facts = read_data_facts(settings, manifest=data_manifest, licenses=licenses)
     release = release_path(output_dir, label)
-    for leftover in (*clean_leftovers(package_path), *clean_leftovers(tarball), *clean_leftovers(release)):
-        log.warning("removed %s, left by an interrupted `jtcse package`", leftover)
-    problems = release_problems(output_dir, label)
-    if problems and (package_path.exists() or tarball.exists()):
-        log.warning("the previous release in %s is incomplete (%s); rebuilding it", output_dir, "; ".join(problems))
+    with PackageLock(package_path):  # held until the release manifest is written
+        for leftover in (*clean_leftovers(package_path), *clean_leftovers(tarball), *clean_leftovers(release)):
+            log.warning("removed %s, left by an interrupted `jtcse package`", leftover)
+        problems = release_problems(output_dir, label)
+        if problems and (package_path.exists() or tarball.exists()):
+            log.warning("the previous release in %s is incomplete (%s); rebuilding it", output_dir, "; ".join(problems))
 
-    tar_tmp: Path | None = None
-    old_release = release.read_bytes() if release.is_file() else None
-    try:
-        with atomic_directory(package_path) as tmp:
-            tmp.chmod(0o755)  # mkdtemp makes it private; a release is readable by everyone
-            distilled_entry = export_sentence_transformer(
-                distilled, tmp / "distilled", pooling=pooling, max_seq_length=max_seq_length
-            )
-            twin_entry = copy_twin(twin, tmp / "twin")
-            if isinstance(twin_entry["pooling"], str) and twin_entry["pooling"] != pooling:
-                log.warning(
-                    "twin pooling %r differs from model.pooling %r (the distilled model's)",
-                    twin_entry["pooling"],
-                    pooling,
+        tar_tmp: Path | None = None
+        old_release = release.read_bytes() if release.is_file() else None
+        try:
+            with atomic_directory(package_path) as tmp:
+                tmp.chmod(0o755)  # mkdtemp makes it private; a release is readable by everyone
+                distilled_entry = export_sentence_transformer(
+                    distilled, tmp / "distilled", pooling=pooling, max_seq_length=max_seq_length
                 )
-            distilled_entry["metrics"], twin_entry["metrics"] = distilled_scores, twin_scores
-            if licenses is not None and Path(licenses).is_dir():
-                shutil.copytree(licenses, tmp / "licenses")
-            elif licenses is not None:
-                log.warning("%s not found: the package carries no licence texts", licenses)
-            card = model_card(
-                settings=settings,
-                twin_metrics=twin_scores,
-                distilled_metrics=distilled_scores,
-                distilled=distilled_entry,
-                twin=twin_entry,
-                provenance=provenance,
-                stage_seconds=stage_seconds,
-                total_seconds=total_seconds,
-                baselines=baselines,
-                transfer_metrics=transfer_scores,
-                data_facts=data_facts,
-            )
-            (tmp / "README.md").write_text(card, encoding="utf-8")
-            (tmp / "distilled" / "README.md").write_text(card, encoding="utf-8")  # travels with the folder alone
-            atomic_write_json(
-                tmp / PACKAGE_MANIFEST,
-                {
-                    "format": PACKAGE_FORMAT,
-                    "format_version": PACKAGE_FORMAT_VERSION,
-                    "name": settings.package.name,
-                    "version": settings.package.version,
-                    "default": "distilled",
-                    "models": {"distilled": distilled_entry, "twin": twin_entry},
-                    "base_model": hub_model_id(settings.model.base),
-                    "data_version": provenance["data_version"],
-                    "git_commit": provenance["git_commit"],
-                    "training_seconds": total_seconds,
-                    "files": file_digests(tmp),
-                },
-            )
-            if check:
-                self_check(tmp, distilled, twin, pooling=pooling)
-            write_checksums(tmp)
-            verify_checksums(tmp)
-            tar_tmp = write_tarball(tmp, tarball, label)
-            # From here until the new release manifest is written, no manifest claims folder and tarball agree.
-            release.unlink(missing_ok=True)
-            fsync_dir(output_dir)
-        atomic_rename(tar_tmp, tarball)
-        tar_tmp = None
-        write_release(package_path, tarball, release)
-    except BaseException:
-        _restore_release(release, old_release, output_dir, label)
-        raise
-    finally:
-        if tar_tmp is not None:
-            tar_tmp.unlink(missing_ok=True)
+                twin_entry = copy_twin(twin, tmp / "twin")
+                if isinstance(twin_entry["pooling"], str) and twin_entry["pooling"] != pooling:
+                    log.warning(
+                        "twin pooling %r differs from model.pooling %r (the distilled model's)",
+                        twin_entry["pooling"],
+                        pooling,
+                    )
+                distilled_entry["metrics"], twin_entry["metrics"] = distilled_scores, twin_scores
+                if licenses is not None and Path(licenses).is_dir():
+                    shutil.copytree(licenses, tmp / "licenses")
+                elif licenses is not None:
+                    log.warning("%s not found: the package carries no licence texts", licenses)
+                card = model_card(
+                    settings=settings,
+                    twin_metrics=twin_scores,
+                    distilled_metrics=distilled_scores,
+                    distilled=distilled_entry,
+                    twin=twin_entry,
+                    provenance=provenance,
+                    stage_seconds=stage_seconds,
+                    total_seconds=total_seconds,
+                    baselines=baselines,
+                    transfer_metrics=transfer_scores,
+                    data_facts=data_facts,
+                )
+                (tmp / "README.md").write_text(card, encoding="utf-8")
+                (tmp / "distilled" / "README.md").write_text(card, encoding="utf-8")  # travels with the folder alone
+                atomic_write_json(
+                    tmp / PACKAGE_MANIFEST,
+                    {
+                        "format": PACKAGE_FORMAT,
+                        "format_version": PACKAGE_FORMAT_VERSION,
+                        "name": settings.package.name,
+                        "version": settings.package.version,
+                        "default": "distilled",
+                        "models": {"distilled": distilled_entry, "twin": twin_entry},
+                        "base_model": hub_model_id(settings.model.base),
+                        "data_version": provenance["data_version"],
+                        "git_commit": provenance["git_commit"],
+                        "training_seconds": total_seconds,
+                        "files": file_digests(tmp),
+                    },
+                )
+                if check:
+                    self_check(tmp, distilled, twin, pooling=pooling)
+                write_checksums(tmp)
+                verify_checksums(tmp)
+                tar_tmp = write_tarball(tmp, tarball, label)
+                # From here until the new release manifest is written, no manifest claims folder and tarball agree.
+                release.unlink(missing_ok=True)
+                fsync_dir(output_dir)
+            atomic_rename(tar_tmp, tarball)
+            tar_tmp = None
+            write_release(package_path, tarball, release)
+        except BaseException:
+            _restore_release(release, old_release, output_dir, label)
+            raise
+        finally:
+            if tar_tmp is not None:
+                tar_tmp.unlink(missing_ok=True)
     files = sum(1 for p in package_path.rglob("*") if p.is_file())
     log.info(
         "package %s: %d files, tarball %s (%.1f MB) in %.1f s",

@@ -5,18 +5,26 @@ each version are copied into ``v<N>/`` so the promoted model survives later pipe
 
 A promotion is crash-safe: ``v<N>/`` is built in a temporary folder and renamed into place whole, then
 ``registry.json`` is replaced atomically; a failure at any point leaves ``current`` on the previous complete
-version. Each entry records the SHA256 of its files, so :func:`registry_problems` can prove the current model
-is there and whole.
+version, and the new ``v<N>/`` is removed again (no orphan folder). Each entry records the SHA256 of its files, so
+:func:`registry_problems` can prove the current model is there and whole.
+
+``registry.json`` is checked whenever it is read: valid JSON with ``current`` and ``versions``, ``current`` naming
+one of the versions (or null when there are none), every metric a finite number. A file that fails is refused
+with one line naming it (:class:`RegistryError`), and nothing is promoted: a registry whose ``current`` points
+nowhere would otherwise let any new model through as "no model promoted yet". A new model whose metric is not a
+finite number is refused too, never compared.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from jtcse.errors import UserError
 from jtcse.formats import sha256_file
 from jtcse.io import atomic_directory, atomic_write_json
 
@@ -33,11 +41,65 @@ class Decision:
     reason: str
 
 
+class RegistryError(UserError):
+    """``registry.json`` is unreadable or inconsistent, or a metric is not a finite number: nothing is promoted."""
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number in strict JSON")
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def registry_file_problems(registry: object) -> list[str]:
+    """What makes a parsed ``registry.json`` unusable (empty: it is consistent)."""
+    if not isinstance(registry, dict) or not {"current", "versions"} <= registry.keys():
+        return ["expected an object with the keys 'current' and 'versions'"]
+    versions, current = registry["versions"], registry["current"]
+    if not isinstance(versions, list):
+        return ["'versions' is not a list"]
+    problems: list[str] = []
+    numbers: list[int] = []
+    for i, entry in enumerate(versions):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("version"), int)
+            or isinstance(entry["version"], bool)
+        ):
+            problems.append(f"versions[{i}] has no integer 'version'")
+            continue
+        numbers.append(entry["version"])
+        if not isinstance(entry.get("path"), str) or not isinstance(entry.get("metrics"), dict):
+            problems.append(f"v{entry['version']} lacks 'path' or 'metrics'")
+            continue
+        bad = sorted(k for k, v in entry["metrics"].items() if not _is_finite_number(v))
+        if bad:
+            problems.append(f"v{entry['version']} has non-finite or non-numeric metrics {bad}")
+    if len(set(numbers)) != len(numbers):
+        problems.append(f"versions repeat a number: {numbers}")
+    if current is None:
+        if versions:
+            problems.append(f"'current' is null but {len(versions)} version(s) are recorded")
+    elif isinstance(current, bool) or not isinstance(current, int) or current not in numbers:
+        problems.append(f"'current' is {current!r}, which names no recorded version (versions: {numbers})")
+    return problems
+
+
 def read_registry(registry_dir: str | Path) -> dict:
+    """The registry (empty when no ``registry.json`` exists); :class:`RegistryError` when it is unusable."""
     path = Path(registry_dir) / REGISTRY_FILE
     if not path.is_file():
         return {"current": None, "versions": []}
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        registry = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RegistryError(f"{path}: not valid JSON ({err}); restore it from a backup; nothing promoted") from None
+    problems = registry_file_problems(registry)
+    if problems:
+        raise RegistryError(f"{path}: {'; '.join(problems)}; fix or restore it; nothing promoted")
+    return registry
 
 
 def current_entry(registry_dir: str | Path) -> dict | None:
@@ -48,7 +110,12 @@ def current_entry(registry_dir: str | Path) -> dict | None:
 def decide(new_metrics: dict, registry_dir: str | Path, metric: str = "avg", min_improvement: float = 0.0) -> Decision:
     if metric not in new_metrics:
         raise KeyError(f"retrain.metric: '{metric}' is not among the new model's metrics {sorted(new_metrics)}")
-    new = float(new_metrics[metric])
+    new = new_metrics[metric]
+    if not _is_finite_number(new):
+        raise RegistryError(
+            f"retrain.metric: the new model's {metric} is {new!r}, not a finite number; nothing promoted"
+        )
+    new = float(new)
     current = current_entry(registry_dir)
     if current is None:
         return Decision(True, metric, new, None, None, "no model promoted yet")
@@ -79,8 +146,12 @@ def promote(
     """Copy the artifacts into v<N>/ and make N current; returns the new registry entry."""
     registry_dir = Path(registry_dir)
     registry = read_registry(registry_dir)
+    bad = sorted(k for k, v in metrics.items() if not _is_finite_number(v))
+    if bad:
+        raise RegistryError(f"the new model's metrics {bad} are not finite numbers; nothing promoted")
     version = max((v["version"] for v in registry["versions"]), default=0) + 1
-    with atomic_directory(registry_dir / f"v{version}") as tmp:
+    folder = registry_dir / f"v{version}"
+    with atomic_directory(folder) as tmp:
         for artifact in map(Path, artifacts):
             if not artifact.exists():
                 raise FileNotFoundError(f"retrain.promote: {artifact} does not exist")
@@ -99,7 +170,11 @@ def promote(
     }
     registry["versions"].append(entry)
     registry["current"] = version
-    atomic_write_json(registry_dir / REGISTRY_FILE, registry)
+    try:
+        atomic_write_json(registry_dir / REGISTRY_FILE, registry)
+    except BaseException:  # registry.json still names the previous version: v<N>/ would be an orphan
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return entry
 
 
@@ -108,8 +183,12 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 def registry_problems(registry_dir: str | Path) -> list[str]:
-    """Why the current version is not there whole (empty: it is, or nothing is promoted yet)."""
-    current = current_entry(registry_dir)
+    """Why the registry cannot be trusted: ``registry.json`` unusable, or the current version not there whole
+    (empty: all is well, or nothing is promoted yet)."""
+    try:
+        current = current_entry(registry_dir)
+    except RegistryError as err:
+        return [str(err)]
     if current is None:
         return []
     folder = Path(registry_dir) / current["path"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,22 +304,43 @@ def _explain(table: _Table, config: Any, result: Any) -> tuple[int, str]:
     return count, f"line {line}: {value}"
 
 
-#: Great Expectations logs each expectation's unknown-field look-up at INFO ("_get_default_value called with
-#: key ..."), dozens of lines per run; :func:`validate_data` raises this logger to WARNING while it works.
-GX_NOISY_LOGGER = "great_expectations.expectations.expectation"
+#: Great Expectations logs its internals at INFO: each expectation's unknown-field look-up ("_get_default_value
+#: called with key ..."), and at import some 200 lines of "great_expectations._docs_decorators: Skipping registering
+#: function ...". :func:`validate_data` raises these loggers to WARNING while it imports GX and works (the Data
+#: Docs keep every result); GX's warnings and errors still show.
+GX_NOISY_LOGGERS = (
+    "great_expectations",
+    "great_expectations._docs_decorators",
+    "great_expectations.expectations.expectation",
+)
 
 
 @contextmanager
-def _quiet_gx_logs() -> Iterator[None]:
-    """Silence GX's per-expectation INFO chatter for the duration of a validation (restored afterwards, so
-    importing jtcse changes no logging set-up)."""
-    noisy = logging.getLogger(GX_NOISY_LOGGER)
-    before = noisy.level
-    noisy.setLevel(max(before, logging.WARNING))
+def _quiet_gx_logs() -> Iterator[Callable[[], None]]:
+    """Silence GX's INFO chatter for the duration of a validation, its import included (restored afterwards, so
+    importing jtcse changes no logging set-up). GX sets some of its loggers to INFO itself: call the function
+    this yields after the import to raise those too."""
+    changed: dict[logging.Logger, int] = {}
+
+    def quiet() -> None:
+        names = [
+            *GX_NOISY_LOGGERS,
+            *(n for n in logging.root.manager.loggerDict if n.startswith("great_expectations.")),
+        ]
+        for name in names:
+            logger = logging.getLogger(name)
+            if logger.level == logging.NOTSET and name != GX_NOISY_LOGGERS[0]:
+                continue  # inherits from "great_expectations"
+            if logger.level < logging.WARNING:
+                changed.setdefault(logger, logger.level)
+                logger.setLevel(logging.WARNING)
+
+    quiet()
     try:
-        yield
+        yield quiet
     finally:
-        noisy.setLevel(before)
+        for logger, level in changed.items():
+            logger.setLevel(level)
 
 
 def _missing_table(file: str, expected_count: int) -> _Table:
@@ -468,15 +489,17 @@ def validate_data(
             expectation as ``<file>: expectation <name> failed on <n> rows
             (e.g. line <k>: <value>)``.
     """
-    import great_expectations as gx  # heavy (~4 s); only pay when validating
-    import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    with _quiet_gx_logs() as quiet:  # from the import on: GX logs ~200 INFO lines while it is imported
+        import great_expectations as gx  # heavy (~4 s); only pay when validating
+        import great_expectations.expectations as gxe
+        from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    rows_wanted = {**DEFAULT_EXPECTED_ROWS, **(expected_rows or {})}
-    tables = load_tables(
-        Path(data_dir), Path(corpus), gxe, min_words=min_words, max_words=max_words, rows_wanted=rows_wanted
-    )
-    with _quiet_gx_logs():
+        quiet()  # the loggers GX set to INFO while it was imported
+
+        rows_wanted = {**DEFAULT_EXPECTED_ROWS, **(expected_rows or {})}
+        tables = load_tables(
+            Path(data_dir), Path(corpus), gxe, min_words=min_words, max_words=max_words, rows_wanted=rows_wanted
+        )
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
         summary, failures = run_suites(context, tables)

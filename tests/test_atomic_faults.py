@@ -374,6 +374,7 @@ def test_a_failed_promotion_leaves_the_registry_on_a_complete_model(point, tmp_p
         registry.promote(reg, [model], {"avg": 71.0}, data_version="d2", git_commit="c2")
     monkeypatch.undo()
 
+    assert sorted(p.name for p in reg.iterdir() if p.is_dir()) == ["v1"]  # no orphan v2/ (issue 21 item 6)
     current = registry.current_entry(reg)
     assert (
         current["version"] == 1 and (reg / current["path"] / "twin" / "model.safetensors").read_bytes() == b"v1 weights"

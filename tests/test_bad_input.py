@@ -701,6 +701,92 @@ def test_a_database_that_never_answers_fails_within_the_connect_timeout(tmp_path
     assert line.startswith(f"jtcse: error: tune.storage {url}: cannot open the study database (")
 
 
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: nothing listens there
+
+
+@pytest.mark.parametrize(
+    "url,shown",
+    [
+        ("foo://user:secret1@127.0.0.1/db", "foo://user:***@127.0.0.1/db"),
+        ("postgresql+psycopg://user@127.0.0.1:{port}/db?password=qsecret", "db?password=***"),
+        ("postgresql+psycopg://user:s%40cret2@127.0.0.1:{port}/db", "postgresql+psycopg://user:***@127.0.0.1:"),
+        (
+            "postgresql+psycopg://u:pw3@127.0.0.1:{port}/db?sslmode=disable&PASSWORD=pw4",
+            "db?sslmode=disable&PASSWORD=***",
+        ),
+    ],
+)
+def test_storage_passwords_are_masked_in_every_message(url, shown, tmp_path, capsys):
+    """Issue 21 item 5: a password in the userinfo or in the query never reaches a message."""
+    url = url.format(port=closed_port())
+    line = user_error_line(
+        capsys, "tune-report", "--params", REPO / "params.yaml", "--storage", url, "--output-dir", tmp_path
+    )
+    assert shown in line, line
+    for secret in ("secret1", "qsecret", "s%40cret2", "s@cret2", "pw3", "pw4"):
+        assert secret not in line, line
+
+
+def test_mask_url_keeps_everything_but_the_passwords():
+    from jtcse.config_search import mask_text, mask_url
+
+    assert mask_url("postgresql+psycopg://user:pa:ss@h:5432/db?x=a@b&password=p") == (
+        "postgresql+psycopg://user:***@h:5432/db?x=a@b&password=***"
+    )
+    assert mask_url("postgresql://h:5432/db?user=u") == "postgresql://h:5432/db?user=u"  # a port is not a password
+    assert mask_url("sqlite:///tune/optuna.db") == "sqlite:///tune/optuna.db"
+    assert mask_text('password authentication failed: "s@cret"', "postgresql://u:s%40cret@h/db") == (
+        'password authentication failed: "***"'
+    )
+
+
+def test_a_mysql_url_without_its_driver_is_one_line_naming_the_package(tmp_path, capsys):
+    """Issue 21 item 5: mysql:// without MySQLdb was an ImportError traceback, exit 1."""
+    pytest.importorskip("sqlalchemy")
+    try:
+        import MySQLdb  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("the MySQL driver is installed here")
+    line = user_error_line(
+        capsys,
+        "tune-report",
+        "--params",
+        REPO / "params.yaml",
+        "--storage",
+        "mysql://u:pw5@127.0.0.1/db",
+        "--output-dir",
+        tmp_path,
+    )
+    assert line == (
+        "jtcse: error: tune options: tune.storage: 'mysql://u:***@127.0.0.1/db': the database driver of 'mysql' is "
+        "not installed (Python module MySQLdb, from the package mysqlclient); install it, or use sqlite:///path.db "
+        "or postgresql+psycopg://user@host:port/db"
+    )
+
+
+@pytest.mark.parametrize(
+    "entry,key",
+    [
+        ("temperature: {low: 0.03, high: .inf}", "tune.space.temperature.range: high must be a finite number, got inf"),
+        ("lr: {low: .nan, high: 0.001}", "tune.space.lr.range: low must be a finite number, got nan"),
+        ("w_tm: {low: 0.1, high: 1.0, step: .inf}", "tune.space.w_tm.range: step must be a finite number, got inf"),
+    ],
+)
+def test_search_space_bounds_must_be_finite(entry, key, tmp_path, capsys):
+    """Issue 21 item 10: `high: .inf` was accepted; every trial then failed with OverflowError."""
+    params = write(tmp_path / "params.yaml", f"tune:\n  space:\n    {entry}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(params)
+    assert str(caught.value) == f"{params}: {key}"
+    line = user_error_line(capsys, "tune-report", "--params", params, "--output-dir", tmp_path / "tune")
+    assert line == f"jtcse: error: {params}: {key}"
+
+
 # ------------------------------------------------------------------------------------------------ bugs stay
 
 

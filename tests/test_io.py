@@ -109,3 +109,22 @@ def test_clean_folder_leftovers_removes_every_killed_writers_siblings_and_restor
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "ckpt-10", "ckpt-20"]
     assert (tmp_path / "ckpt-10" / "model.safetensors").read_bytes() == b"10"
     assert clean_folder_leftovers(tmp_path) == [] and clean_folder_leftovers(tmp_path / "missing") == []
+
+
+def test_no_space_error_recognises_each_librarys_full_disk():
+    """Issue 21 item 4: OSError 28, a shutil.Error of a copy, safetensors' Rust error, one wrapped in another."""
+    import errno
+    import shutil
+
+    from jtcse.io import no_space_error
+
+    rust = RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space" })')
+    copy = shutil.Error([("a/w", "b/w", "[Errno 28] No space left on device: 'b/w'")])
+    wrapped = ValueError("saving failed")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device", "c/x")
+    cases = [(OSError(errno.ENOSPC, "full"), "d"), (copy, "b/w"), (rust, "d"), (wrapped, "c/x")]
+    for err, named in cases:
+        full = no_space_error(err, "d")
+        assert full is not None and full.errno == errno.ENOSPC and full.filename == named, err
+    for err in (OSError(errno.EACCES, "denied"), ValueError("code: 280"), shutil.Error([("a", "b", "[Errno 13] x")])):
+        assert no_space_error(err, "d") is None, err

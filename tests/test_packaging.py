@@ -458,3 +458,71 @@ def test_package_refuses_missing_or_bad_inputs(inputs, tmp_path):
             inputs["settings"], twin_metrics=inputs["twin_metrics"], **{**common, "twin": inputs["distilled"]}
         )
     assert not (tmp_path / "models").exists() or list((tmp_path / "models").iterdir()) == []
+
+
+def test_a_second_package_into_the_same_output_is_refused_and_keeps_the_first_runs_temporary_folder(
+    inputs, tmp_path, capsys
+):
+    """Issue 21 item 2: while one `jtcse package` holds the package's lock (here: this test, in its place), a
+    second run into the same output is one line, exit 2, and leaves the first run's live temporary folder alone."""
+    from jtcse.cli import main
+    from jtcse.packaging import PackageLock
+
+    out = tmp_path / "models"
+    params = tmp_path / "params.yaml"
+    params.write_text("model:\n  pooling: cls\nevaluate:\n  max_length: 32\npackage:\n  name: pkg\n  version: 1.0.0\n")
+    args = ["package", "--params", str(params), "--twin", str(inputs["twin"]), "--distilled", str(inputs["distilled"])]
+    args += ["--twin-metrics", str(inputs["twin_metrics"]), "--distilled-metrics", str(inputs["distilled_metrics"])]
+    args += ["--output-dir", str(out), "--data-dvc", str(inputs["data_dvc"]), "--licenses", "", "--no-check"]
+    first = PackageLock(out / "pkg-1.0.0")
+    first.acquire()
+    try:
+        live = out / ".pkg-1.0.0.abcd1234.tmp"  # the first run's folder being built
+        live.mkdir()
+        (live / "README.md").write_text("being written")
+        assert main(args) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("jtcse")]
+        assert len(err) == 1 and err[0].startswith(
+            f"jtcse: error: {out / 'pkg-1.0.0'}: another `jtcse package` is writing this package (pid "
+        ), err
+        assert err[0].endswith("; wait for it to end, or give this run its own --output-dir")
+        assert (live / "README.md").read_text() == "being written"
+        assert sorted(p.name for p in out.iterdir()) == [".pkg-1.0.0.abcd1234.tmp", ".pkg-1.0.0.lock"]
+    finally:
+        first.release()
+    assert main(args) == 0  # the lock released: the next run removes the leftover and builds
+    assert sorted(p.name for p in out.iterdir()) == ["pkg-1.0.0", "pkg-1.0.0.release.json", "pkg-1.0.0.tar.gz"]
+
+
+def test_a_package_lock_removed_by_its_holder_is_not_shared(tmp_path, monkeypatch):
+    """The lock file is unlinked on release. A run that opened the old file just before (B) and locks it just
+    after, while a third run (C) already holds the new file, sees that its file is gone and is refused."""
+    import fcntl
+
+    import jtcse.io as io
+    from jtcse.errors import UserError
+    from jtcse.packaging import PackageLock
+
+    target = tmp_path / "pkg-1"
+    a, b, c = PackageLock(target), PackageLock(target), PackageLock(target)
+    a.acquire()
+    with pytest.raises(UserError, match="another `jtcse package` is writing this package"):
+        PackageLock(target).acquire()
+    real_flock, raced = fcntl.flock, []
+
+    def flock(fd, op):  # B opened the old lock file; before it locks it, A releases and C takes the new one
+        if not raced and op & fcntl.LOCK_NB:
+            raced.append(fd)
+            monkeypatch.setattr(io.fcntl, "flock", real_flock)
+            a.release()
+            c.acquire()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(io.fcntl, "flock", flock)
+    with pytest.raises(UserError, match="another `jtcse package` is writing this package"):
+        b.acquire()
+    assert raced
+    c.release()
+    assert not (tmp_path / ".pkg-1.lock").exists()
+    b.acquire()
+    b.release()

@@ -47,9 +47,53 @@ def test_a_pickle_only_model_folder_is_refused_without_unpickling(tiny_bert, tmp
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("damage", ["empty", "garbled_header", "truncated"])
+def test_a_corrupt_safetensors_file_is_one_line_naming_it_and_nothing_is_unpickled(
+    damage, tiny_bert, small_sts_dir, tmp_path, capsys
+):
+    """Issue 21 item 9: a 0-byte (or damaged) model.safetensors beside a pytorch_model.bin was a SafetensorError
+    traceback, exit 1, in encode, evaluate and jtcse.load; the pickle beside it must never be the fallback."""
+    import jtcse
+    from jtcse.cli import main
+    from jtcse.errors import UserError
+
+    folder = Path(shutil.copytree(tiny_bert, tmp_path / "damaged"))
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(
+        {"empty": b"", "garbled_header": bytes(b ^ 0x5A for b in data[:64]) + data[64:], "truncated": data[:-100]}[
+            damage
+        ]
+    )
+    marker = tmp_path / "unpickled"
+
+    class Payload:  # unpickling this file would create the marker
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"evil": Payload()}, folder / "pytorch_model.bin")
+    expected = f"{weights}: not a readable safetensors file ("
+    with pytest.raises(UserError) as caught:
+        jtcse.load(str(folder))
+    assert str(caught.value).startswith(expected), caught.value
+    sentences = tmp_path / "in.txt"
+    sentences.write_text("a sentence\nanother one\n")
+    runs = [
+        ["encode", "--model", folder, "--input", sentences, "--output", tmp_path / "v.npy"],
+        ["evaluate", "--model", folder, "--data-dir", small_sts_dir, "--output", tmp_path / "m.json"],
+    ]
+    for args in runs:
+        capsys.readouterr()
+        assert main([str(a) for a in args]) == 2, args[0]
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("jtcse")]
+        assert len(lines) == 1 and lines[0].startswith(f"jtcse: error: {expected}") and "Traceback" not in err, err
+    assert not marker.exists() and not (tmp_path / "v.npy").exists() and not (tmp_path / "m.json").exists()
+
+
 def test_trainer_state_is_loaded_with_weights_only(tmp_path):
     """The one torch.load of the project (a checkpoint's trainer state) refuses objects beyond tensors."""
-    from jtcse.training.trainer import read_checkpoint_files
+    from jtcse.training.trainer import read_checkpoint_files, record_checkpoint_digests
 
     marker = tmp_path / "unpickled"
 
@@ -63,6 +107,7 @@ def test_trainer_state_is_loaded_with_weights_only(tmp_path):
 
     save_file({"w": torch.zeros(1)}, str(checkpoint / "model.safetensors"))
     torch.save({"step": 1, "evil": Payload()}, checkpoint / "trainer_state.pt")
+    record_checkpoint_digests(checkpoint)  # digests that match: the refusal below is torch.load's
     with pytest.raises(Exception, match="Weights only load failed"):
         read_checkpoint_files(checkpoint)
     assert not marker.exists()

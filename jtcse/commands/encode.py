@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,8 @@ def read_sentences(name: str) -> list[str]:
     from jtcse.data import blank_lines_warning
     from jtcse.data import read_sentences as read
 
+    if name == "-" and sys.stdin is None:  # started with standard input closed (`<&-`)
+        raise UserError("--input -: standard input is closed; pipe the sentences in, or give a file")
     lines = read(name, stdin=sys.stdin.buffer)
     warning = blank_lines_warning("<stdin>" if name == "-" else name, lines)
     if warning:
@@ -26,7 +29,10 @@ def read_sentences(name: str) -> list[str]:
 
 
 def output_format(name: str, given: str | None, stdout_default: str) -> str:
-    """The --format, else the output's suffix (.npy, .csv, .jsonl); an unknown suffix is an error."""
+    """The --format, else the output's suffix (.npy, .csv, .jsonl); an unknown suffix is an error (and so is
+    standard output when it is closed)."""
+    if name == "-" and sys.stdout is None:  # started with standard output closed (`>&-`): refuse before any work
+        raise UserError("--output -: standard output is closed; give a file name (e.g. --output vectors.npy)")
     if given:
         return given
     if name == "-":
@@ -74,8 +80,17 @@ def write_rows(name: str, fmt: str, values, labels: list[dict] | None = None, ke
             )
         payload = text.encode("utf-8")
     if name == "-":
-        sys.stdout.buffer.write(payload)
-        sys.stdout.flush()
+        try:
+            sys.stdout.buffer.write(payload)
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader went away (`| head -c 100`): part of the rows were never read
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so that Python's own flush at exit does not fail again
+            os.close(devnull)
+            raise UserError(
+                f"--output -: standard output was closed before all {len(values)} rows were read (broken pipe); "
+                "write to a file with --output to keep them all"
+            ) from None
         return
     try:
         atomic_write_bytes(name, payload)

@@ -120,6 +120,7 @@ def check_safe_to_load(directory: Path, *, trust_remote_code: bool = False) -> N
                 "never unpickles model files (unpickling can run arbitrary code): convert them to "
                 "safetensors where you trust the file (model.save_pretrained(dir, safe_serialization=True))"
             )
+    check_safetensors_readable(directory)
     if trust_remote_code:
         return
     for name in REMOTE_CODE_FILES:
@@ -134,6 +135,24 @@ def check_safe_to_load(directory: Path, *, trust_remote_code: bool = False) -> N
                 "refused because model.trust_remote_code is false (set it to true in params.yaml only "
                 "for code you have read)"
             )
+
+
+def check_safetensors_readable(directory: Path) -> None:
+    """Refuse a ``*.safetensors`` file whose header cannot be read (0 bytes, truncated, garbled), naming it, before
+    transformers opens it; a ``pytorch_model.bin`` beside it is never the fallback (nothing is unpickled)."""
+    from safetensors import safe_open
+
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as err:  # SafetensorError (HeaderTooSmall, InvalidHeader...), OSError
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            size = path.stat().st_size if path.exists() else 0
+            raise UserError(
+                f"{path}: not a readable safetensors file ({size} bytes; {reason}); the file is damaged or was not "
+                "written whole: copy or save the model again"
+            ) from None
 
 
 def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:

@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 from jtcse.errors import UserError
+from jtcse.io import FolderLock
 
 #: Signals that ask a run to stop after the current step (exit status 128 + signal number).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -49,48 +48,19 @@ class CheckpointLocked(UserError):
     """Another run holds the checkpoint folder."""
 
 
-def lock_path(checkpoint_dir: Path) -> Path:
-    # Beside the folder, not inside it: a fresh run deletes the folder, and an unlinked lock file locks nothing.
-    return checkpoint_dir.with_name(f".{checkpoint_dir.name}.lock")
-
-
-class CheckpointLock:
+class CheckpointLock(FolderLock):
     """Exclusive, non-blocking ``flock`` on the checkpoint folder's lock file (see the module doc)."""
 
     def __init__(self, checkpoint_dir: str | os.PathLike):
-        self.checkpoint_dir = Path(checkpoint_dir)
-        self.path = lock_path(self.checkpoint_dir)
-        self._fd: int | None = None
+        super().__init__(checkpoint_dir)
+        self.checkpoint_dir = self.target
 
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise CheckpointLocked(
-                f"{self.checkpoint_dir}: another run is using this checkpoint folder "
-                f"({holder}); wait for it to end, or give this run its own --checkpoint-dir "
-                "and --output"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> CheckpointLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def refusal(self, holder: str) -> UserError:
+        return CheckpointLocked(
+            f"{self.checkpoint_dir}: another run is using this checkpoint folder "
+            f"({holder}); wait for it to end, or give this run its own --checkpoint-dir "
+            "and --output"
+        )
 
 
 class StopSignals:

@@ -7,6 +7,9 @@ the output folder and the logs even when they were deleted (``dvc repro`` remove
 rerunning it). A run whose last checkpoint is its last step is finished and never resumed: rerunning it
 trains again.
 
+Each checkpoint records the SHA256 of its files (``checkpoint.json``, written last); a checkpoint whose files
+do not match it (garbled on disk, size unchanged) counts as unreadable, like one whose files do not parse.
+
 A run holds a lock on its checkpoint folder, stops on SIGTERM/SIGINT after writing a checkpoint at the current
 step, falls back to the previous checkpoint when the latest one cannot be read, and removes its output folder
 when the loss diverges (see :mod:`jtcse.training.guards`).
@@ -33,7 +36,14 @@ from jtcse.config import OptimSettings, RuntimeSettings
 from jtcse.data import SentenceStream
 from jtcse.errors import UserError
 from jtcse.evaluation.sts import STSEvaluator
-from jtcse.io import atomic_directory, atomic_write_json, clean_folder_leftovers, clean_leftovers
+from jtcse.formats import sha256_file
+from jtcse.io import (
+    atomic_directory,
+    atomic_write_json,
+    clean_folder_leftovers,
+    clean_leftovers,
+    naming_a_full_disk,
+)
 from jtcse.training import distributed
 from jtcse.training.guards import CheckpointLock, StopSignals, TrainingDiverged, TrainingInterrupted
 from jtcse.training.objectives import Objective
@@ -43,6 +53,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "step-"
 RUN_FILE = "run.json"  # fingerprint of the settings and inputs the checkpoints belong to
 BEST_DIR = "best"  # the best weights so far, the source of the output folder on resume
+#: The SHA256 of every other file of a checkpoint, written last; checked before a resume reads anything.
+CHECKPOINT_MANIFEST = "checkpoint.json"
 #: Loss values are read back from the device (a CUDA sync) once per this many steps, and before every
 #: evaluation and checkpoint, not after every step; a non-finite loss is still reported with its step.
 SYNC_EVERY = 10
@@ -93,8 +105,39 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+class CheckpointDamaged(Exception):
+    """A checkpoint file does not match the digest recorded when the checkpoint was written (or is missing)."""
+
+
+def record_checkpoint_digests(folder: Path) -> None:
+    """Write ``checkpoint.json``: the SHA256 of every file of the (complete, not yet published) checkpoint."""
+    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKPOINT_MANIFEST}
+    atomic_write_json(folder / CHECKPOINT_MANIFEST, {"format": 1, "files": files})
+
+
+def verify_checkpoint_digests(checkpoint: Path) -> None:
+    """Raise :class:`CheckpointDamaged` naming the first file whose content differs from its recorded SHA256."""
+    manifest = checkpoint / CHECKPOINT_MANIFEST
+    try:
+        recorded = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        if not isinstance(recorded, dict) or not {"model.safetensors", "trainer_state.pt"} <= recorded.keys():
+            raise ValueError("the weights or the trainer state are not listed")
+    except FileNotFoundError:
+        raise CheckpointDamaged(f"{manifest} is missing (the digests of the checkpoint's files)") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointDamaged(f"{manifest}: not a checkpoint manifest ({type(err).__name__}: {err})") from None
+    for name, digest in sorted(recorded.items()):
+        path = checkpoint / name
+        if not path.is_file():
+            raise CheckpointDamaged(f"{path} is missing")
+        if sha256_file(path) != digest:
+            raise CheckpointDamaged(f"{path}: content differs from the SHA256 recorded in {CHECKPOINT_MANIFEST}")
+
+
 def read_checkpoint_files(checkpoint: Path) -> None:
-    """Read a checkpoint's weights and trainer state whole; raises whatever a damaged file raises."""
+    """Check a checkpoint's files against their recorded digests, then read its weights and trainer state
+    whole; raises whatever a damaged file raises."""
+    verify_checkpoint_digests(checkpoint)
     load_file(str(checkpoint / "model.safetensors"))
     torch.load(checkpoint / "trainer_state.pt", weights_only=True)
 
@@ -119,7 +162,7 @@ class CsvLog:
             writer.writerows(rows)
 
     def append(self, row: dict) -> None:
-        with self.path.open("a", newline="") as fh:
+        with naming_a_full_disk(self.path), self.path.open("a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore").writerow(row)
 
 
@@ -192,27 +235,30 @@ class Trainer:
         if not distributed.is_main():
             distributed.barrier()
             return
-        with atomic_directory(self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}") as tmp:
+        target = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
+        with naming_a_full_disk(target), atomic_directory(target) as tmp:  # a full disk: one line, nothing torn
             save_model(self.objective, str(tmp / "model.safetensors"))
             for csv_log in logs.values():
                 if csv_log.path.is_file():
                     shutil.copy2(csv_log.path, tmp / csv_log.path.name)
-            torch.save(
-                {
-                    "step": step,
-                    "best_metric": best[0],
-                    "best_step": best[1],
-                    "initial_metric": initial,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "python_rng": random.getstate(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    "world_size": distributed.world_size(),
-                    "rank_cuda_rng": rank_cuda_rng,
-                },
-                tmp / "trainer_state.pt",
-            )
+            with (tmp / "trainer_state.pt").open("wb") as state_file:  # a file object: write errors keep errno
+                torch.save(
+                    {
+                        "step": step,
+                        "best_metric": best[0],
+                        "best_step": best[1],
+                        "initial_metric": initial,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "python_rng": random.getstate(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                        "world_size": distributed.world_size(),
+                        "rank_cuda_rng": rank_cuda_rng,
+                    },
+                    state_file,
+                )
+            record_checkpoint_digests(tmp)
         old = sorted(self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"))[: -self.settings.keep_checkpoints]
         for path in old:
             shutil.rmtree(path, ignore_errors=True)
@@ -263,12 +309,13 @@ class Trainer:
         )
 
     def _publish_best(self) -> None:
-        with atomic_directory(self.output_dir) as tmp:
+        with naming_a_full_disk(self.output_dir), atomic_directory(self.output_dir) as tmp:
             shutil.copytree(self.checkpoint_dir / BEST_DIR, tmp, dirs_exist_ok=True)
 
     def _save_best(self) -> None:
         if distributed.is_main():
-            with atomic_directory(self.checkpoint_dir / BEST_DIR) as tmp:
+            best = self.checkpoint_dir / BEST_DIR
+            with naming_a_full_disk(best), atomic_directory(best) as tmp:
                 self.objective.save_model(tmp)
             self._publish_best()
         distributed.barrier()
@@ -456,17 +503,18 @@ class Trainer:
             best_metric=best[0], best_step=best[1], initial_metric=initial, steps=end, seconds=seconds, history=history
         )
         if self.metrics_dir and main and end == s.steps:
-            atomic_write_json(
-                self.metrics_dir / "summary.json",
-                {
-                    f"initial_{self.dev_evaluator.primary_metric}": round(initial, 4),
-                    f"best_{self.dev_evaluator.primary_metric}": round(best[0], 4),
-                    "best_step": best[1],
-                    "steps": s.steps,
-                    "batch_size": s.batch_size,
-                    "seconds_this_run": round(seconds, 1),
-                },
-            )
+            with naming_a_full_disk(self.metrics_dir / "summary.json"):
+                atomic_write_json(
+                    self.metrics_dir / "summary.json",
+                    {
+                        f"initial_{self.dev_evaluator.primary_metric}": round(initial, 4),
+                        f"best_{self.dev_evaluator.primary_metric}": round(best[0], 4),
+                        "best_step": best[1],
+                        "steps": s.steps,
+                        "batch_size": s.batch_size,
+                        "seconds_this_run": round(seconds, 1),
+                    },
+                )
         log.info(
             "%s: best dev %.2f at step %d (from %.2f); model -> %s",
             self.desc,

@@ -154,8 +154,14 @@ def _study_span(study: optuna.Study) -> float | None:
 
 
 def summary_markdown(
-    study: optuna.Study, settings: Settings, counts: TrialCounts, wall_seconds: float | None, notes: list[str]
+    study: optuna.Study,
+    settings: Settings,
+    counts: TrialCounts,
+    wall_seconds: float | None,
+    notes: list[str],
+    best_file: str | os.PathLike = f"tune/{BEST_FILE}",
 ) -> str:
+    """The study's summary.md; its "Apply:" line names ``best_file``, the best_params.yaml written."""
     from optuna.trial import TrialState
 
     tune = settings.tune
@@ -190,7 +196,10 @@ def summary_markdown(
     if best is not None:
         lines += ["", "## Best parameters", "", "| setting | value |", "|---|---|"]
         lines += [f"| `{k}` | {short_value(v)} |" for k, v in best_params(study).items()]
-        lines += ["", f"Apply: `jtcse tune-apply --best tune/{BEST_FILE} --params params.yaml`, then `dvc repro`."]
+        lines += [
+            "",
+            f"Apply: `jtcse tune-apply --best {Path(best_file).as_posix()} --params params.yaml`, then `dvc repro`.",
+        ]
     trials = study.get_trials(deepcopy=False)
     if trials:
         names = list(dict.fromkeys(k for t in trials for k in t.params))
@@ -245,7 +254,9 @@ def write_report(
     report.files["trials_csv"] = str(write_trials_csv(study, output_dir / TRIALS_CSV))
     plots, plot_notes = write_plots(study, output_dir)
     report.files |= plots
-    report.summary = summary_markdown(study, settings, counts, wall_seconds, notes + plot_notes)
+    report.summary = summary_markdown(
+        study, settings, counts, wall_seconds, notes + plot_notes, best_file=output_dir / BEST_FILE
+    )
     summary_path = output_dir / SUMMARY_FILE
     atomic_write_text(summary_path, report.summary)
     report.files["summary"] = str(summary_path)

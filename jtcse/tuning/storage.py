@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jtcse.config import ConfigError, Settings, TuneSettings
+from jtcse.config_search import mask_text, mask_url
 from jtcse.errors import StorageUnavailableError
 from jtcse.tuning.settings import metric_name
 
@@ -23,10 +24,8 @@ log = logging.getLogger("jtcse.tuning")
 
 
 def safe_url(url: str) -> str:
-    """The storage URL with any password masked, for logs and reports."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
+    """The storage URL with any password masked (``user:***@``, ``password=***``), for logs and reports."""
+    return mask_url(url)
 
 
 def make_url_backend(url: str) -> str:
@@ -126,7 +125,7 @@ def make_storage(tune: TuneSettings) -> optuna.storages.RDBStorage:
             heartbeat_stale_trial_callback=retry,
         )
     except (DBAPIError, SQLAlchemyError) as err:
-        reason = str(getattr(err, "orig", None) or err).strip().splitlines()
+        reason = mask_text(str(getattr(err, "orig", None) or err), tune.storage).strip().splitlines()
         raise StorageUnavailableError(
             f"tune.storage {safe_url(tune.storage)}: cannot open the study database "
             f"({reason[0] if reason else type(err).__name__}); is the server running and the URL right?"

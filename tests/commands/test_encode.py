@@ -199,3 +199,60 @@ def test_similarity_refuses_unequal_pairs_and_mixed_arguments(model, tmp_path, c
     for argv in (["only one"], ["a", "b", "--pairs", str(left), str(left)], ["--matrix", "a", "b", "c"], []):
         assert main(["similarity", *argv, "--model", str(model)]) == 2
         assert "similarity takes two sentences, or --pairs FILE_A FILE_B, or --matrix" in capsys.readouterr().err
+
+
+def encode_args(model: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "jtcse.cli", "encode", "--model", str(model), "--device", "cpu", *args]
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("jtcse")]
+    assert len(lines) == 1 and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("closed", ["stdin", "stdout"])
+def test_encode_with_a_closed_standard_stream_is_one_line(closed, model, tmp_path):
+    """Issue 21 item 8: `--input -` with stdin closed (`<&-`), `--output -` with stdout closed (`>&-`) were an
+    AttributeError traceback; now one line, exit 2, before the model is loaded."""
+    sentences = tmp_path / "in.txt"
+    sentences.write_text("\n".join(SENTENCES) + "\n")
+    if closed == "stdin":
+        args, redirect = encode_args(model, "--input", "-", "--output", str(tmp_path / "v.npy")), "<&-"
+    else:
+        args, redirect = encode_args(model, "--input", str(sentences), "--output", "-"), ">&-"
+    proc = subprocess.run(
+        ["sh", "-c", f'exec "$0" "$@" {redirect}', *args], env=env(), stderr=subprocess.PIPE, text=True, timeout=120
+    )
+    line = one_error_line(proc.stderr)
+    assert proc.returncode == 2, proc.stderr
+    if closed == "stdin":
+        assert line == "jtcse: error: --input -: standard input is closed; pipe the sentences in, or give a file"
+        assert not (tmp_path / "v.npy").exists()
+    else:
+        assert line == (
+            "jtcse: error: --output -: standard output is closed; give a file name (e.g. --output vectors.npy)"
+        )
+
+
+def test_encode_into_a_pipe_closed_by_its_reader_is_one_line_and_never_claims_every_row(model, tmp_path):
+    """Issue 21 item 8: `--output - | head -c 100` exited 0 and reported every sentence written. Here the reader
+    closes the pipe before anything is written, so the write always meets EPIPE."""
+    sentences = tmp_path / "in.txt"
+    sentences.write_text("\n".join(SENTENCES * 50) + "\n")
+    proc = subprocess.Popen(
+        encode_args(model, "--input", str(sentences), "--output", "-"),
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # like `head` that has read its bytes and exited
+    _, stderr = proc.communicate(timeout=120)
+    line = one_error_line(stderr)
+    assert proc.returncode == 2
+    assert line == (
+        "jtcse: error: --output -: standard output was closed before all 200 rows were read (broken pipe); "
+        "write to a file with --output to keep them all"
+    )
+    assert "sentences -> standard output" not in stderr

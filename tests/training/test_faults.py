@@ -4,6 +4,7 @@ a diverging learning rate, a corpus replaced in place. Each stage run through th
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import os
@@ -301,6 +302,64 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, t
     assert_same_run(ref("tower"), tmp_path, "resumed from step 5 after a corrupt step 6")
 
 
+def garble(path: Path) -> None:
+    """Invert 256 bytes in the middle of ``path``, size unchanged (what a bad disk or a stray ``dd`` does)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 256] = bytes(b ^ 0xFF for b in data[middle : middle + 256])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "trainer_state.pt"])
+def test_a_garbled_checkpoint_of_unchanged_size_falls_back_to_the_previous_one(name, reference, tmp_path, caplog):
+    """Issue 21 item 1: a checkpoint file garbled in place still parses; its SHA256 (checkpoint.json) catches it."""
+    from jtcse.training.stages import train_tower
+
+    settings, ref = reference
+    kwargs = dict(
+        which="a", output=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", metrics_dir=tmp_path / "metrics"
+    )
+    train_tower(settings, stop_after=6, **kwargs)
+    damaged = tmp_path / "ckpt" / "step-00000006" / name
+    size = damaged.stat().st_size
+    garble(damaged)
+    assert damaged.stat().st_size == size
+    with caplog.at_level(logging.WARNING, logger="jtcse.training.trainer"):
+        result = train_tower(settings, **kwargs)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "step-00000006 is unreadable" in w and f"{damaged}: content differs from the SHA256" in w for w in warnings
+    ), warnings
+    assert "tower a: resuming from the previous checkpoint step-00000005" in warnings
+    assert len(result.history) == STEPS - 5
+    assert_same_run(ref("tower"), tmp_path, f"resumed from step 5 after a garbled {name} in step 6")
+
+
+def test_garbled_weights_in_every_checkpoint_are_one_line_and_keep_the_output(tiny_settings, tmp_path, capsys):
+    """No readable checkpoint because of garbled weights: exit 2 naming the file; the output folder stays and the
+    message never blames the learning rate (the weights were never loaded)."""
+    from jtcse.cli import main
+    from jtcse.training.stages import train_tower
+
+    settings = fault_settings(tiny_settings)
+    train_tower(settings, which="a", output=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", stop_after=4)
+    assert (tmp_path / "out").is_dir()
+    for checkpoint in (tmp_path / "ckpt").glob("step-*"):
+        garble(checkpoint / "model.safetensors")
+    write_params(settings, tmp_path / "params.yaml")
+    args = ["train-tower", "--tower", "a", "--params", str(tmp_path / "params.yaml")]
+    args += ["--output", str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    assert main(args) == 2
+    err = own_lines(capsys.readouterr().err)
+    newest = tmp_path / "ckpt" / "step-00000004" / "model.safetensors"
+    assert len(err) == 1 and err[0].startswith(
+        f"jtcse: error: {tmp_path / 'ckpt'}: no readable checkpoint to resume from (step-00000004: "
+        f"CheckpointDamaged: {newest}: content differs from the SHA256 recorded in checkpoint.json)"
+    ), err
+    assert "learning rate" not in err[0]
+    assert (tmp_path / "out").is_dir() and any((tmp_path / "out").rglob("*.safetensors"))
+
+
 def test_no_readable_checkpoint_says_how_to_start_afresh(tiny_settings, tiny_bert, tmp_path, capsys):
     from jtcse.cli import main
     from jtcse.training.stages import train_tower
@@ -390,3 +449,76 @@ def test_data_replaced_at_the_same_path_starts_afresh(changed, tiny_settings, tm
     assert any("belong to other settings or inputs; starting afresh" in m for m in messages), messages
     assert not any(m.startswith("resuming") for m in messages)
     assert len(result.history) == STEPS
+
+
+@pytest.mark.parametrize("where", ["weights", "trainer_state", "output_copy"])
+def test_a_full_disk_during_training_is_one_line_and_tears_nothing(where, tiny_settings, tmp_path, capsys, monkeypatch):
+    """Issue 21 item 4: a full disk, as each library reports it (safetensors: a SafetensorError with `code: 28`;
+    torch.save: OSError 28; the copy to the output folder: a shutil.Error listing `[Errno 28]`), is one line,
+    exit 2, naming what was being written; the earlier checkpoints stay whole and nothing temporary is left."""
+    import jtcse.training.trainer as trainer
+    from jtcse.cli import main
+
+    settings = fault_settings(tiny_settings)
+    write_params(settings, tmp_path / "params.yaml")
+    args = ["train-tower", "--tower", "a", "--params", str(tmp_path / "params.yaml"), "--output", str(tmp_path / "out")]
+    args += ["--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-dir", str(tmp_path / "metrics")]
+    calls = []
+
+    def third_call_fails(real, fail):
+        def fake(*a, **k):
+            calls.append(1)
+            if len(calls) == 3:
+                fail(*a)
+            return real(*a, **k)
+
+        return fake
+
+    def safetensors_full(*_):
+        from safetensors import SafetensorError
+
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+
+    def torch_full(*_):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what a Python file's write says: no file name
+
+    real_copyfile, copies = shutil.copyfile, []
+
+    def copy_full(src, dst, *a, **k):  # the 3rd file copied into the output's temporary folder: disk full
+        if str(tmp_path / ".out.") in str(dst):
+            copies.append(dst)
+            if len(copies) == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real_copyfile(src, dst, *a, **k)
+
+    if where == "weights":
+        monkeypatch.setattr(trainer, "save_model", third_call_fails(trainer.save_model, safetensors_full))
+        named = tmp_path / "ckpt" / "step-00000003"
+    elif where == "trainer_state":
+        monkeypatch.setattr(trainer.torch, "save", third_call_fails(torch.save, torch_full))
+        named = tmp_path / "ckpt" / "step-00000003"
+    else:
+        monkeypatch.setattr(shutil, "copyfile", copy_full)
+        named = None  # a file inside the output's temporary folder
+    code = main(args)
+    captured = capsys.readouterr()
+    err = own_lines(captured.err)
+    assert code == 2 and len(err) == 1 and "Traceback" not in captured.err, captured.err[-3000:]
+    if named is not None:
+        assert err[0] == f"jtcse: error: no space left on device writing {named}; free some space and rerun", err
+    else:
+        assert re.fullmatch(
+            rf"jtcse: error: no space left on device writing {re.escape(str(tmp_path))}/\.out\.\S+\.tmp/\S+; "
+            "free some space and rerun",
+            err[0],
+        ), err
+    monkeypatch.undo()
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".old"))]
+    assert leftovers == [], leftovers
+    from jtcse.training.trainer import read_checkpoint_files
+
+    for checkpoint in (tmp_path / "ckpt").glob("step-*"):
+        read_checkpoint_files(checkpoint)  # every checkpoint left is whole and matches its digests
+    assert main(args) == 0  # once there is space again, the same command resumes and finishes
