@@ -414,6 +414,7 @@ def make_encoder(
     from jtcse.api import load_twin
     from jtcse.encoding import TowerEncoder, TwinEncoder
     from jtcse.formats import resolve_model_path
+    from jtcse.training.stages import tower_pooling
 
     device, max_length, pooling = settings.runtime.device, settings.evaluate.max_length, settings.model.pooling
 
@@ -427,12 +428,17 @@ def make_encoder(
         return functools.partial(tower, resolve_model_path(settings.model.base), row.split("_")[1]), None
     if row == "simcse":
         stage = ws.tower(seed, "a")
-        return functools.partial(tower, stage.path), stage
+        return functools.partial(tower, stage.path, tower_pooling(settings, "a")), stage
     if row == "ensemble":
         a, b = ws.tower(seed, "a"), ws.tower(seed, "b")
         # The ensemble's "training" is both towers: a stage that depends on both, with no time of its own.
         stage = Stage("ensemble", b.path, 0.0, _digest([a.fingerprint, b.fingerprint]), False, [a, b], synthetic=True)
-        return lambda: TwinEncoder(tower(a.path), tower(b.path), settings.train.twin_combine), stage
+        return lambda: TwinEncoder(
+            tower(a.path, tower_pooling(settings, "a")),
+            tower(b.path, tower_pooling(settings, "b")),
+            settings.train.twin_combine,
+            settings.train.twin_normalize,
+        ), stage
     if row in ("tncse", "jtcse"):
         stage = ws.twin(seed, cross_attention=row == "jtcse")
         return functools.partial(twin, stage), stage
