@@ -236,3 +236,18 @@ def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("killed")
     assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_package_onnx_sts_puts_each_variants_sts_average_in_the_card(inputs, small_sts_dir, tmp_path):  # noqa: F811
+    settings = inputs["settings"].model_copy(deep=True)
+    settings.package.onnx_sts = True
+    settings.data.sts_dir = small_sts_dir
+    result = build({**inputs, "settings": settings}, tmp_path / "models")
+    sts = json.loads((result.path / "jtcse_package.json").read_text())["models"]["distilled"]["onnx"]["sts"]
+    assert list(sts) == ["torch", "onnx float32", "onnx int8"]
+    assert sts["onnx float32"]["avg"] == pytest.approx(sts["torch"]["avg"], abs=0.01)
+    assert abs(sts["onnx int8"]["avg"] - sts["torch"]["avg"]) < 5 and sts["onnx int8"]["sentences_per_second"] > 0
+    card = (result.path / "README.md").read_text()
+    assert "| file | weights | STS avg (7 tasks) | sentences/s on the build machine |" in card
+    assert f"| `distilled/onnx/model.onnx` | float32 | {sts['onnx float32']['avg']:.2f} |" in card
+    assert f"| `distilled/{INT8}` | int8, dynamic quantisation" in card
