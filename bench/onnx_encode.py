@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> dict:
     repeats = args.repeats or (1 if args.quick else 5)
     sts = not (args.no_sts or args.quick)
     out = Path(args.out)
-    notes: list[str] = []
+    notes: list[str] = list(args.note)
     with tempfile.TemporaryDirectory(prefix="jtcse-onnx-bench-") as tmp:
         path, st_dir, entry, source = model_folder(settings, args.package, Path(tmp))
         if not args.package:
@@ -247,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sts", action="store_true", help="skip the seven-task STS averages of float32 and int8")
     p.add_argument("--quick", action="store_true", help="64 sentences, one repeat, no STS: checks the script works")
     p.add_argument("--out", default=str(common.RESULTS), help="results folder (default: bench/results)")
+    p.add_argument("--note", action="append", default=[], help="a note for the report, e.g. what the package is")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

@@ -4,6 +4,7 @@
 
     distilled/            JTCSE-D as a standard sentence-transformers folder (HF weights at the root,
                           modules.json = Transformer + Pooling): SentenceTransformer(path) and AutoModel load it
+      onnx/               model.onnx + an int8 variant (package.onnx, jtcse.onnx_backend): jtcse.load(path, backend="onnx")
     twin/                 both towers + twin.json (sum of CLS at inference), opened by jtcse.load(path)
     licenses/             licence texts of the training/evaluation data (copied from data/licenses)
     jtcse_package.json    name, version, default model ("distilled"), what each model is
