@@ -36,7 +36,7 @@ $(STAMP): $(LOCK) pyproject.toml | $(UV)
 # Refresh requirements.lock after a change to pyproject.toml's dependencies: pins already in the lock are
 # kept where they still fit; `make lock LOCK_FLAGS=--upgrade` moves everything to the newest releases.
 lock: | $(UV)
-	$(UV) pip compile pyproject.toml --extra test --extra mteb -c lock-constraints.txt --python-version 3.11 \
+	$(UV) pip compile pyproject.toml --extra test --extra mteb --extra onnx -c lock-constraints.txt --python-version 3.11 \
 		$(WHEEL_SOURCES) $(LOCK_FLAGS) --custom-compile-command "make lock" --quiet -o $(LOCK)
 
 data: env

@@ -128,23 +128,49 @@ def load(
     device: str = "auto",
     max_length: int | None = None,
     verify: bool = True,
+    backend: str = "torch",
+    file_name: str | None = None,
 ) -> Encoder:
     """Open a twin folder (twin.json), a package (SHA256SUMS checked) or any HF/sentence-transformers model.
 
     ``max_length`` defaults to the model's own ``sentence_bert_config.json`` max_seq_length, else 128.
     A model folder inside a package (``<package>/twin``) is checked against the package's SHA256SUMS too.
+    ``backend="onnx"`` runs the single-tower model's ONNX export with onnxruntime (CPU) instead of torch:
+    ``file_name`` is the file relative to the model folder (default ``onnx/model.onnx``; a package's int8
+    variant is ``onnx/model_qint8_<preset>.onnx``), as in sentence-transformers' ``model_kwargs``.
     """
     from jtcse.encoding import TowerEncoder
 
+    if backend not in ("torch", "onnx"):
+        raise UserError(f"backend {backend!r} is not supported; use 'torch' or 'onnx'")
+    if file_name is not None and backend != "onnx":
+        raise UserError(f"file_name {file_name!r} names an ONNX file: it needs backend='onnx'")
     path = Path(path)
     if verify:
         verify_package_of(path)
     package = path / PACKAGE_MANIFEST
     if package.is_file():
         entry = json.loads(package.read_text(encoding="utf-8"))
-        return load(path / entry["default"], pooling=pooling, device=device, max_length=max_length, verify=False)
+        return load(
+            path / entry["default"],
+            pooling=pooling,
+            device=device,
+            max_length=max_length,
+            verify=False,
+            backend=backend,
+            file_name=file_name,
+        )
     if (path / TWIN_MANIFEST).is_file():
+        if backend == "onnx":
+            raise UserError(
+                f"{path}: a twin (two towers) has no ONNX export; backend='onnx' runs a single tower, "
+                "such as a package's distilled model"
+            )
         return load_twin(path, device=device, max_length=max_length or DEFAULT_MAX_LENGTH)
+    if backend == "onnx":
+        from jtcse.onnx_backend import load_onnx
+
+        return load_onnx(path, file_name=file_name, pooling=pooling, max_length=max_length, device=device)
     return TowerEncoder.from_pretrained(
         str(path), pooling or _saved_pooling(path), max_length or _saved_max_length(path), device
     )

@@ -327,6 +327,23 @@ class PackageSettings(_Section):
         "jtcse-minilm", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Package name: models/<name>-<version>/."
     )
     version: str = Field("0.1.0", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", description="Package version.")
+    onnx: bool = Field(
+        True,
+        description="Also write the distilled model as ONNX: distilled/onnx/model.onnx (float32) and an int8 "
+        "dynamically quantised variant, for jtcse.load(..., backend='onnx'). Needs the [onnx] extra (onnx, "
+        "onnxruntime); without it the files are skipped with a log line.",
+    )
+    onnx_quantization: Literal["arm64", "avx2", "avx512", "avx512_vnni"] = Field(
+        "avx512_vnni",
+        description="Preset of the int8 variant, named as sentence-transformers names it: avx512_vnni -> "
+        "onnx/model_qint8_avx512_vnni.onnx (int8 weights, per channel), avx2 -> model_quint8_avx2.onnx (uint8 "
+        "weights: no saturation on CPUs without VNNI), arm64, avx512. Every preset runs on any CPU.",
+    )
+    onnx_sts: bool = Field(
+        False,
+        description="Evaluate the torch model and both ONNX files on the seven STS test sets while packaging, for "
+        "the model card (three extra evaluations: minutes for MiniLM on a laptop CPU).",
+    )
 
 
 class RetrainSettings(_Section):

@@ -137,6 +137,24 @@ def naming_a_full_disk(path: str | os.PathLike) -> Iterator[None]:
             raise
         raise full from err
 
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield the name of a temporary sibling for a library that writes the file itself (``torch.onnx.export``,
+    onnxruntime's quantiser); on success that file is fsynced and renamed over ``path``, on failure removed."""
+    path = Path(path)
+    perms = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask()
+    fd, tmp = _tmp_sibling(path)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        fsync_file(tmp)
+        os.chmod(tmp, perms)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
 
 def check_output_file(path: str | os.PathLike, option: str = "--output", *, parent_must_exist: bool = False) -> Path:
     """Refuse, before any work, an output path that names a folder (or whose folder is missing, if required)."""

@@ -4,6 +4,7 @@
 
     distilled/            JTCSE-D as a standard sentence-transformers folder (HF weights at the root,
                           modules.json = Transformer + Pooling): SentenceTransformer(path) and AutoModel load it
+      onnx/               model.onnx + an int8 variant (package.onnx, jtcse.onnx_backend): jtcse.load(path, backend="onnx")
     twin/                 both towers + twin.json (sum of CLS at inference), opened by jtcse.load(path)
     licenses/             licence texts of the training/evaluation data (copied from data/licenses)
     jtcse_package.json    name, version, default model ("distilled"), what each model is
@@ -382,6 +383,7 @@ def self_check(
         got, want = packaged.encode(PROBE), source.encode(PROBE)
         if got.shape != want.shape or not np.isfinite(got).all() or np.abs(got - want).max() > tolerance:
             raise RuntimeError(f"self-check: packaged {name} model does not reproduce {name} source vectors")
+    _check_onnx(package_dir / "distilled", checks[0][0].encode(PROBE))
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:  # pragma: no cover - sentence-transformers is a dependency
@@ -394,6 +396,24 @@ def self_check(
         raise RuntimeError(
             "self-check: sentence-transformers and jtcse give different vectors for the distilled export"
         )
+
+
+# ------------------------------------------------------------------------------------------------ ONNX
+
+
+def _package_onnx(model_dir: Path, settings: Settings) -> dict | None:
+    """distilled/onnx/ (float32 + int8), or None when package.onnx is off or onnx/onnxruntime are missing."""
+    from jtcse.onnx_backend import package_onnx
+
+    return package_onnx(model_dir, settings)
+
+
+def _check_onnx(model_dir: Path, want) -> None:
+    """The ONNX files the manifest records reproduce the packaged distilled model's vectors ``want``."""
+    from jtcse.onnx_backend import check_onnx
+
+    manifest = json.loads((model_dir.parent / PACKAGE_MANIFEST).read_text(encoding="utf-8"))
+    check_onnx(model_dir, manifest["models"]["distilled"].get("onnx"), PROBE, want)
 
 
 # ------------------------------------------------------------------------------------------------ package
@@ -472,6 +492,9 @@ def build_package(
                 distilled_entry = export_sentence_transformer(
                     distilled, tmp / "distilled", pooling=pooling, max_seq_length=max_seq_length
                 )
+                onnx_entry = _package_onnx(tmp / "distilled", settings)
+                if onnx_entry is not None:
+                    distilled_entry["onnx"] = onnx_entry
                 twin_entry = copy_twin(twin, tmp / "twin")
                 if isinstance(twin_entry["pooling"], str) and twin_entry["pooling"] != pooling:
                     log.warning(

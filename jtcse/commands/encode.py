@@ -117,6 +117,19 @@ def _add_model_args(p: argparse.ArgumentParser, batch_size: int) -> None:
         "--batch-size", type=int, default=batch_size, help=f"sentences per forward pass (default: {batch_size})"
     )
     add_device(p)
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="torch, or onnx: the model's ONNX export run by onnxruntime on the CPU (a package's distilled "
+        "model; needs the onnx extra)",
+    )
+    p.add_argument(
+        "--file-name",
+        default=None,
+        help="with --backend onnx: the ONNX file, relative to the model folder (default: onnx/model.onnx; "
+        "the int8 variant of a package: onnx/model_qint8_avx512_vnni.onnx)",
+    )
 
 
 def _add_output_args(p: argparse.ArgumentParser, what: str, stdout_default: str) -> None:
@@ -141,7 +154,7 @@ def encode_command(args) -> None:
     check_batch_size(args.batch_size)
     fmt = output_format(args.output, args.format, stdout_default="jsonl")
     lines = read_sentences(args.input)
-    encoder = load(args.model, pooling=args.pooling, device=args.device)
+    encoder = load(args.model, pooling=args.pooling, device=args.device, backend=args.backend, file_name=args.file_name)
     vectors = encoder.encode(
         lines, batch_size=args.batch_size, normalize_embeddings=args.normalize, show_progress_bar=args.output != "-"
     )
@@ -158,7 +171,7 @@ def similarity_command(args) -> None:
     if sum(given) != 1 or (args.sentences and len(args.sentences) != 2) or (args.matrix and len(args.matrix) > 2):
         raise UserError("similarity takes two sentences, or --pairs FILE_A FILE_B, or --matrix FILE_A [FILE_B]")
     fmt = output_format(args.output, args.format, stdout_default="csv")
-    encoder = load(args.model, pooling=args.pooling, device=args.device)
+    encoder = load(args.model, pooling=args.pooling, device=args.device, backend=args.backend, file_name=args.file_name)
     if args.sentences and args.output == "-" and not args.format:
         a, b = encoder.encode(args.sentences, batch_size=args.batch_size)
         print(f"{float(encoder.similarity(a, b)[0, 0]):.4f}")
