@@ -137,6 +137,7 @@ def naming_a_full_disk(path: str | os.PathLike) -> Iterator[None]:
             raise
         raise full from err
 
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield the name of a temporary sibling for a library that writes the file itself (``torch.onnx.export``,
