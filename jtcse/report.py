@@ -94,7 +94,7 @@ def plot_data(rows: dict[str, dict[str, float]], suite: str = "sts") -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="STS or transfer results table, bar chart and plot data")
     parser.add_argument("--suite", choices=sorted(SUITES), default="sts", help="which metrics files these are")
-    parser.add_argument("--base", help="metrics of the base checkpoint with model.pooling")
+    parser.add_argument("--base", help="metrics of the base checkpoint with --base-pooling (dvc: cls)")
     parser.add_argument("--base-pooling", default="cls", help="the pooling --base was evaluated with (its label)")
     parser.add_argument("--base-mean", help="metrics of the base checkpoint with mean pooling")
     parser.add_argument("--twin", help="metrics of the JTCSE twin")
