@@ -59,6 +59,7 @@ MEAN_DELETION = Tower("mean_deletion", "mean", {"pooling": "mean", "seed": 2, "a
 MIXED = {"twin_normalize": True, "twin_combine": "concat"}
 SAME = {"twin_normalize": True, "twin_combine": "sum"}
 GENTLE = {"lr": 2e-6, "dropout": 0.01}
+STANDARD = {"lr": 1e-5, "dropout": None}  # the twin stage before this search (dropout null: the checkpoint's 0.1)
 
 # pooling x tower diversity x twin-stage lr/dropout. A mean-pooled stage-1 tower without augmentation is the base:
 # SimCSE with mean pooling lowers this base's dev mean at every lr tried (2e-6 .. 1e-5), so stage 1 keeps step 0.
@@ -84,7 +85,13 @@ CELLS: tuple[Cell, ...] = (
         BASE_MEAN,
         {**SAME, **GENTLE},
     ),
-    Cell("mean_jtcse", "base (mean) + base (mean), normalised sum; lr 1e-5, dropout 0.1", BASE_MEAN, BASE_MEAN, SAME),
+    Cell(
+        "mean_jtcse",
+        "base (mean) + base (mean), normalised sum; lr 1e-5, dropout 0.1",
+        BASE_MEAN,
+        BASE_MEAN,
+        {**SAME, **STANDARD},
+    ),
     Cell(
         "mean_deletion_gentle",
         "base (mean) + SimCSE with word deletion 0.1 (mean), normalised sum; lr 2e-6, dropout 0.01",
