@@ -69,7 +69,7 @@ CELLS: tuple[Cell, ...] = (
         "base (mean) + SimCSE (cls), normalised concat; lr 1e-5, dropout 0.1",
         BASE_MEAN,
         CLS_SIMCSE,
-        MIXED,
+        {**MIXED, **STANDARD},
     ),
     Cell(
         "mixed_gentle",
