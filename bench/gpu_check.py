@@ -46,7 +46,7 @@ CARRY = REPO / "bench" / ".carry"
 
 def default_bridge_mode() -> str:
     """The bridge design the GPU check measures: the project's default, read from jtcse.config."""
-    from jtcse.config import CrossAttentionSettings
+    from jtcse.config.sections import CrossAttentionSettings
 
     return CrossAttentionSettings().mode
 

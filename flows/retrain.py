@@ -21,7 +21,8 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from jtcse.config import ConfigError, Settings, load_settings
+from jtcse.config import Settings, load_settings
+from jtcse.errors import ConfigError
 from jtcse.evaluation.sts import format_table
 from jtcse.provenance import data_version, git_commit
 from jtcse.registry import decide, decision_dict, promote, registry_problems

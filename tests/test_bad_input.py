@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from jtcse import cli
-from jtcse.config import ConfigError, load_settings
+from jtcse.config import load_settings
 from jtcse.data import DataError, check_corpus_fits, read_corpus, read_sentences, read_sts
-from jtcse.errors import UserError
+from jtcse.errors import ConfigError, UserError
 from jtcse.evaluation.sts import DEV_TASKS, STS_TASKS
 from tests.conftest import REPO
 from tests.test_validation import bundle  # noqa: F401  (fixture: a small valid copy of the bundle)
@@ -731,7 +731,7 @@ def test_storage_passwords_are_masked_in_every_message(url, shown, tmp_path, cap
 
 
 def test_mask_url_keeps_everything_but_the_passwords():
-    from jtcse.config_search import mask_text, mask_url
+    from jtcse.config.search import mask_text, mask_url
 
     assert mask_url("postgresql+psycopg://user:pa:ss@h:5432/db?x=a@b&password=p") == (
         "postgresql+psycopg://user:***@h:5432/db?x=a@b&password=***"

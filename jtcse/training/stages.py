@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from jtcse.config import ConfigError, Settings
+from jtcse.config import Settings
 from jtcse.data import check_corpus_fits, read_corpus
 from jtcse.encoding import pick_device
+from jtcse.errors import ConfigError
 from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator, dev_evaluator
 from jtcse.formats import resolve_model_path, sha256_file
 from jtcse.losses import DistillationLoss, JTCSELoss

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_model
 from tqdm.auto import tqdm
 
-from jtcse.config import OptimSettings, RuntimeSettings
+from jtcse.config.sections import OptimSettings, RuntimeSettings
 from jtcse.data import SentenceStream
 from jtcse.errors import UserError
 from jtcse.evaluation.sts import STSEvaluator

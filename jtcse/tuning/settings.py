@@ -9,14 +9,9 @@ from typing import Any
 
 import yaml
 
-from jtcse.config import (
-    ConfigError,
-    SearchChoices,
-    SearchRange,
-    Settings,
-    set_dotted,
-    settings_from_dict,
-)
+from jtcse.config import Settings, set_dotted, settings_from_dict
+from jtcse.config.search import SearchChoices, SearchRange
+from jtcse.errors import ConfigError
 from jtcse.formats import resolve_model_path
 from jtcse.io import atomic_write_text
 

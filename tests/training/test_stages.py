@@ -86,7 +86,7 @@ def test_the_twin_keeps_each_towers_pooling_its_own_dropout_and_normalised_combi
 
 
 def test_an_unknown_tower_setting_is_named():
-    from jtcse.config import ConfigError
+    from jtcse.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"pretrain\.tower_b\.augment"):
         settings_from_dict({"pretrain": {"tower_b": {"augment": "back_translation"}}}, "params.yaml")
