@@ -312,7 +312,7 @@ def _train(
     """The trainer's loop without its files: AdamW, bf16 autocast, clipping 1.0, dev every eval_every, best kept."""
     import torch
 
-    from jtcse.data import SentenceStream
+    from jtcse.data.readers import SentenceStream
 
     torch.manual_seed(seed)
     stream = SentenceStream(sentences, batch, seed)
@@ -394,7 +394,7 @@ def short_training(
     dev_pairs: int | None,
     max_sentences: int | None,
 ) -> dict:
-    from jtcse.data import read_corpus
+    from jtcse.data.readers import read_corpus
     from jtcse.encoding import TowerEncoder
     from jtcse.losses import JTCSELoss
     from jtcse.modeling.twin import BridgedTwin

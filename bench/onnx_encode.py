@@ -47,7 +47,7 @@ LABELS = {
 
 def sts_sentences(sts_dir: Path, n: int) -> list[str]:
     """The first ``n`` distinct sentences of the STS test files, in file order."""
-    from jtcse.data import read_sts
+    from jtcse.data.readers import read_sts
     from jtcse.evaluation.sts import STS_TASKS
 
     seen: dict[str, None] = {}

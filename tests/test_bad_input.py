@@ -21,11 +21,11 @@ import yaml
 
 from jtcse import cli
 from jtcse.config import load_settings
-from jtcse.data import DataError, check_corpus_fits, read_corpus, read_sentences, read_sts
+from jtcse.data.readers import DataError, check_corpus_fits, read_corpus, read_sentences, read_sts
 from jtcse.errors import ConfigError, UserError
 from jtcse.evaluation.sts import DEV_TASKS, STS_TASKS
 from tests.conftest import REPO
-from tests.test_validation import bundle  # noqa: F401  (fixture: a small valid copy of the bundle)
+from tests.data.test_validation import bundle  # noqa: F401  (fixture: a small valid copy of the bundle)
 
 HEADER = "sentence1\tsentence2\tscore\tsubset"
 GOOD_ROWS = [
@@ -142,8 +142,8 @@ def test_crlf_line_ends_and_a_bom_read_exactly_like_the_plain_file(tmp_path):
 
 def test_validate_and_evaluate_apply_the_same_rules(bundle):  # noqa: F811  (the fixture imported above)
     """One reader, one rule: what `validate` rejects, `evaluate` rejects (and CRLF + BOM pass both)."""
-    from jtcse.validation import DataValidationError, validate_data
-    from tests.test_validation import FIXTURE_ROWS
+    from jtcse.data.validation import DataValidationError, validate_data
+    from tests.data.test_validation import FIXTURE_ROWS
 
     data = bundle
     crlf = data / "sts" / "sts13.test.tsv"

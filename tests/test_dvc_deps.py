@@ -211,7 +211,7 @@ def test_the_derivation_sees_function_local_imports():
     train = {_relative(m) for m in _stage_modules(stages["train"]["cmd"])}
     assert {
         "jtcse/training/trainer.py",
-        "jtcse/data.py",
+        "jtcse/data/readers.py",
         "jtcse/evaluation/sts.py",
         "jtcse/config/__init__.py",
     } <= train

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jtcse.data import DataError
+from jtcse.data.readers import DataError
 from jtcse.encoding import Encoder, check_batch_size, encode_distinct
 from jtcse.errors import InputNotFoundError
 from jtcse.evaluation.sts import format_table

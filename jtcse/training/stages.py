@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from jtcse.config import Settings
-from jtcse.data import check_corpus_fits, read_corpus
+from jtcse.data.readers import check_corpus_fits, read_corpus
 from jtcse.encoding import pick_device
 from jtcse.errors import ConfigError
 from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator, dev_evaluator

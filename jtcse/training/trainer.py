@@ -33,7 +33,7 @@ from safetensors.torch import load_file, load_model, save_model
 from tqdm.auto import tqdm
 
 from jtcse.config.sections import OptimSettings, RuntimeSettings
-from jtcse.data import SentenceStream
+from jtcse.data.readers import SentenceStream
 from jtcse.errors import UserError
 from jtcse.evaluation.sts import STSEvaluator
 from jtcse.formats import sha256_file

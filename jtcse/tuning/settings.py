@@ -120,7 +120,7 @@ def check_towers(settings: Settings, tower_a: str, tower_b: str) -> None:
 
 def check_data(settings: Settings) -> None:
     """Fail before the study starts, not in every trial: the corpus fills a batch and the dev STS file reads."""
-    from jtcse.data import check_corpus_fits, read_corpus
+    from jtcse.data.readers import check_corpus_fits, read_corpus
     from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator
 
     sentences = read_corpus(settings.data.corpus, settings.data.max_sentences)

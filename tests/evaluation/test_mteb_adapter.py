@@ -37,7 +37,7 @@ def local_sts_task(tsv):
     from mteb.abstasks.sts import AbsTaskSTS
     from mteb.abstasks.task_metadata import TaskMetadata
 
-    from jtcse.data import read_sts
+    from jtcse.data.readers import read_sts
 
     class JtcseLocalSTS(AbsTaskSTS):
         metadata = TaskMetadata(

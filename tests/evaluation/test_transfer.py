@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from jtcse.data import DataError
+from jtcse.data.readers import DataError
 from jtcse.encoding import Encoder
 from jtcse.evaluation.transfer import (
     TRANSFER_FILES,
