@@ -74,7 +74,7 @@ def model_folder(settings, package: str | None, work: Path) -> tuple[Path, Path,
             raise SystemExit(f"--package {pkg}: no ONNX files (rebuild it with the [onnx] extra installed)")
         return pkg, pkg / default, entry, f"package {pkg}"
     from jtcse.onnx_backend import export_onnx
-    from jtcse.packaging import export_sentence_transformer
+    from jtcse.release.export import export_sentence_transformer
 
     folder = work / "distilled"
     pooling, max_length = settings.model.pooling, settings.evaluate.max_length

@@ -274,7 +274,7 @@ def test_a_collapsed_model_never_claims_a_saved_model(tiny_settings, tiny_bert, 
 
 def test_json_is_strict_nan_is_never_written(tmp_path):
     from jtcse.io import atomic_write_json
-    from jtcse.packaging import read_metrics
+    from jtcse.release.packaging import read_metrics
 
     with pytest.raises(ValueError, match=r"m\.json: refusing to write a non-finite number as JSON"):
         atomic_write_json(tmp_path / "m.json", {"sts12": math.nan})

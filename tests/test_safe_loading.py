@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_packaging import build, inputs  # noqa: F401  (inputs is a fixture)
+from tests.release.test_packaging import build, inputs  # noqa: F401  (inputs is a fixture)
 
 
 @pytest.fixture(scope="module")
