@@ -110,7 +110,9 @@ def check_towers(settings: Settings, tower_a: str, tower_b: str) -> None:
         values, where = list(spec.choices), "tune.space.cross_attention.num_layers"
     else:
         values, where = [spec], "tune.space.cross_attention.num_layers"
-    bad = [v for v in values if v and depth % int(v)]
+    from jtcse.modeling.twin import bridge_layer_counts
+
+    bad = [v for v in values if int(v) not in bridge_layer_counts(depth)]
     if bad:
         raise ConfigError(
             f"{where}: {bad} do not divide the {depth} layers of {tower_a}; "
