@@ -46,7 +46,7 @@ CARRY = REPO / "bench" / ".carry"
 
 def default_bridge_mode() -> str:
     """The bridge design the GPU check measures: the project's default, read from jtcse.config."""
-    from jtcse.config import CrossAttentionSettings
+    from jtcse.config.sections import CrossAttentionSettings
 
     return CrossAttentionSettings().mode
 
@@ -312,7 +312,7 @@ def _train(
     """The trainer's loop without its files: AdamW, bf16 autocast, clipping 1.0, dev every eval_every, best kept."""
     import torch
 
-    from jtcse.data import SentenceStream
+    from jtcse.data.readers import SentenceStream
 
     torch.manual_seed(seed)
     stream = SentenceStream(sentences, batch, seed)
@@ -394,10 +394,10 @@ def short_training(
     dev_pairs: int | None,
     max_sentences: int | None,
 ) -> dict:
-    from jtcse.data import read_corpus
+    from jtcse.data.readers import read_corpus
     from jtcse.encoding import TowerEncoder
     from jtcse.losses import JTCSELoss
-    from jtcse.modeling.twin import BridgedTwin
+    from jtcse.modeling.twin import BridgedTwin, bridge_layer_counts
     from jtcse.training.objectives import JTCSEObjective, SimCSEObjective
 
     evaluator = _dev_evaluator(sts_dir, dev_pairs, 256)
@@ -433,7 +433,7 @@ def short_training(
         )
         towers[which] = objective.tower
     layers = towers["a"].config.num_hidden_layers
-    num_ca_layers = num_ca_layers if num_ca_layers and layers % num_ca_layers == 0 else max(1, layers // 2)
+    num_ca_layers = num_ca_layers if num_ca_layers in bridge_layer_counts(layers)[1:] else max(1, layers // 2)
     twin = BridgedTwin(towers["a"], towers["b"], num_ca_layers=num_ca_layers, mode=default_bridge_mode(), pooling="cls")
     objective = JTCSEObjective(twin, tokenizer, JTCSELoss(), max_length=max_length, eval_max_length=128).to(device)
     stages.append(

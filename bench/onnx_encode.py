@@ -47,7 +47,7 @@ LABELS = {
 
 def sts_sentences(sts_dir: Path, n: int) -> list[str]:
     """The first ``n`` distinct sentences of the STS test files, in file order."""
-    from jtcse.data import read_sts
+    from jtcse.data.readers import read_sts
     from jtcse.evaluation.sts import STS_TASKS
 
     seen: dict[str, None] = {}
@@ -74,7 +74,7 @@ def model_folder(settings, package: str | None, work: Path) -> tuple[Path, Path,
             raise SystemExit(f"--package {pkg}: no ONNX files (rebuild it with the [onnx] extra installed)")
         return pkg, pkg / default, entry, f"package {pkg}"
     from jtcse.onnx_backend import export_onnx
-    from jtcse.packaging import export_sentence_transformer
+    from jtcse.release.export import export_sentence_transformer
 
     folder = work / "distilled"
     pooling, max_length = settings.model.pooling, settings.evaluate.max_length

@@ -270,7 +270,7 @@ class Workspace:
             return stage
         if stale:
             log.info("seed %d: %s in %s was made with other settings or inputs; retraining", seed, name, folder)
-        from jtcse.training.trainer import latest_checkpoint
+        from jtcse.training.checkpoints import latest_checkpoint
 
         resumed = latest_checkpoint(checkpoints) is not None  # the trainer resumes only with the same fingerprint
         log.info("seed %d: training %s -> %s%s", seed, name, output, " (a checkpoint exists)" if resumed else "")

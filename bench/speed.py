@@ -202,7 +202,7 @@ class _TwoTowersNCE:
 def bench_step(settings, *, batch_size: int, max_length: int, repeats: int, warmup: int) -> dict[str, Any]:
     import torch
 
-    from jtcse.data import read_corpus
+    from jtcse.data.readers import read_corpus
     from jtcse.encoding import pick_device
     from jtcse.losses import JTCSELoss
     from jtcse.modeling.towers import load_tower
@@ -340,7 +340,7 @@ def bench_step(settings, *, batch_size: int, max_length: int, repeats: int, warm
 
 
 def sts_sentences(sts_dir: Path, n: int) -> list[str]:
-    from jtcse.data import read_sts
+    from jtcse.data.readers import read_sts
     from jtcse.evaluation.sts import STS_TASKS
 
     seen: dict[str, None] = {}

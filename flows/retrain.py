@@ -1,6 +1,6 @@
 """Scheduled retraining as a Prefect flow: pull, validate, reproduce the DVC stages, promote only a better model.
 
-A thin shell: the stages are `dvc repro` runs of dvc.yaml, and the promotion rule lives in jtcse.registry.
+A thin shell: the stages are `dvc repro` runs of dvc.yaml, and the promotion rule lives in jtcse.release.registry.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from jtcse.config import ConfigError, Settings, load_settings
+from jtcse.config import Settings, load_settings
+from jtcse.errors import ConfigError
 from jtcse.evaluation.sts import format_table
 from jtcse.provenance import data_version, git_commit
-from jtcse.registry import decide, decision_dict, promote, registry_problems
+from jtcse.release.registry import decide, decision_dict, promote, registry_problems
 
 #: Tags of the flow and its deployment (filter runs in the UI, or attach tag-based limits).
 TAGS = ["jtcse", "retrain"]

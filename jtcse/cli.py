@@ -19,6 +19,7 @@ from jtcse.commands.evaluate import evaluate_command_parser
 from jtcse.commands.mteb import mteb_command_parser
 from jtcse.commands.package import package_command_parser
 from jtcse.commands.params import params_command_parser
+from jtcse.commands.report import report_command_parser
 from jtcse.commands.train import TRAINING_COMMANDS, train_command_parser
 from jtcse.commands.tune import tune_command_parser
 from jtcse.commands.validate import validate_command_parser
@@ -36,6 +37,7 @@ COMMAND_PARSERS = (
     encode_command_parser,
     mteb_command_parser,
     package_command_parser,
+    report_command_parser,
     params_command_parser,
     tune_command_parser,
 )

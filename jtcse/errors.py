@@ -13,6 +13,10 @@ class UserError(ValueError):
     """Bad input: a file, a setting or an option the user gave; the message names it and says what is expected."""
 
 
+class ConfigError(UserError):
+    """A setting is missing, unknown or invalid; the message names the file and the key."""
+
+
 class InputNotFoundError(UserError, FileNotFoundError):
     """An input file or folder the user named does not exist."""
 

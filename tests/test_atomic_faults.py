@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.test_packaging import build, inputs  # noqa: F401  (inputs is a fixture)
+from tests.release.test_packaging import build, inputs  # noqa: F401  (inputs is a fixture)
 
 WAIT_S = 60
 
@@ -237,8 +237,8 @@ def test_an_interrupted_package_is_detected_and_repaired_by_the_next_run(
     point, two_builds, tmp_path, monkeypatch, caplog
 ):
     import jtcse.io as io
-    import jtcse.packaging as packaging
-    from jtcse.packaging import release_problems
+    import jtcse.release.packaging as packaging
+    from jtcse.release.integrity import release_problems
 
     old_inputs, new_inputs = two_builds
     out = tmp_path / "models"
@@ -271,7 +271,7 @@ def test_an_interrupted_package_is_detected_and_repaired_by_the_next_run(
 
     (out / ".tiny-jtcse-0.0.1.x1y2.tmp").mkdir()  # what a SIGKILL at these points leaves behind
     (out / ".tiny-jtcse-0.0.1.tar.gz.x1y2.tmp").write_bytes(b"half a tarball")
-    with caplog.at_level("WARNING", logger="jtcse.packaging"):
+    with caplog.at_level("WARNING", logger="jtcse.release.packaging"):
         fixed = build(new_inputs, out)
     assert any("left by an interrupted `jtcse package`" in r.getMessage() for r in caplog.records)
     assert release_problems(out, "tiny-jtcse-0.0.1") == []
@@ -286,7 +286,7 @@ def test_an_interrupted_package_is_detected_and_repaired_by_the_next_run(
 
 def test_sigkill_just_after_the_folder_swap_is_detected_and_repaired(two_builds, tmp_path):
     """A real kill -9 of `jtcse package` at the point issue 15 found (folder swapped, tarball not yet)."""
-    from jtcse.packaging import release_problems
+    from jtcse.release.integrity import release_problems
 
     old_inputs, new_inputs = two_builds
     out = tmp_path / "models"
@@ -298,7 +298,7 @@ def test_sigkill_just_after_the_folder_swap_is_detected_and_repaired(two_builds,
         "package:\n  name: tiny-jtcse\n  version: 0.0.1\n"
     )
     script = (
-        "import os, signal, sys\nimport jtcse.packaging as p\nfrom jtcse.cli import main\n"
+        "import os, signal, sys\nimport jtcse.release.packaging as p\nfrom jtcse.cli import main\n"
         "p.atomic_rename = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\nsys.exit(main(sys.argv[1:]))\n"
     )
     args = [
@@ -346,7 +346,7 @@ def test_sigkill_just_after_the_folder_swap_is_detected_and_repaired(two_builds,
 @pytest.mark.parametrize("point", ["copying", "after_the_copy", "writing_registry_json"])
 def test_a_failed_promotion_leaves_the_registry_on_a_complete_model(point, tmp_path, monkeypatch):
     import jtcse.io as io
-    import jtcse.registry as registry
+    import jtcse.release.registry as registry
 
     model = tmp_path / "models" / "twin"
     model.mkdir(parents=True)
@@ -387,7 +387,7 @@ def test_a_failed_promotion_leaves_the_registry_on_a_complete_model(point, tmp_p
 
 
 def test_registry_problems_name_a_missing_or_partial_model(tmp_path):
-    import jtcse.registry as registry
+    import jtcse.release.registry as registry
 
     model = tmp_path / "twin"
     model.mkdir()

@@ -20,12 +20,12 @@ import pytest
 import yaml
 
 from jtcse import cli
-from jtcse.config import ConfigError, load_settings
-from jtcse.data import DataError, check_corpus_fits, read_corpus, read_sentences, read_sts
-from jtcse.errors import UserError
+from jtcse.config import load_settings
+from jtcse.data.readers import DataError, check_corpus_fits, read_corpus, read_sentences, read_sts
+from jtcse.errors import ConfigError, UserError
 from jtcse.evaluation.sts import DEV_TASKS, STS_TASKS
 from tests.conftest import REPO
-from tests.test_validation import bundle  # noqa: F401  (fixture: a small valid copy of the bundle)
+from tests.data.test_validation import bundle  # noqa: F401  (fixture: a small valid copy of the bundle)
 
 HEADER = "sentence1\tsentence2\tscore\tsubset"
 GOOD_ROWS = [
@@ -142,8 +142,8 @@ def test_crlf_line_ends_and_a_bom_read_exactly_like_the_plain_file(tmp_path):
 
 def test_validate_and_evaluate_apply_the_same_rules(bundle):  # noqa: F811  (the fixture imported above)
     """One reader, one rule: what `validate` rejects, `evaluate` rejects (and CRLF + BOM pass both)."""
-    from jtcse.validation import DataValidationError, validate_data
-    from tests.test_validation import FIXTURE_ROWS
+    from jtcse.data.validation import DataValidationError, validate_data
+    from tests.data.test_validation import FIXTURE_ROWS
 
     data = bundle
     crlf = data / "sts" / "sts13.test.tsv"
@@ -274,7 +274,7 @@ def test_a_collapsed_model_never_claims_a_saved_model(tiny_settings, tiny_bert, 
 
 def test_json_is_strict_nan_is_never_written(tmp_path):
     from jtcse.io import atomic_write_json
-    from jtcse.packaging import read_metrics
+    from jtcse.release.packaging import read_metrics
 
     with pytest.raises(ValueError, match=r"m\.json: refusing to write a non-finite number as JSON"):
         atomic_write_json(tmp_path / "m.json", {"sts12": math.nan})
@@ -731,7 +731,7 @@ def test_storage_passwords_are_masked_in_every_message(url, shown, tmp_path, cap
 
 
 def test_mask_url_keeps_everything_but_the_passwords():
-    from jtcse.config_search import mask_text, mask_url
+    from jtcse.config.search import mask_text, mask_url
 
     assert mask_url("postgresql+psycopg://user:pa:ss@h:5432/db?x=a@b&password=p") == (
         "postgresql+psycopg://user:***@h:5432/db?x=a@b&password=***"

@@ -53,6 +53,7 @@ def test_every_option_has_plain_help_text():
         "encode",
         "similarity",
         "package",
+        "report",
         "tune",
         "tune-worker",
         "tune-report",

@@ -205,10 +205,29 @@ def test_every_code_dep_of_a_stage_is_run_by_it(stage):
         assert any(_covered(f, [dep]) for f in files), f"dvc.yaml stage {stage!r}: dep {dep} is never imported by it"
 
 
+#: Files a module reads at run time (package data): a stage that runs the module lists them too.
+READS = {"jtcse/release/model_card.py": ["jtcse/release/templates/model_card.md.j2"]}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_data_files_a_stage_reads_are_deps(stage):
+    spec = _stages()[stage]
+    deps = _code_deps(spec)
+    files = {_relative(m) for m in _stage_modules(spec["cmd"])}
+    missing = [f"{data} (read by {module})" for module in sorted(files) for data in READS.get(module, [])]
+    missing = [m for m in missing if not _covered(m.split(" ")[0], deps)]
+    assert not missing, f"dvc.yaml stage {stage!r} reads files its deps do not cover: {'; '.join(missing)}"
+
+
 def test_the_derivation_sees_function_local_imports():
     """The heavy imports sit inside functions: the train stages must reach the trainer through them."""
     stages = _stages()
     train = {_relative(m) for m in _stage_modules(stages["train"]["cmd"])}
-    assert {"jtcse/training/trainer.py", "jtcse/data.py", "jtcse/evaluation/sts.py", "jtcse/config.py"} <= train
+    assert {
+        "jtcse/training/trainer.py",
+        "jtcse/data/readers.py",
+        "jtcse/evaluation/sts.py",
+        "jtcse/config/__init__.py",
+    } <= train
     evaluate = {_relative(m) for m in _stage_modules(stages["evaluate"]["cmd"])}
     assert "jtcse/api.py" in evaluate and "jtcse/training/trainer.py" not in evaluate

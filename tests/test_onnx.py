@@ -21,7 +21,7 @@ import torch
 
 from jtcse.errors import UserError
 from tests.conftest import build_tiny_model
-from tests.test_packaging import build, inputs  # noqa: F401  (fixture: what the pipeline hands `jtcse package`)
+from tests.release.test_packaging import build, inputs  # noqa: F401  (fixture: what the pipeline hands `jtcse package`)
 
 pytest.importorskip("onnxruntime")
 
@@ -124,7 +124,7 @@ def test_export_follows_the_folders_pooling_and_the_tokenizers_inputs(arch, pool
     graph without that input."""
     import jtcse
     from jtcse.onnx_backend import export_onnx
-    from jtcse.packaging import export_sentence_transformer
+    from jtcse.release.export import export_sentence_transformer
 
     source = build_tiny_model(tmp_path / "source", arch=arch, seed=3)
     if arch == "roberta":  # the tiny RoBERTa borrows MiniLM's tokenizer: make it name RoBERTa's inputs

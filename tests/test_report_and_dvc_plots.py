@@ -92,7 +92,8 @@ def write_metrics(root: Path, name: str, base: float) -> Path:
 
 
 def test_report_has_both_base_poolings_labels_and_plot_data(tmp_path):
-    from jtcse.report import main, y_range
+    from jtcse.cli import main
+    from jtcse.evaluation.report import y_range
 
     paths = {
         name: write_metrics(tmp_path, name, base)
@@ -102,6 +103,7 @@ def test_report_has_both_base_poolings_labels_and_plot_data(tmp_path):
     assert (
         main(
             [
+                "report",
                 "--base",
                 str(paths["base"]),
                 "--base-mean",
@@ -145,12 +147,13 @@ def test_report_has_both_base_poolings_labels_and_plot_data(tmp_path):
 
 
 def test_report_with_mean_pooling_models_shows_the_base_once(tmp_path):
-    from jtcse.report import main
+    from jtcse.cli import main
 
     base = write_metrics(tmp_path, "base", 70.0)
     assert (
         main(
             [
+                "report",
                 "--base",
                 str(base),
                 "--base-mean",

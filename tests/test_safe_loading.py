@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_packaging import build, inputs  # noqa: F401  (inputs is a fixture)
+from tests.release.test_packaging import build, inputs  # noqa: F401  (inputs is a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_a_corrupt_safetensors_file_is_one_line_naming_it_and_nothing_is_unpickl
 
 def test_trainer_state_is_loaded_with_weights_only(tmp_path):
     """The one torch.load of the project (a checkpoint's trainer state) refuses objects beyond tensors."""
-    from jtcse.training.trainer import read_checkpoint_files, record_checkpoint_digests
+    from jtcse.training.checkpoints import read_checkpoint_files, record_checkpoint_digests
 
     marker = tmp_path / "unpickled"
 

@@ -37,7 +37,8 @@ def parse_assignment(text: str) -> tuple[str, object]:
 
 def command_settings(args):
     """The settings of ``--params`` with the ``--set`` overrides; an error names the overrides too."""
-    from jtcse.config import ConfigError, load_settings
+    from jtcse.config import load_settings
+    from jtcse.errors import ConfigError
 
     overrides = dict(getattr(args, "set", None) or [])
     try:

@@ -16,8 +16,8 @@ OUTPUT_FORMATS = {".npy": "npy", ".csv": "csv", ".jsonl": "jsonl"}
 
 def read_sentences(name: str) -> list[str]:
     """One sentence per line of a UTF-8 file ("-": standard input); warns once about blank lines."""
-    from jtcse.data import blank_lines_warning
-    from jtcse.data import read_sentences as read
+    from jtcse.data.readers import blank_lines_warning
+    from jtcse.data.readers import read_sentences as read
 
     if name == "-" and sys.stdin is None:  # started with standard input closed (`<&-`)
         raise UserError("--input -: standard input is closed; pipe the sentences in, or give a file")
@@ -165,7 +165,7 @@ def encode_command(args) -> None:
 
 def similarity_command(args) -> None:
     from jtcse.api import load
-    from jtcse.data import DataError
+    from jtcse.data.readers import DataError
 
     given = [args.sentences != [], bool(args.pairs), bool(args.matrix)]
     if sum(given) != 1 or (args.sentences and len(args.sentences) != 2) or (args.matrix and len(args.matrix) > 2):

@@ -1,4 +1,4 @@
-"""``jtcse mteb``: mteb's own evaluation of a model (:mod:`jtcse.mteb_adapter`; needs the ``[mteb]`` extra)."""
+"""``jtcse mteb``: mteb's own evaluation of a model (:mod:`jtcse.evaluation.mteb_adapter`; needs the ``[mteb]`` extra)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ def _is_offline_miss(err: BaseException) -> bool:
 
 
 def mteb_command(args) -> None:
+    from jtcse.evaluation.mteb_adapter import MTEBEncoder, require_mteb, resolve_tasks, run_mteb
     from jtcse.formats import resolve_model_path
-    from jtcse.mteb_adapter import MTEBEncoder, require_mteb, resolve_tasks, run_mteb
 
     try:
         require_mteb()

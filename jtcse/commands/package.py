@@ -1,11 +1,11 @@
-"""``jtcse package``: the release folder and tarball (:mod:`jtcse.packaging`)."""
+"""``jtcse package``: the release folder and tarball (:mod:`jtcse.release.packaging`)."""
 
 from __future__ import annotations
 
 
 def package_command(args) -> None:
     from jtcse.config import load_settings
-    from jtcse.packaging import build_package
+    from jtcse.release.packaging import build_package
 
     result = build_package(
         load_settings(args.params),

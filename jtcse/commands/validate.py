@@ -9,7 +9,7 @@ from jtcse.commands.common import add_params, command_settings
 
 
 def validate_command(args) -> None:
-    from jtcse.validation import validate_data
+    from jtcse.data.validation import validate_data
 
     settings = command_settings(args)
     started = time.perf_counter()

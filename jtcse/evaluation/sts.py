@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from jtcse.data import DataError, STSPairs, missing_input, read_sts
+from jtcse.data.readers import DataError, STSPairs, missing_input, read_sts
 from jtcse.encoding import Encoder, check_batch_size, encode_distinct
 
 STS_TASKS: dict[str, str] = {

@@ -36,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jtcse.data import DataError
+from jtcse.data.readers import DataError
 from jtcse.encoding import Encoder, check_batch_size, encode_distinct
 from jtcse.errors import InputNotFoundError
+from jtcse.evaluation.probe import cross_validated_accuracy, cv_selected_accuracy, dev_selected_accuracy
 from jtcse.evaluation.sts import format_table
-from jtcse.probe import cross_validated_accuracy, cv_selected_accuracy, dev_selected_accuracy
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,21 @@ from torch import nn
 from jtcse.modeling.towers import pool, pooler_of
 
 
+def bridge_layer_counts(num_hidden_layers: int) -> list[int]:
+    """The valid ``train.cross_attention.num_layers`` for towers of this depth: 0 (no bridge) or a divisor of the
+    layer count, so the bridged layers are equally spaced and end at the last one. The one home of that rule."""
+    return [0, *(d for d in range(1, num_hidden_layers + 1) if num_hidden_layers % d == 0)]
+
+
 def bridged_layer_indices(num_hidden_layers: int, num_ca_layers: int) -> list[int]:
     """Equally spaced bridged layers ending at the last one (12 layers, 6 bridged -> 1, 3, 5, 7, 9, 11)."""
-    if num_ca_layers == 0:
-        return []
-    if num_ca_layers < 0 or num_hidden_layers % num_ca_layers:
+    if num_ca_layers not in bridge_layer_counts(num_hidden_layers):
         raise ValueError(
             f"train.cross_attention.num_layers={num_ca_layers} must divide the tower's layer count "
-            f"{num_hidden_layers} (allowed: {[d for d in range(1, num_hidden_layers + 1) if num_hidden_layers % d == 0]}, or 0)"
+            f"{num_hidden_layers} (allowed: {bridge_layer_counts(num_hidden_layers)[1:]}, or 0)"
         )
+    if num_ca_layers == 0:
+        return []
     stride = num_hidden_layers // num_ca_layers
     return [stride * (k + 1) - 1 for k in range(num_ca_layers)]
 

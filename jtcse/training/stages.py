@@ -8,14 +8,15 @@ from pathlib import Path
 
 import torch
 
-from jtcse.config import ConfigError, Settings
-from jtcse.data import check_corpus_fits, read_corpus
+from jtcse.config import Settings
+from jtcse.data.readers import check_corpus_fits, read_corpus
 from jtcse.encoding import pick_device
+from jtcse.errors import ConfigError
 from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator, dev_evaluator
 from jtcse.formats import resolve_model_path, sha256_file
 from jtcse.losses import DistillationLoss, JTCSELoss
 from jtcse.modeling.towers import load_tower
-from jtcse.modeling.twin import BridgedTwin
+from jtcse.modeling.twin import BridgedTwin, bridge_layer_counts
 from jtcse.training import distributed
 from jtcse.training.augment import augmenter
 from jtcse.training.diagnostics import plot_diagnostics
@@ -126,11 +127,10 @@ def build_twin_objective(settings: Settings, tower_a: str, tower_b: str) -> JTCS
     model_b, _ = _tower(settings, tower_b, t.seed + 1, t.dropout)
     ca = t.cross_attention
     depth = model_a.config.num_hidden_layers
-    if ca.num_layers and depth % ca.num_layers:
-        divisors = [d for d in range(1, depth + 1) if depth % d == 0]
+    if ca.num_layers not in bridge_layer_counts(depth):
         raise ConfigError(
             f"train.cross_attention.num_layers: {ca.num_layers} does not divide the {depth} layers of "
-            f"{tower_a}; use one of {divisors}, or 0 for no bridge"
+            f"{tower_a}; use one of {bridge_layer_counts(depth)[1:]}, or 0 for no bridge"
         )
     twin = BridgedTwin(
         model_a,

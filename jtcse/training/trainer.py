@@ -1,14 +1,9 @@
 """The training loop every stage shares: seeded, resumable, evaluated on STS-B dev, best weights kept.
 
-A checkpoint holds everything a resume needs to continue *exactly*: weights (safetensors), optimiser and
-scheduler state, RNG states and the step, which is also the data position (see ``SentenceStream``), plus the
-CSV logs up to that step. The best weights so far are kept beside the checkpoints too, so a resume restores
-the output folder and the logs even when they were deleted (``dvc repro`` removes a stage's outputs before
-rerunning it). A run whose last checkpoint is its last step is finished and never resumed: rerunning it
-trains again.
-
-Each checkpoint records the SHA256 of its files (``checkpoint.json``, written last); a checkpoint whose files
-do not match it (garbled on disk, size unchanged) counts as unreadable, like one whose files do not parse.
+A checkpoint (:mod:`jtcse.training.checkpoints`) holds everything a resume needs to continue *exactly*. The best
+weights so far are kept beside the checkpoints too, so a resume restores the output folder and the logs even when
+they were deleted (``dvc repro`` removes a stage's outputs before rerunning it). A run whose last checkpoint is its
+last step is finished and never resumed: rerunning it trains again.
 
 A run holds a lock on its checkpoint folder, stops on SIGTERM/SIGINT after writing a checkpoint at the current
 step, falls back to the previous checkpoint when the latest one cannot be read, and removes its output folder
@@ -18,7 +13,6 @@ when the loss diverges (see :mod:`jtcse.training.guards`).
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import random
@@ -29,32 +23,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_model
 from tqdm.auto import tqdm
 
-from jtcse.config import OptimSettings, RuntimeSettings
-from jtcse.data import SentenceStream
-from jtcse.errors import UserError
+from jtcse.config.sections import OptimSettings, RuntimeSettings
+from jtcse.data.readers import SentenceStream
 from jtcse.evaluation.sts import STSEvaluator
-from jtcse.formats import sha256_file
-from jtcse.io import (
-    atomic_directory,
-    atomic_write_json,
-    clean_folder_leftovers,
-    clean_leftovers,
-    naming_a_full_disk,
-)
+from jtcse.io import atomic_directory, atomic_write_json, clean_folder_leftovers, clean_leftovers, naming_a_full_disk
 from jtcse.training import distributed
+from jtcse.training.checkpoints import (
+    BEST_DIR,
+    checkpoint_path,
+    publish_best,
+    restore_checkpoint,
+    resumable_checkpoint,
+    save_checkpoint,
+    start_afresh,
+)
 from jtcse.training.guards import CheckpointLock, StopSignals, TrainingDiverged, TrainingInterrupted
 from jtcse.training.objectives import Objective
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "step-"
-RUN_FILE = "run.json"  # fingerprint of the settings and inputs the checkpoints belong to
-BEST_DIR = "best"  # the best weights so far, the source of the output folder on resume
-#: The SHA256 of every other file of a checkpoint, written last; checked before a resume reads anything.
-CHECKPOINT_MANIFEST = "checkpoint.json"
 #: Loss values are read back from the device (a CUDA sync) once per this many steps, and before every
 #: evaluation and checkpoint, not after every step; a non-finite loss is still reported with its step.
 SYNC_EVERY = 10
@@ -92,54 +81,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: OptimSettings) ->
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    if not checkpoint_dir.is_dir():
-        return None
-    found = sorted(
-        p
-        for p in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*")
-        if (p / "trainer_state.pt").is_file() and (p / "model.safetensors").is_file()
-    )
-    return found[-1] if found else None
-
-
-class CheckpointDamaged(Exception):
-    """A checkpoint file does not match the digest recorded when the checkpoint was written (or is missing)."""
-
-
-def record_checkpoint_digests(folder: Path) -> None:
-    """Write ``checkpoint.json``: the SHA256 of every file of the (complete, not yet published) checkpoint."""
-    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKPOINT_MANIFEST}
-    atomic_write_json(folder / CHECKPOINT_MANIFEST, {"format": 1, "files": files})
-
-
-def verify_checkpoint_digests(checkpoint: Path) -> None:
-    """Raise :class:`CheckpointDamaged` naming the first file whose content differs from its recorded SHA256."""
-    manifest = checkpoint / CHECKPOINT_MANIFEST
-    try:
-        recorded = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-        if not isinstance(recorded, dict) or not {"model.safetensors", "trainer_state.pt"} <= recorded.keys():
-            raise ValueError("the weights or the trainer state are not listed")
-    except FileNotFoundError:
-        raise CheckpointDamaged(f"{manifest} is missing (the digests of the checkpoint's files)") from None
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointDamaged(f"{manifest}: not a checkpoint manifest ({type(err).__name__}: {err})") from None
-    for name, digest in sorted(recorded.items()):
-        path = checkpoint / name
-        if not path.is_file():
-            raise CheckpointDamaged(f"{path} is missing")
-        if sha256_file(path) != digest:
-            raise CheckpointDamaged(f"{path}: content differs from the SHA256 recorded in {CHECKPOINT_MANIFEST}")
-
-
-def read_checkpoint_files(checkpoint: Path) -> None:
-    """Check a checkpoint's files against their recorded digests, then read its weights and trainer state
-    whole; raises whatever a damaged file raises."""
-    verify_checkpoint_digests(checkpoint)
-    load_file(str(checkpoint / "model.safetensors"))
-    torch.load(checkpoint / "trainer_state.pt", weights_only=True)
 
 
 class CsvLog:
@@ -226,98 +167,24 @@ class Trainer:
     def _save_checkpoint(
         self, step: int, optimizer, scheduler, best: tuple[float, int], initial: float, logs: dict[str, CsvLog]
     ) -> None:
-        # Each GPU's dropout generator differs under DDP: every rank's state is kept, rank 0 writes them.
-        rank_cuda_rng = (
-            distributed.all_gather_object(torch.cuda.get_rng_state())
-            if distributed.world_size() > 1 and torch.cuda.is_available()
-            else []
+        save_checkpoint(
+            self.checkpoint_dir,
+            step,
+            self.objective,
+            optimizer,
+            scheduler,
+            best=best,
+            initial=initial,
+            logs=[csv_log.path for csv_log in logs.values()],
+            keep=self.settings.keep_checkpoints,
         )
-        if not distributed.is_main():
-            distributed.barrier()
-            return
-        target = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
-        with naming_a_full_disk(target), atomic_directory(target) as tmp:  # a full disk: one line, nothing torn
-            save_model(self.objective, str(tmp / "model.safetensors"))
-            for csv_log in logs.values():
-                if csv_log.path.is_file():
-                    shutil.copy2(csv_log.path, tmp / csv_log.path.name)
-            with (tmp / "trainer_state.pt").open("wb") as state_file:  # a file object: write errors keep errno
-                torch.save(
-                    {
-                        "step": step,
-                        "best_metric": best[0],
-                        "best_step": best[1],
-                        "initial_metric": initial,
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "python_rng": random.getstate(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                        "world_size": distributed.world_size(),
-                        "rank_cuda_rng": rank_cuda_rng,
-                    },
-                    state_file,
-                )
-            record_checkpoint_digests(tmp)
-        old = sorted(self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"))[: -self.settings.keep_checkpoints]
-        for path in old:
-            shutil.rmtree(path, ignore_errors=True)
-        log.info("checkpoint step %d -> %s", step, self.checkpoint_dir)
-        distributed.barrier()
-
-    def _resumable_checkpoint(self) -> Path | None:
-        """The latest checkpoint of an unfinished run with the same settings and inputs, if any."""
-        stored = self.checkpoint_dir / RUN_FILE
-        latest = latest_checkpoint(self.checkpoint_dir)
-        if latest is None or not stored.is_file():
-            return None
-        if json.loads(stored.read_text(encoding="utf-8")) != json.loads(json.dumps(self.fingerprint)):
-            log.warning(
-                "%s: checkpoints in %s belong to other settings or inputs; starting afresh",
-                self.desc,
-                self.checkpoint_dir,
-            )
-            return None
-        if int(latest.name.removeprefix(CHECKPOINT_PREFIX)) >= self.settings.steps:
-            log.info("%s: the run in %s had finished; training afresh", self.desc, self.checkpoint_dir)
-            return None
-        return self._readable_checkpoint()
-
-    def _readable_checkpoint(self) -> Path:
-        """The newest checkpoint whose files read back; unreadable newer ones are removed with a warning."""
-        candidates = sorted((p for p in self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), reverse=True)
-        unreadable: list[tuple[Path, str]] = []
-        for candidate in candidates:
-            try:
-                read_checkpoint_files(candidate)
-            except Exception as err:  # a damaged file raises anything from EOFError to SafetensorError
-                reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
-                unreadable.append((candidate, reason))
-                log.warning(
-                    "%s: checkpoint %s is unreadable (%s); trying the previous one", self.desc, candidate, reason
-                )
-                continue
-            for bad, _ in unreadable:  # or a later save would prune the good ones and keep these
-                shutil.rmtree(bad, ignore_errors=True)
-            if unreadable:
-                log.warning("%s: resuming from the previous checkpoint %s", self.desc, candidate.name)
-            return candidate
-        latest, reason = unreadable[0]
-        raise UserError(
-            f"{self.checkpoint_dir}: no readable checkpoint to resume from ({latest.name}: {reason}); "
-            f"start afresh with --no-resume, or delete {self.checkpoint_dir}"
-        )
-
-    def _publish_best(self) -> None:
-        with naming_a_full_disk(self.output_dir), atomic_directory(self.output_dir) as tmp:
-            shutil.copytree(self.checkpoint_dir / BEST_DIR, tmp, dirs_exist_ok=True)
 
     def _save_best(self) -> None:
         if distributed.is_main():
             best = self.checkpoint_dir / BEST_DIR
             with naming_a_full_disk(best), atomic_directory(best) as tmp:
                 self.objective.save_model(tmp)
-            self._publish_best()
+            publish_best(self.checkpoint_dir, self.output_dir)
         distributed.barrier()
 
     def _clean_leftovers(self) -> None:
@@ -365,26 +232,17 @@ class Trainer:
         scheduler = make_scheduler(optimizer, s)
         start, best, initial = 0, (-math.inf, 0), math.nan
         main = distributed.is_main()
-        checkpoint = self._resumable_checkpoint() if main and resume else None
+        checkpoint = (
+            resumable_checkpoint(self.checkpoint_dir, self.fingerprint, s.steps, self.desc) if main and resume else None
+        )
         checkpoint = distributed.broadcast_object(checkpoint)
         if checkpoint is not None:
-            load_model(self.objective, str(checkpoint / "model.safetensors"), device=str(self.device))
-            state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            random.setstate(state["python_rng"])
-            if state["cuda_rng"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            if state.get("rank_cuda_rng") and state.get("world_size") == distributed.world_size():
-                torch.cuda.set_rng_state(state["rank_cuda_rng"][distributed.rank()])
-            start, best, initial = state["step"], (state["best_metric"], state["best_step"]), state["initial_metric"]
+            start, best, initial = restore_checkpoint(checkpoint, self.objective, optimizer, scheduler, self.device)
             log.info("resuming %s from %s (step %d)", self.desc, checkpoint, start)
             if main and (self.checkpoint_dir / BEST_DIR).is_dir():
-                self._publish_best()
+                publish_best(self.checkpoint_dir, self.output_dir)
         elif main:
-            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
-            atomic_write_json(self.checkpoint_dir / RUN_FILE, self.fingerprint)
+            start_afresh(self.checkpoint_dir, self.fingerprint)
         distributed.barrier()
         model = distributed.wrap(self.objective, self.device)
 
@@ -495,7 +353,7 @@ class Trainer:
                     flush()
                     self._save_checkpoint(step, optimizer, scheduler, best, initial, logs)
                 bar.close()
-                raise TrainingInterrupted(self.desc, step, self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}", stop)
+                raise TrainingInterrupted(self.desc, step, checkpoint_path(self.checkpoint_dir, step), stop)
         flush()  # a stop_after that ends between syncs
         bar.close()
         seconds = time.perf_counter() - began

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from jtcse.config import ConfigError, settings_from_dict
-from jtcse.errors import InputNotFoundError
+from jtcse.config import settings_from_dict
+from jtcse.errors import ConfigError, InputNotFoundError
 from jtcse.io import atomic_write_text
 from jtcse.tuning.settings import dotted_get
 

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jtcse.config import SearchChoices, SearchRange, Settings
+from jtcse.config import Settings
+from jtcse.config.search import SearchChoices, SearchRange
 from jtcse.tuning.settings import is_int_setting, trial_settings
 
 if TYPE_CHECKING:

@@ -9,14 +9,9 @@ from typing import Any
 
 import yaml
 
-from jtcse.config import (
-    ConfigError,
-    SearchChoices,
-    SearchRange,
-    Settings,
-    set_dotted,
-    settings_from_dict,
-)
+from jtcse.config import Settings, set_dotted, settings_from_dict
+from jtcse.config.search import SearchChoices, SearchRange
+from jtcse.errors import ConfigError
 from jtcse.formats import resolve_model_path
 from jtcse.io import atomic_write_text
 
@@ -115,7 +110,9 @@ def check_towers(settings: Settings, tower_a: str, tower_b: str) -> None:
         values, where = list(spec.choices), "tune.space.cross_attention.num_layers"
     else:
         values, where = [spec], "tune.space.cross_attention.num_layers"
-    bad = [v for v in values if v and depth % int(v)]
+    from jtcse.modeling.twin import bridge_layer_counts
+
+    bad = [v for v in values if int(v) not in bridge_layer_counts(depth)]
     if bad:
         raise ConfigError(
             f"{where}: {bad} do not divide the {depth} layers of {tower_a}; "
@@ -125,7 +122,7 @@ def check_towers(settings: Settings, tower_a: str, tower_b: str) -> None:
 
 def check_data(settings: Settings) -> None:
     """Fail before the study starts, not in every trial: the corpus fills a batch and the dev STS file reads."""
-    from jtcse.data import check_corpus_fits, read_corpus
+    from jtcse.data.readers import check_corpus_fits, read_corpus
     from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator
 
     sentences = read_corpus(settings.data.corpus, settings.data.max_sentences)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jtcse.config import ConfigError, Settings, TuneSettings
-from jtcse.config_search import mask_text, mask_url
-from jtcse.errors import StorageUnavailableError
+from jtcse.config import Settings
+from jtcse.config.search import TuneSettings, mask_text, mask_url
+from jtcse.errors import ConfigError, StorageUnavailableError
 from jtcse.tuning.settings import metric_name
 
 if TYPE_CHECKING:

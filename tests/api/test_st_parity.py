@@ -28,7 +28,7 @@ def one_thread():
 @pytest.fixture(scope="module", params=["cls", "mean"])
 def tower_folder(request, tmp_path_factory, tiny_bert):
     """A single tower exported as a sentence-transformers folder, as `jtcse package` ships it."""
-    from jtcse.packaging import export_sentence_transformer
+    from jtcse.release.export import export_sentence_transformer
 
     target = tmp_path_factory.mktemp(f"st_{request.param}") / "model"
     export_sentence_transformer(tiny_bert, target, pooling=request.param, max_seq_length=32)
@@ -120,7 +120,7 @@ def test_twin_answers_the_same_calls_as_the_sum_of_its_towers_in_sentence_transf
 
     import jtcse
     from jtcse.modeling.towers import load_tower
-    from jtcse.packaging import export_sentence_transformer
+    from jtcse.release.export import export_sentence_transformer
     from jtcse.training.objectives import save_twin
 
     tower_a, tok = load_tower(str(tiny_bert))
@@ -158,7 +158,7 @@ def test_a_twin_whose_towers_pool_differently_equals_its_towers_in_sentence_tran
 
     import jtcse
     from jtcse.modeling.towers import load_tower
-    from jtcse.packaging import export_sentence_transformer
+    from jtcse.release.export import export_sentence_transformer
     from jtcse.training.objectives import save_twin
 
     tower_a, tok = load_tower(str(tiny_bert))

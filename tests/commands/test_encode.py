@@ -37,7 +37,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory, tiny_bert) -> Path:
-    from jtcse.packaging import export_sentence_transformer
+    from jtcse.release.export import export_sentence_transformer
 
     target = tmp_path_factory.mktemp("cli_model") / "tower"
     export_sentence_transformer(tiny_bert, target, pooling="mean", max_seq_length=32)

@@ -37,7 +37,7 @@ def local_sts_task(tsv):
     from mteb.abstasks.sts import AbsTaskSTS
     from mteb.abstasks.task_metadata import TaskMetadata
 
-    from jtcse.data import read_sts
+    from jtcse.data.readers import read_sts
 
     class JtcseLocalSTS(AbsTaskSTS):
         metadata = TaskMetadata(
@@ -99,7 +99,7 @@ def test_twin_vectors_through_the_wrapper_equal_jtcse_load_encode(tiny_twin):
     from torch.utils.data import DataLoader
 
     import jtcse
-    from jtcse.mteb_adapter import MTEBEncoder
+    from jtcse.evaluation.mteb_adapter import MTEBEncoder
 
     texts = [s for a, b, _ in PAIRS for s in (a, b)]
     wrapper = MTEBEncoder.from_path(tiny_twin, device="cpu", batch_size=5)
@@ -118,8 +118,8 @@ def test_twin_vectors_through_the_wrapper_equal_jtcse_load_encode(tiny_twin):
 
 def test_mteb_evaluates_a_local_task_end_to_end_and_matches_jtcse_sts(tiny_twin, tmp_path):
     from jtcse.api import load
+    from jtcse.evaluation.mteb_adapter import MTEBEncoder, run_mteb
     from jtcse.evaluation.sts import STSEvaluator
-    from jtcse.mteb_adapter import MTEBEncoder, run_mteb
 
     tsv = write_sts(tmp_path / "local.tsv", [(a, b, s, "local") for a, b, s in PAIRS])
     wrapper = MTEBEncoder.from_path(tiny_twin, device="cpu", name="tiny-twin")

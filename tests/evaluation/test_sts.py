@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from jtcse.data import read_sts
+from jtcse.data.readers import read_sts
 from jtcse.encoding import Encoder
 from jtcse.evaluation.sts import STSEvaluator
 from tests.conftest import write_sts

@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from jtcse.data import DataError
+from jtcse.data.readers import DataError
 from jtcse.encoding import Encoder
+from jtcse.evaluation.probe import cross_validated_accuracy, cv_selected_accuracy, dev_selected_accuracy
 from jtcse.evaluation.transfer import (
     TRANSFER_FILES,
     TRANSFER_TASKS,
@@ -16,7 +17,6 @@ from jtcse.evaluation.transfer import (
     read_task,
     read_trec,
 )
-from jtcse.probe import cross_validated_accuracy, cv_selected_accuracy, dev_selected_accuracy
 
 # --- the readers, on tiny files in each real format -----------------------------------------------------------
 
@@ -121,7 +121,7 @@ def test_cv_splits_are_seeded_and_stratified():
     x, y = rng.normal(size=(120, 4)), np.array([0] * 90 + [1] * 30)  # noise: the accuracy depends on the folds
     first = cross_validated_accuracy(x, y, folds=4, inner_folds=2, seed=7, max_iter=100)
     assert cross_validated_accuracy(x, y, folds=4, inner_folds=2, seed=7, max_iter=100) == first
-    from jtcse.probe import _folds
+    from jtcse.evaluation.probe import _folds
 
     assert all(np.bincount(y[test]).tolist() in ([22, 8], [23, 7]) for _, test in _folds(y, 4, 7))
 
@@ -130,7 +130,7 @@ def test_warm_started_grid_and_parallel_folds_give_the_cold_serial_answer():
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
-    from jtcse.probe import C_GRID_KFOLD, _folds, select_c_by_cv
+    from jtcse.evaluation.probe import C_GRID_KFOLD, _folds, select_c_by_cv
 
     rng = np.random.default_rng(6)
     x = rng.normal(size=(150, 6))
@@ -288,7 +288,7 @@ def test_cli_bad_transfer_setting_is_one_line_exit_2(tiny_bert, small_transfer_d
 
 
 def test_report_suite_transfer_writes_the_transfer_table(tmp_path, capsys):
-    from jtcse.report import main
+    from jtcse.cli import main
 
     scores = {t: 70.0 + i for i, t in enumerate(TRANSFER_TASKS)} | {"avg": 73.0}
     (tmp_path / "base.json").write_text(json.dumps(scores))
@@ -296,6 +296,7 @@ def test_report_suite_transfer_writes_the_transfer_table(tmp_path, capsys):
     assert (
         main(
             [
+                "report",
                 "--suite",
                 "transfer",
                 "--base",

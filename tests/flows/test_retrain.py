@@ -29,7 +29,7 @@ def stale_stages(project) -> set[str]:
 @pytest.mark.timeout(900)  # two full dvc repro runs: 98 s on the 2-core machine, 426 s at load average 11
 def test_retrain_flow_promotes_then_keeps_and_dvc_reruns_only_what_changed(project, prefect_harness):
     from flows.retrain import retrain
-    from jtcse.registry import read_registry
+    from jtcse.release.registry import read_registry
 
     first = retrain(project_dir=str(project))
     assert first["decision"]["promote"] and first["promoted_version"] == 1

@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from jtcse.config import ConfigError, load_settings
+from jtcse.config import load_settings
+from jtcse.errors import ConfigError
 from tests.conftest import REPO
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from jtcse.modeling.towers import load_tower
-from jtcse.modeling.twin import BridgedTwin, bridged_layer_indices
+from jtcse.modeling.twin import BridgedTwin, bridge_layer_counts, bridged_layer_indices
 
 SENTENCES = ["a man is playing a guitar .", "the cat sleeps", "stocks fell sharply on monday after the report"]
 
@@ -24,6 +24,7 @@ def batch(tokenizer):
 
 
 def test_layer_spacing_and_divisor_error():
+    assert bridge_layer_counts(12) == [0, 1, 2, 3, 4, 6, 12] and bridge_layer_counts(6) == [0, 1, 2, 3, 6]
     assert bridged_layer_indices(12, 6) == [1, 3, 5, 7, 9, 11]
     assert bridged_layer_indices(6, 3) == [1, 3, 5]
     assert bridged_layer_indices(6, 0) == []

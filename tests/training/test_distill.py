@@ -87,7 +87,7 @@ def dev_scores(encoder, pairs) -> np.ndarray:
 
 def test_distillation_lowers_the_loss_and_moves_the_student_toward_the_teacher(setup, sample_corpus, tmp_path):
     from jtcse.api import load_twin
-    from jtcse.data import read_corpus
+    from jtcse.data.readers import read_corpus
     from jtcse.encoding import TowerEncoder
     from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator
     from jtcse.losses import DistillationLoss

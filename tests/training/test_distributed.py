@@ -10,7 +10,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from jtcse.config import ConfigError, settings_from_dict
+from jtcse.config import settings_from_dict
+from jtcse.errors import ConfigError
 from jtcse.training.stages import train_twin
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

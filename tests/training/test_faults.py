@@ -293,7 +293,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, t
     )
     train_tower(settings, stop_after=6, **kwargs)
     (tmp_path / "ckpt" / "step-00000006" / "model.safetensors").write_bytes(b"")  # a 0-byte file
-    with caplog.at_level(logging.WARNING, logger="jtcse.training.trainer"):
+    with caplog.at_level(logging.WARNING, logger="jtcse.training"):
         result = train_tower(settings, **kwargs)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("step-00000006 is unreadable" in w for w in warnings), warnings
@@ -324,7 +324,7 @@ def test_a_garbled_checkpoint_of_unchanged_size_falls_back_to_the_previous_one(n
     size = damaged.stat().st_size
     garble(damaged)
     assert damaged.stat().st_size == size
-    with caplog.at_level(logging.WARNING, logger="jtcse.training.trainer"):
+    with caplog.at_level(logging.WARNING, logger="jtcse.training"):
         result = train_tower(settings, **kwargs)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(
@@ -443,7 +443,7 @@ def test_data_replaced_at_the_same_path_starts_afresh(changed, tiny_settings, tm
         dev = sts / "stsb.dev.tsv"
         header, *rows = dev.read_text().splitlines()
         dev.write_text("\n".join([header, *reversed(rows)]) + "\n")
-    with caplog.at_level(logging.INFO, logger="jtcse.training.trainer"):
+    with caplog.at_level(logging.INFO, logger="jtcse.training"):
         result = train_tower(settings, **kwargs)
     messages = [r.getMessage() for r in caplog.records]
     assert any("belong to other settings or inputs; starting afresh" in m for m in messages), messages
@@ -456,7 +456,7 @@ def test_a_full_disk_during_training_is_one_line_and_tears_nothing(where, tiny_s
     """Issue 21 item 4: a full disk, as each library reports it (safetensors: a SafetensorError with `code: 28`;
     torch.save: OSError 28; the copy to the output folder: a shutil.Error listing `[Errno 28]`), is one line,
     exit 2, naming what was being written; the earlier checkpoints stay whole and nothing temporary is left."""
-    import jtcse.training.trainer as trainer
+    import jtcse.training.checkpoints as checkpoints
     from jtcse.cli import main
 
     settings = fault_settings(tiny_settings)
@@ -494,10 +494,10 @@ def test_a_full_disk_during_training_is_one_line_and_tears_nothing(where, tiny_s
         return real_copyfile(src, dst, *a, **k)
 
     if where == "weights":
-        monkeypatch.setattr(trainer, "save_model", third_call_fails(trainer.save_model, safetensors_full))
+        monkeypatch.setattr(checkpoints, "save_model", third_call_fails(checkpoints.save_model, safetensors_full))
         named = tmp_path / "ckpt" / "step-00000003"
     elif where == "trainer_state":
-        monkeypatch.setattr(trainer.torch, "save", third_call_fails(torch.save, torch_full))
+        monkeypatch.setattr(checkpoints.torch, "save", third_call_fails(torch.save, torch_full))
         named = tmp_path / "ckpt" / "step-00000003"
     else:
         monkeypatch.setattr(shutil, "copyfile", copy_full)
@@ -517,7 +517,7 @@ def test_a_full_disk_during_training_is_one_line_and_tears_nothing(where, tiny_s
     monkeypatch.undo()
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".old"))]
     assert leftovers == [], leftovers
-    from jtcse.training.trainer import read_checkpoint_files
+    from jtcse.training.checkpoints import read_checkpoint_files
 
     for checkpoint in (tmp_path / "ckpt").glob("step-*"):
         read_checkpoint_files(checkpoint)  # every checkpoint left is whole and matches its digests

@@ -15,7 +15,7 @@ def fixed_batch_loss(objective, sentences, seed=123):
 
 
 def test_simcse_steps_lower_the_loss(tiny_settings, tmp_path):
-    from jtcse.data import read_corpus
+    from jtcse.data.readers import read_corpus
     from jtcse.modeling.towers import load_tower
     from jtcse.training.objectives import SimCSEObjective
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from jtcse import tuning
-from jtcse.config import ConfigError
+from jtcse.errors import ConfigError
 from tests.conftest import REPO
 
 

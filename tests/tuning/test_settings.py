@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from jtcse import tuning
-from jtcse.config import ConfigError, load_settings, settings_from_dict
+from jtcse.config import load_settings, settings_from_dict
+from jtcse.errors import ConfigError
 from tests.conftest import REPO
 from tests.tuning.helpers import with_tune
 

@@ -1,4 +1,4 @@
-"""The promotion gate (jtcse.registry): an inconsistent or corrupt registry.json, or a metric that is not a finite
+"""The promotion gate (jtcse.release.registry): an inconsistent or corrupt registry.json, or a metric that is not a finite
 number, is refused with one line naming the file, and nothing is promoted: no new current, no orphan folder."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jtcse.errors import UserError
-from jtcse.registry import REGISTRY_FILE, RegistryError, decide, promote, read_registry, registry_problems
+from jtcse.release.registry import REGISTRY_FILE, RegistryError, decide, promote, read_registry, registry_problems
 
 
 @pytest.fixture()

@@ -1,4 +1,8 @@
-"""Typed settings for every stage, loaded from ``params.yaml``.
+"""Typed settings for every stage, loaded from ``params.yaml``: :class:`Settings` (one field per section) and
+the loading (overlays, ``--set`` overrides, one-line errors naming the key).
+
+The sections themselves live in :mod:`jtcse.config.sections` (the stages) and :mod:`jtcse.config.search` (the
+Optuna search space of ``tune``); import a section class from there.
 
 Each field's description is the documentation of that hyperparameter; ``params.yaml`` repeats it as a
 comment.  Unknown keys and wrong types are refused with an error that names the offending key, because a
@@ -14,23 +18,12 @@ from typing import Any
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from jtcse.config_search import (  # noqa: F401  (re-exported: the search space is part of the settings)
-    CrossAttentionSpace,
-    PrunerSettings,
-    SamplerSettings,
-    SearchChoices,
-    SearchRange,
-    SearchSpace,
-    TuneSettings,
-)
-from jtcse.config_sections import (  # noqa: F401  (re-exported: callers import every section from jtcse.config)
-    ConfigError,
-    CrossAttentionSettings,
+from jtcse.config.search import TuneSettings
+from jtcse.config.sections import (
     DataSettings,
     DistillSettings,
     EvaluateSettings,
     ModelSettings,
-    OptimSettings,
     PackageSettings,
     PretrainSettings,
     RetrainSettings,
@@ -40,7 +33,7 @@ from jtcse.config_sections import (  # noqa: F401  (re-exported: callers import 
     ValidateSettings,
     _Section,
 )
-from jtcse.formats import resolve_model_path  # noqa: F401  (re-exported for jtcse.tuning and jtcse.mteb_adapter)
+from jtcse.errors import ConfigError
 
 
 class Settings(_Section):

@@ -78,7 +78,7 @@ def inputs(tmp_path_factory, tiny_bert, data_dir):
 
 
 def build(inputs, output_dir, check=False):
-    from jtcse.packaging import build_package
+    from jtcse.release.packaging import build_package
 
     return build_package(
         inputs["settings"],
@@ -229,7 +229,7 @@ def test_mean_pooling_export_matches_sentence_transformers_and_jtcse(inputs, tmp
     from transformers import AutoModel, AutoTokenizer
 
     import jtcse
-    from jtcse.packaging import export_sentence_transformer
+    from jtcse.release.export import export_sentence_transformer
 
     entry = export_sentence_transformer(inputs["distilled"], tmp_path / "mean", pooling="mean", max_seq_length=32)
     assert (entry["pooling"], entry["dimension"], entry["max_seq_length"]) == ("mean", 32, 32)
@@ -293,7 +293,7 @@ def test_a_package_with_any_byte_changed_is_refused(package, tmp_path):
 
 @pytest.mark.parametrize("where", ["copy_twin", "write_checksums", "tarball"])
 def test_an_interrupted_package_leaves_the_previous_one_or_nothing(inputs, tmp_path, monkeypatch, where):
-    import jtcse.packaging as packaging
+    import jtcse.release.packaging as packaging
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt(f"interrupted in {where}")
@@ -436,7 +436,7 @@ def test_cli_package_encode_and_similarity(inputs, tmp_path, capsys):
 
 
 def test_package_refuses_missing_or_bad_inputs(inputs, tmp_path):
-    from jtcse.packaging import build_package
+    from jtcse.release.packaging import build_package
 
     common = dict(
         twin=inputs["twin"],
@@ -466,7 +466,7 @@ def test_a_second_package_into_the_same_output_is_refused_and_keeps_the_first_ru
     """Issue 21 item 2: while one `jtcse package` holds the package's lock (here: this test, in its place), a
     second run into the same output is one line, exit 2, and leaves the first run's live temporary folder alone."""
     from jtcse.cli import main
-    from jtcse.packaging import PackageLock
+    from jtcse.release.packaging import PackageLock
 
     out = tmp_path / "models"
     params = tmp_path / "params.yaml"
@@ -501,7 +501,7 @@ def test_a_package_lock_removed_by_its_holder_is_not_shared(tmp_path, monkeypatc
 
     import jtcse.io as io
     from jtcse.errors import UserError
-    from jtcse.packaging import PackageLock
+    from jtcse.release.packaging import PackageLock
 
     target = tmp_path / "pkg-1"
     a, b, c = PackageLock(target), PackageLock(target), PackageLock(target)

@@ -2,7 +2,7 @@
 
 :func:`card_data` builds the one structure from the settings, the metrics, the package entries and the data
 bundle (:func:`read_data_facts`: corpus size counted from the corpus actually used, licence notes read from the
-bundle's ``MANIFEST.md``); :func:`render_model_card` fills ``jtcse/templates/model_card.md.j2`` with it.
+bundle's ``MANIFEST.md``); :func:`render_model_card` fills ``jtcse/release/templates/model_card.md.j2`` with it.
 """
 
 from __future__ import annotations
@@ -357,7 +357,7 @@ def card_data(
 def _template():
     import jinja2
 
-    source = resources.files("jtcse").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
+    source = resources.files("jtcse.release").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
     env = jinja2.Environment(
         trim_blocks=True,
         lstrip_blocks=True,

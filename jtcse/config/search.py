@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from jtcse.config_sections import CrossAttentionSettings, TwinSettings, _Section
+from jtcse.config.sections import CrossAttentionSettings, TwinSettings, _Section
 
 # --- Study database URLs ------------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 import pytest
 
-from jtcse.config import ConfigError, load_settings, settings_from_dict
+from jtcse.config import load_settings, settings_from_dict
+from jtcse.errors import ConfigError
 from tests.conftest import REPO
 
 
@@ -28,7 +29,7 @@ def test_the_code_defaults_are_params_yaml_in_every_section():
     theirs = Settings().model_dump(mode="json", by_alias=True)
     for section in sorted(sections):
         differing = list(_differences(ours[section], theirs[section], section))
-        assert not differing, "params.yaml and jtcse/config_sections.py disagree: " + "; ".join(differing)
+        assert not differing, "params.yaml and jtcse/config/sections.py disagree: " + "; ".join(differing)
 
 
 def test_unknown_key_is_named(tmp_path):

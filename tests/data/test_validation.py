@@ -1,4 +1,4 @@
-"""Tests for the data-validation gate (jtcse.validation).
+"""Tests for the data-validation gate (jtcse.data.validation, jtcse.data.suites).
 
 Each corruption below is one the gate exists to stop before training: it must
 be reported with the file and the expectation that caught it, on one line.
@@ -15,11 +15,8 @@ import pytest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
-from jtcse.validation import (  # noqa: E402  (env var must be set first)
-    DEFAULT_EXPECTED_ROWS,
-    DataValidationError,
-    validate_data,
-)
+from jtcse.data.bundle_facts import DEFAULT_EXPECTED_ROWS  # noqa: E402  (env var must be set first)
+from jtcse.data.validation import DataValidationError, validate_data  # noqa: E402
 
 REAL_DATA = Path("/work/shared/data")
 HEADER = "sentence1\tsentence2\tscore\tsubset"
@@ -215,7 +212,7 @@ def test_real_bundle_passes(tmp_path: Path) -> None:
 def test_great_expectations_info_noise_is_quiet_and_the_level_restored(bundle: Path, caplog) -> None:
     import logging
 
-    from jtcse.validation import GX_NOISY_LOGGERS
+    from jtcse.data.validation import GX_NOISY_LOGGERS
 
     noisy = [logging.getLogger(name) for name in GX_NOISY_LOGGERS]
     before = [logger.level for logger in noisy]

@@ -2,7 +2,8 @@
 packaging, retraining, validation), and the strict base every section shares.
 
 Each field's description is the documentation of that hyperparameter; ``params.yaml`` repeats it as a comment.
-:mod:`jtcse.config` assembles the sections into :class:`jtcse.config.Settings` and loads the file.
+:mod:`jtcse.config` assembles the sections into :class:`jtcse.config.Settings` and loads the file;
+:mod:`jtcse.config.search` holds the ``tune`` section (the search space).
 """
 
 from __future__ import annotations
@@ -13,13 +14,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from jtcse.errors import UserError
-
-
-class ConfigError(UserError):
-    """A setting is missing, unknown or invalid; the message names the file and the key."""
-
 
 # A number written 1e-5 is a *string* to PyYAML (YAML 1.1 wants 1.0e-5): such strings still count as numbers.
 _NUMBER_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")

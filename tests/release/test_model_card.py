@@ -66,7 +66,7 @@ def settings_for(bundle, **data):
 
 
 def test_data_facts_are_read_from_the_bundle(bundle):
-    from jtcse.model_card import read_data_facts
+    from jtcse.release.model_card import read_data_facts
 
     facts = read_data_facts(settings_for(bundle), manifest=bundle / "MANIFEST.md", licenses=bundle / "licenses")
     assert facts.corpus_sentences == 5 and facts.manifest_name == "MANIFEST.md" and facts.licences_copied
@@ -80,7 +80,7 @@ def test_data_facts_are_read_from_the_bundle(bundle):
 
 
 def test_card_sections_come_from_the_data_and_the_template(bundle):
-    from jtcse.model_card import card_data, read_data_facts, render_model_card
+    from jtcse.release.model_card import card_data, read_data_facts, render_model_card
 
     settings = settings_for(bundle)
     facts = read_data_facts(settings, manifest=bundle / "MANIFEST.md", licenses=bundle / "licenses")
@@ -127,7 +127,7 @@ is Apache-2.0; the base checkpoint's licence (all-MiniLM-L6-v2: Apache-2.0) also
 
 
 def test_a_bundle_without_restrictions_or_manifest_changes_only_the_licence_facts(bundle):
-    from jtcse.model_card import model_card, read_data_facts
+    from jtcse.release.model_card import model_card, read_data_facts
 
     settings = settings_for(bundle)
     (bundle / "MANIFEST.md").write_text("## Licence notes\n\n* **Alpha**: CC BY-SA 4.0.\n")
@@ -147,7 +147,7 @@ def test_a_bundle_without_restrictions_or_manifest_changes_only_the_licence_fact
 
 
 def test_model_card_names_the_hub_base_model_but_never_a_local_path(bundle, tmp_path):
-    from jtcse.model_card import model_card, read_data_facts
+    from jtcse.release.model_card import model_card, read_data_facts
 
     minilm = settings_for(bundle)
     facts = read_data_facts(minilm, manifest=bundle / "MANIFEST.md")
@@ -160,7 +160,7 @@ def test_model_card_names_the_hub_base_model_but_never_a_local_path(bundle, tmp_
 
 
 def test_model_card_carries_the_transfer_table_only_when_given(bundle):
-    from jtcse.model_card import model_card, read_data_facts
+    from jtcse.release.model_card import model_card, read_data_facts
 
     settings = settings_for(bundle)
     settings.transfer.max_train = 2000
@@ -180,7 +180,7 @@ def test_the_template_ships_as_package_data():
 
     from tests.conftest import REPO
 
-    assert resources.files("jtcse").joinpath("templates", "model_card.md.j2").is_file()
+    assert resources.files("jtcse.release").joinpath("templates", "model_card.md.j2").is_file()
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert "templates/*.j2" in config["tool"]["setuptools"]["package-data"]["jtcse"]
+    assert "templates/*.j2" in config["tool"]["setuptools"]["package-data"]["jtcse.release"]
     assert any(dep.startswith("jinja2") for dep in config["project"]["dependencies"])

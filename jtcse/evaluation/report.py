@@ -1,9 +1,9 @@
 """The results people look at: a markdown table, a bar chart and the DVC plot data, of the seven STS tasks
-(Spearman x 100) or of the SentEval transfer tasks (``--suite transfer``, accuracy x 100)."""
+(Spearman x 100) or of the SentEval transfer tasks (accuracy x 100). ``jtcse report`` (jtcse.commands.report)
+writes them."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -91,33 +91,22 @@ def plot_data(rows: dict[str, dict[str, float]], suite: str = "sts") -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="STS or transfer results table, bar chart and plot data")
-    parser.add_argument("--suite", choices=sorted(SUITES), default="sts", help="which metrics files these are")
-    parser.add_argument("--base", help="metrics of the base checkpoint with --base-pooling (dvc: cls)")
-    parser.add_argument("--base-pooling", default="cls", help="the pooling --base was evaluated with (its label)")
-    parser.add_argument("--base-mean", help="metrics of the base checkpoint with mean pooling")
-    parser.add_argument("--twin", help="metrics of the JTCSE twin")
-    parser.add_argument("--distilled", help="metrics of the distilled JTCSE-D tower")
-    parser.add_argument("--markdown", help="write the table here")
-    parser.add_argument("--plot", help="write the bar chart (PNG) here")
-    parser.add_argument("--plot-data", help="write task,model,score CSV here (DVC plot)")
-    args = parser.parse_args(argv)
-    named = {f"base ({args.base_pooling} pooling)": args.base}
-    if args.base_pooling != "mean":  # with mean-pooled models, --base is already the mean-pooled base
-        named["base (mean pooling)"] = args.base_mean
-    rows = load_rows({**named, "twin (JTCSE)": args.twin, "distilled (JTCSE-D)": args.distilled})
-    tasks, _, heading, *_ = SUITES[args.suite]
+def write_report(
+    rows: dict[str, dict[str, float]],
+    suite: str = "sts",
+    *,
+    markdown: str | Path | None = None,
+    plot: str | Path | None = None,
+    plot_data_path: str | Path | None = None,
+) -> str:
+    """The markdown table of ``rows`` (model name -> scores) for ``suite``, written (each if given) as a markdown
+    report, a bar chart and the DVC plot data; returns the table."""
+    tasks, _, heading, *_ = SUITES[suite]
     table = format_table(rows, tasks=tasks)
-    print(table)
-    if args.markdown:
-        atomic_write_text(args.markdown, f"# {heading}\n\n" + table + "\n")
-    if args.plot:
-        bar_chart(rows, args.plot, args.suite)
-    if args.plot_data:
-        atomic_write_text(args.plot_data, plot_data(rows, args.suite))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    if markdown:
+        atomic_write_text(markdown, f"# {heading}\n\n" + table + "\n")
+    if plot:
+        bar_chart(rows, plot, suite)
+    if plot_data_path:
+        atomic_write_text(plot_data_path, plot_data(rows, suite))
+    return table
