@@ -27,6 +27,7 @@ def test_each_tower_trains_with_its_own_pooling_lr_and_augmentation(tiny_setting
 
     settings = _with(
         tiny_settings,
+        model={"pooling": "cls"},
         pretrain={
             "steps": 3,
             "eval_every": 3,
@@ -64,6 +65,7 @@ def test_the_twin_keeps_each_towers_pooling_its_own_dropout_and_normalised_combi
 
     settings = _with(
         tiny_settings,
+        model={"pooling": "cls"},
         pretrain={"tower_b": {"seed": 2, "pooling": "mean"}},
         train={"steps": 2, "eval_every": 2, "dropout": 0.0, "twin_combine": "concat", "twin_normalize": True},
     )
