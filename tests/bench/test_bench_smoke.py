@@ -228,7 +228,7 @@ def test_transfer_writes_every_row_and_reuses_finished_ones(tiny_settings, tiny_
         "--set",
         "transfer.max_train=null",
         "--rows",
-        "base_cls=@base",
+        "base_cls=@base@cls",
         f"tower_mean={tiny_bert}@mean",
         f"from_dvc={tmp_path / 'dvc.json'}",
     ]
