@@ -226,7 +226,8 @@ class Workspace:
         sections = {k: getattr(settings, k).model_dump(mode="json") for k in ("model", "data", "evaluate", section)}
         # The benchmark trains in this process, so runtime.nproc_per_node (read only by the CLI's torchrun
         # relaunch) changes nothing here and must not invalidate finished stages.
-        sections["runtime"] = settings.runtime.model_dump(mode="json", exclude={"nproc_per_node"})
+        # Nor do the CPU threads of this process: a benchmark resumed with another runtime.threads reuses its work.
+        sections["runtime"] = settings.runtime.model_dump(mode="json", exclude={"nproc_per_node", "threads"})
         requires_fingerprints = [r.fingerprint for r in requires]
 
         def fingerprint_as(stage_name: str) -> str:
@@ -317,9 +318,29 @@ class Workspace:
                 return other, done
         return None
 
-    def test_scores(self, seed: int, stage: Stage, evaluate) -> tuple[dict[str, float], float, bool]:
+    def scores_by_content(self, identity: str, evaluate) -> tuple[dict[str, float], float, bool]:
+        """The seven test tasks of the encoder whose weights and pooling hash to ``identity`` (see
+        :func:`encoder_identity`), cached by that content: a stage that kept its step 0 ships its input's weights,
+        and its scores are then the input's, read here instead of being computed again."""
+        from jtcse.io import atomic_write_json
+
+        cache = self.root / "scores-by-content" / f"{identity}.json"
+        if cache.is_file():
+            stored = json.loads(cache.read_text(encoding="utf-8"))
+            log.info("test scores of an identical encoder from %s", cache)
+            return stored["scores"], stored["eval_s"], True
+        started = time.perf_counter()
+        scores = evaluate()
+        eval_s = time.perf_counter() - started
+        atomic_write_json(cache, {"scores": scores, "eval_s": round(eval_s, 2)})
+        return scores, eval_s, False
+
+    def test_scores(
+        self, seed: int, stage: Stage, evaluate, identity: str | None = None
+    ) -> tuple[dict[str, float], float, bool]:
         """The seven test tasks of a trained model, cached beside it (``<name>.test.json``, keyed by the training's
-        fingerprint) so a rerun, or another benchmark reusing the model, does not evaluate it again.
+        fingerprint) so a rerun, or another benchmark reusing the model, does not evaluate it again; with an
+        ``identity`` (:func:`encoder_identity`), an identical encoder's scores are reused too.
         Returns the scores, the seconds the evaluation took when it ran, and whether they came from the cache."""
         from jtcse.io import atomic_write_json
 
@@ -330,11 +351,14 @@ class Workspace:
             if stored.get("fingerprint") == fingerprint:
                 log.info("seed %d: test scores of %s from %s", seed, stage.name, cache)
                 return stored["scores"], stored["eval_s"], True
-        started = time.perf_counter()
-        scores = evaluate()
-        eval_s = time.perf_counter() - started
+        if identity is not None:
+            scores, eval_s, cached = self.scores_by_content(identity, evaluate)
+        else:
+            started = time.perf_counter()
+            scores, cached = evaluate(), False
+            eval_s = time.perf_counter() - started
         atomic_write_json(cache, {"fingerprint": fingerprint, "scores": scores, "eval_s": round(eval_s, 2)})
-        return scores, eval_s, False
+        return scores, eval_s, cached
 
     def tower(self, seed: int, which: str) -> Stage:
         from jtcse.training.stages import train_tower
@@ -453,6 +477,52 @@ def make_encoder(
         stage = ws.simcse_long(seed)
         return functools.partial(tower, stage.path), stage
     raise KeyError(row)
+
+
+def _weights_digest(path: str | Path) -> str:
+    """SHA256 of a tower's weights as the model holds them (sorted names, raw bytes): equal for a checkpoint and a
+    copy saved from it, whatever the file's metadata or tensor order."""
+    from jtcse.modeling.towers import load_tower
+
+    model, _ = load_tower(str(path))
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def encoder_identity(towers: list[tuple[str | Path, str]], combine: str = "sum", normalize: bool = False) -> str:
+    """What an encoder's test scores depend on: its towers' weights and poolings and how they combine. A
+    normalised sum of two identical towers points where the tower alone points (cosine ignores the factor 2), so
+    it has the tower's identity."""
+    parts = [(_weights_digest(path), pooling) for path, pooling in towers]
+    if len(parts) == 2 and parts[0] == parts[1] and normalize and combine == "sum":
+        parts = parts[:1]
+    return _digest({"towers": parts, "combine": combine if len(parts) == 2 else None, "normalize": normalize})
+
+
+def row_towers(row: str, stage: Stage | None, settings) -> tuple[list[tuple[str | Path, str]], str, bool]:
+    """The (weights folder, pooling) of each tower a row's encoder runs, and how they combine."""
+    from jtcse.formats import TWIN_MANIFEST, resolve_model_path, twin_poolings
+    from jtcse.training.stages import tower_pooling
+
+    train = settings.train
+    if row in ("base_cls", "base_mean"):
+        return [(resolve_model_path(settings.model.base), row.split("_")[1])], "sum", False
+    if row == "simcse":
+        return [(stage.path, tower_pooling(settings, "a"))], "sum", False
+    if row == "ensemble":
+        a, b = stage.requires
+        pools = (tower_pooling(settings, "a"), tower_pooling(settings, "b"))
+        return [(a.path, pools[0]), (b.path, pools[1])], train.twin_combine, train.twin_normalize
+    manifest_path = Path(stage.path) / TWIN_MANIFEST
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        pools = twin_poolings(manifest)
+        towers = [(Path(stage.path) / name, pool) for name, pool in zip(manifest["towers"], pools)]
+        return towers, manifest["combine"], bool(manifest.get("normalize", False))
+    return [(stage.path, settings.model.pooling)], "sum", False
 
 
 def summarise(per_seed: dict[int, dict]) -> dict[str, Any]:
@@ -649,12 +719,12 @@ def run(args: argparse.Namespace) -> dict:
             def evaluate() -> dict[str, float]:
                 return evaluator(load_encoder())
 
-            if stage is None:  # the base rows: nothing trained, nothing to key a cache on
-                started = time.perf_counter()
-                scores, cached = evaluate(), False
-                eval_s = time.perf_counter() - started
+            towers, combine, normalize = row_towers(row, stage, seed_settings)
+            identity = encoder_identity(towers, combine, normalize)
+            if stage is None:  # the base rows: nothing trained, cached by content only
+                scores, eval_s, cached = ws.scores_by_content(identity, evaluate)
             else:
-                scores, eval_s, cached = ws.test_scores(seed, stage, evaluate)
+                scores, eval_s, cached = ws.test_scores(seed, stage, evaluate, identity)
             entry = {
                 "scores": {k: round(v, 4) for k, v in scores.items()},
                 "train_s": round(stage.total_seconds(), 2) if stage else 0.0,
@@ -662,6 +732,7 @@ def run(args: argparse.Namespace) -> dict:
                 "reused_stages": stage.reused_stages() if stage else [],
                 "eval_s": round(eval_s, 2),
                 "eval_cached": cached,
+                "encoder_identity": identity,
                 "stage_summary": stage.summary if stage else {},
                 "seeds_used": seeded_overrides(settings, seed) if stage else {},
             }

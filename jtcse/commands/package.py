@@ -39,7 +39,7 @@ def package_command_parser(subparsers) -> None:
     p.add_argument("--distilled-metrics", required=True, help="seven-task STS JSON of the distilled model")
     p.add_argument(
         "--base-metrics",
-        help="seven-task STS JSON of the untrained base with model.pooling (a comparison row in the model card)",
+        help="seven-task STS JSON of the untrained base with CLS pooling (a comparison row in the model card)",
     )
     p.add_argument("--base-mean-metrics", help="seven-task STS JSON of the untrained base with mean pooling")
     p.add_argument("--twin-transfer", help="SentEval transfer JSON of the twin (adds the transfer table to the card)")

@@ -17,7 +17,7 @@ def report_command(args) -> None:
 def report_command_parser(subparsers) -> None:
     p = subparsers.add_parser("report", help="STS or transfer results table, bar chart and plot data")
     p.add_argument("--suite", choices=("sts", "transfer"), default="sts", help="which metrics files these are")
-    p.add_argument("--base", help="metrics of the base checkpoint with model.pooling")
+    p.add_argument("--base", help="metrics of the base checkpoint with --base-pooling (dvc: cls)")
     p.add_argument("--base-pooling", default="cls", help="the pooling --base was evaluated with (its label)")
     p.add_argument("--base-mean", help="metrics of the base checkpoint with mean pooling")
     p.add_argument("--twin", help="metrics of the JTCSE twin")

@@ -214,9 +214,11 @@ def build_package(
     twin_scores, distilled_scores = read_metrics(twin_metrics), read_metrics(distilled_metrics)
     base_name = hub_model_id(settings.model.base).rsplit("/", 1)[-1]
     baselines = {}
+    # The untrained base with each pooling (the dvc stages evaluate_base and evaluate_base_mean), whatever
+    # model.pooling is: a trained model is read next to the base's best zero-shot pooling, not only its own.
     if base_metrics is not None:
-        baselines[f"base {base_name}, {settings.model.pooling} pooling"] = read_metrics(base_metrics)
-    if base_mean_metrics is not None and settings.model.pooling != "mean":
+        baselines[f"base {base_name}, cls pooling"] = read_metrics(base_metrics)
+    if base_mean_metrics is not None:
         baselines[f"base {base_name}, mean pooling"] = read_metrics(base_mean_metrics)
     transfer_scores = {
         label: read_metrics(path)
