@@ -8,7 +8,7 @@
 Sentences/s are medians over repeats; within a repeat the variants run one after the other in a rotating order, so
 a slow patch of a shared machine hits every variant alike. Each variant's vectors are compared with jtcse torch's
 (max abs difference, min cosine). Then (unless --no-sts) the seven-task STS average (STS12-16, STS-B, SICK-R test;
-jtcse.evaluation.STSEvaluator) of the ONNX float32 and int8 files: the quality int8 costs.
+jtcse.evaluation.sts.STSEvaluator) of the ONNX float32 and int8 files: the quality int8 costs.
 
     python bench/onnx_encode.py --package models/jtcse-minilm-0.1.0
     python bench/onnx_encode.py              # no package: the base model (params.yaml model.base) in the

@@ -16,7 +16,7 @@ def test_the_exported_tower_gives_the_vectors_its_losses_were_computed_on(tiny_b
 
     import jtcse
     from jtcse.modeling.towers import load_tower, pool
-    from jtcse.packaging import export_sentence_transformer
+    from jtcse.release.export import export_sentence_transformer
     from jtcse.training.objectives import SimCSEObjective
 
     tower, tokenizer = load_tower(str(tiny_bert), attn_implementation="eager")
