@@ -29,6 +29,7 @@ def test_two_processes_train_the_same_twin_as_one(tiny_settings, tmp_path):
     # distribution itself: the slices, the gathered negatives and the gradient averaging.
     settings = tiny_settings.model_copy(deep=True)
     settings.model.dropout = 0.0
+    settings.train.dropout = 0.0
     settings.train.steps = 4
     settings.train.eval_every = 2
     settings.train.checkpoint_every = 4
@@ -148,6 +149,7 @@ def test_gathered_gradients_equal_one_process_gradients(tiny_settings, sample_co
 
     settings = tiny_settings.model_copy(deep=True)
     settings.model.dropout = 0.0
+    settings.train.dropout = 0.0  # the twin stage's own dropout, off too
     raw = settings.model_dump(mode="json", by_alias=True)
     sentences = sample_corpus.read_text(encoding="utf-8").splitlines()[:8]
     with socket.socket() as sock:

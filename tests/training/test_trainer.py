@@ -20,6 +20,7 @@ def test_simcse_steps_lower_the_loss(tiny_settings, tmp_path):
     from jtcse.training.objectives import SimCSEObjective
 
     settings = tiny_settings.model_copy(deep=True)
+    settings.model.pooling = "cls"  # the objective below pools as the paper does
     settings.data.max_sentences = 16
     settings.pretrain.steps = 30
     settings.pretrain.lr = 3e-3
