@@ -102,8 +102,9 @@ CELLS: tuple[Cell, ...] = (
 )
 
 
-def _tower_path(ws: Path, settings, tower: Tower) -> tuple[str, dict]:
-    """The tower's folder, training it (stage 1 as tower B's settings) when it is not finished."""
+def _tower_path(ws: Path, settings, tower: Tower, train: bool = True) -> tuple[str, dict] | None:
+    """The tower's folder, training it (stage 1 as tower B's settings) when it is not finished; None when it is
+    not finished and ``train`` is off."""
     from jtcse.formats import resolve_model_path
     from jtcse.training.stages import train_tower
 
@@ -111,6 +112,8 @@ def _tower_path(ws: Path, settings, tower: Tower) -> tuple[str, dict]:
         return resolve_model_path(settings.model.base), {"trained": False}
     folder = ws / "towers" / tower.name
     summary = folder / "metrics" / "summary.json"
+    if not summary.is_file() and not train:
+        return None
     if not summary.is_file():
         tower_settings = common.derive_settings(
             settings, {f"pretrain.tower_b.{k}": v for k, v in tower.overrides.items()}
@@ -131,19 +134,24 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def run_cell(ws: Path, settings, cell: Cell) -> dict[str, Any]:
+def run_cell(ws: Path, settings, cell: Cell, train: bool = True) -> dict[str, Any] | None:
+    """Train what the cell lacks and read its results; with ``train`` off, report what it has so far (an
+    interrupted cell is marked unfinished) or None when it never started."""
     from jtcse.training.stages import train_twin
 
-    path_a, summary_a = _tower_path(ws, settings, cell.tower_a)
-    path_b, summary_b = _tower_path(ws, settings, cell.tower_b)
+    towers = [_tower_path(ws, settings, t, train) for t in (cell.tower_a, cell.tower_b)]
     folder = ws / "cells" / cell.name
+    if None in towers or not (folder / "metrics" / "eval.csv").is_file() and not train:
+        return None
+    (path_a, summary_a), (path_b, summary_b) = towers
     overrides = {
         "model.pooling": cell.tower_a.pooling,
         "pretrain.tower_a.pooling": cell.tower_a.pooling,
         "pretrain.tower_b.pooling": cell.tower_b.pooling,
         **{f"train.{k}": v for k, v in cell.train.items()},
     }
-    if not (folder / "metrics" / "summary.json").is_file():
+    finished = (folder / "metrics" / "summary.json").is_file()
+    if not finished and train:
         log.info("twin stage: %s", cell.name)
         started = time.perf_counter()
         train_twin(
@@ -155,6 +163,7 @@ def run_cell(ws: Path, settings, cell: Cell) -> dict[str, Any]:
             metrics_dir=folder / "metrics",
         )
         log.info("%s: %.0f s", cell.name, time.perf_counter() - started)
+        finished = True
     evals = _rows(folder / "metrics" / "eval.csv")
     diagnostics = folder / "metrics" / "diagnostics.csv"
     first = _rows(diagnostics)[0] if diagnostics.is_file() else {}
@@ -162,6 +171,7 @@ def run_cell(ws: Path, settings, cell: Cell) -> dict[str, Any]:
     return {
         "name": cell.name,
         "label": cell.label,
+        "finished": finished,
         "overrides": overrides,
         "towers": {"a": cell.tower_a.name, "b": cell.tower_b.name},
         "tower_dev_mean": {
@@ -205,12 +215,14 @@ def render_markdown(report: dict) -> str:
     for c in report["cells"]:
         ta, tb = c["tower_dev_mean"]["a"], c["tower_dev_mean"]["b"]
         lines.append(
-            f"| {c['name']} | {c['label']} | {common.fmt(ta) if ta else 'base'} / {common.fmt(tb) if tb else 'base'} "
+            f"| {c['name']}{'' if c['finished'] else ' (unfinished)'} | {c['label']} | {common.fmt(ta) if ta else 'base'} / {common.fmt(tb) if tb else 'base'} "
             f"| {common.fmt(c['cos_towers_step0'], 3) if c['cos_towers_step0'] is not None else ''} "
             f"| {c['ensemble']['dev_mean']:.2f} | {c['best']['dev_mean']:.2f} ({c['best_step']}) "
             f"| {c['best']['stsb_dev']:.2f} / {c['best']['sickr_dev']:.2f} "
             f"| {'yes' if c['best']['dev_mean'] > base['mean']['dev_mean'] else 'no'} |"
         )
+    if report.get("not_started"):
+        lines += ["", f"Not run yet: {', '.join(report['not_started'])}."]
     lines += ["", f"Command: `{report['command']}`", ""]
     return "\n".join(lines)
 
@@ -242,9 +254,14 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit(f"--cells: unknown {sorted(unknown)}; known: {[c.name for c in CELLS]}")
     out = Path(args.out)
     with common.work_dir(args.reuse_dir, "jtcse-recipe-search-") as ws:
-        results = []
+        results, not_started = [], []
         for cell in cells:
-            results.append(run_cell(ws, settings, cell))
+            result = run_cell(ws, settings, cell, train=not args.report_only)
+            if result is None:
+                log.info("%s: not started; left out of the report", cell.name)
+                not_started.append(cell.name)
+                continue
+            results.append(result)
             log.info(
                 "%s: ensemble %.2f, best %.2f",
                 cell.name,
@@ -259,6 +276,7 @@ def run(args: argparse.Namespace) -> dict:
         "settings": common.settings_dict(settings),
         "environment": common.environment(),
         "cells": results,
+        "not_started": not_started,
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "recipe_search.json", report)
@@ -272,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = common.training_bench_parser(__doc__, set_help="override a setting of every cell (dotted key=value)")
     parser.add_argument("--cells", nargs="+", help="cells to run (default: all)")
     parser.add_argument("--reuse-dir", help="keep and reuse the work here (resumable)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: report the cells' results so far (an interrupted cell is marked unfinished)",
+    )
     parser.add_argument("--out", default=str(common.RESULTS / "recipe-search"), help="results folder")
     return parser
 

@@ -275,3 +275,36 @@ def test_transfer_writes_every_row_and_reuses_finished_ones(tiny_settings, tiny_
         transfer.main([*argv, "--rows", "bad=@base@max"])
     with pytest.raises(SystemExit, match="not found"):
         transfer.main([*argv, "--rows", f"gone={tmp_path / 'missing'}"])
+
+
+def test_recipe_search_reports_each_cell_on_dev_and_resumes(tiny_settings, tmp_path):
+    from bench import recipe_search
+
+    params = _params_file(tiny_settings, tmp_path / "params.yaml")
+    out, work = tmp_path / "results", tmp_path / "work"
+    common = ["--params", str(params), "--out", str(out), "--reuse-dir", str(work), "--set", "runtime.threads=1"]
+    for section in ("pretrain", "train"):
+        common += [
+            "--set",
+            f"{section}.steps=2",
+            "--set",
+            f"{section}.eval_every=2",
+            "--set",
+            f"{section}.batch_size=8",
+        ]
+    common += ["--set", "data.max_sentences=64"]
+    assert recipe_search.main([*common, "--report-only"])["cells"] == []  # nothing trained yet: nothing to report
+
+    report = recipe_search.main([*common, "--cells", "mixed_gentle", "mean_gentle"])
+    cells = {c["name"]: c for c in report["cells"]}
+    assert set(cells) == {"mixed_gentle", "mean_gentle"} and all(c["finished"] for c in cells.values())
+    assert [r["step"] for r in cells["mixed_gentle"]["curve"]] == [0.0, 2.0]
+    assert cells["mixed_gentle"]["best"]["dev_mean"] >= cells["mixed_gentle"]["ensemble"]["dev_mean"]  # step 0 counts
+    assert cells["mixed_gentle"]["overrides"]["train.lr"] == 2e-6
+    assert cells["mean_gentle"]["cos_towers_step0"] == pytest.approx(1.0, abs=1e-5)  # the base twice
+    assert cells["mixed_gentle"]["cos_towers_step0"] < 1.0
+    md = (out / "recipe_search.md").read_text()
+    assert "| mixed_gentle |" in md and "| mean_gentle |" in md and "Not run yet" not in md
+    again = recipe_search.main([*common, "--report-only"])  # every finished cell read back, nothing retrained
+    assert {c["name"] for c in again["cells"]} == set(cells) and "mean_jtcse" in again["not_started"]
+    assert (out / "recipe_search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
