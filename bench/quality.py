@@ -155,6 +155,10 @@ def _digest(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+class NotFinished(Exception):
+    """--report-only: what a row needs is not in the work dir yet (the row's seed is left out of the report)."""
+
+
 @dataclass
 class Stage:
     """A trained model in the work dir: where it is, how long it took (wall), what it depends on."""
@@ -203,9 +207,11 @@ class Workspace:
     """Trains each stage at most once per seed; with a persistent work dir, finished stages are reused across
     runs when their settings and inputs are unchanged, and an interrupted stage resumes from its checkpoint."""
 
-    def __init__(self, root: Path, base_settings):
+    def __init__(self, root: Path, base_settings, train: bool = True):
         self.root = root
         self.base_settings = base_settings
+        #: Off (--report-only): a stage or test score that is not already in the work dir raises NotFinished.
+        self.train = train
         self.cache: dict[tuple[int, str], Stage] = {}
 
     def settings_for(self, seed: int, extra: dict[str, Any] | None = None):
@@ -268,6 +274,8 @@ class Workspace:
             )
             self.cache[key] = stage
             return stage
+        if not self.train:
+            raise NotFinished(f"seed {seed}: {name} is not trained")
         if stale:
             log.info("seed %d: %s in %s was made with other settings or inputs; retraining", seed, name, folder)
         from jtcse.training.checkpoints import latest_checkpoint
@@ -329,6 +337,8 @@ class Workspace:
             stored = json.loads(cache.read_text(encoding="utf-8"))
             log.info("test scores of an identical encoder from %s", cache)
             return stored["scores"], stored["eval_s"], True
+        if not self.train:
+            raise NotFinished(f"no test scores of encoder {identity} yet")
         started = time.perf_counter()
         scores = evaluate()
         eval_s = time.perf_counter() - started
@@ -351,6 +361,8 @@ class Workspace:
             if stored.get("fingerprint") == fingerprint:
                 log.info("seed %d: test scores of %s from %s", seed, stage.name, cache)
                 return stored["scores"], stored["eval_s"], True
+        if not self.train and identity is None:
+            raise NotFinished(f"seed {seed}: no test scores of {stage.name} yet")
         if identity is not None:
             scores, eval_s, cached = self.scores_by_content(identity, evaluate)
         else:
@@ -614,6 +626,8 @@ def render_markdown(report: dict) -> str:
         lines += [f"- {v}" for v in verdicts]
     elif sum(not r["control"] for r in report["rows"]) > 1:
         lines.append("- every row beats the row above it on avg")
+    if report.get("missing"):
+        lines.append(f"- not finished when this table was made (left out): {', '.join(report['missing'])}")
     for row in report["rows"]:
         kept = [str(seed) for seed, r in row["per_seed"].items() if r["stage_summary"].get("best_step") == 0]
         if kept:
@@ -702,8 +716,9 @@ def run(args: argparse.Namespace) -> dict:
 
     with common.work_dir(args.reuse_dir, "jtcse-quality-") as work:
         log.info("rows %s, seeds %s (repeated rows: %s), work dir %s", rows, seeds, sorted(repeat & set(rows)), work)
-        ws = Workspace(work, settings)
+        ws = Workspace(work, settings, train=not args.report_only)
         results: list[dict] = []
+        missing: list[str] = []
         plan = [
             (row, seed)
             for row in rows
@@ -714,17 +729,22 @@ def run(args: argparse.Namespace) -> dict:
         for i, (row, seed) in enumerate(plan, start=1):
             log.info("[%d/%d] %s, seed %d", i, len(plan), spec_of[row].label, seed)
             seed_settings = ws.settings_for(seed)
-            load_encoder, stage = make_encoder(row, ws, seed, seed_settings, table.designs)
+            try:
+                load_encoder, stage = make_encoder(row, ws, seed, seed_settings, table.designs)
 
-            def evaluate() -> dict[str, float]:
-                return evaluator(load_encoder())
+                def evaluate() -> dict[str, float]:
+                    return evaluator(load_encoder())
 
-            towers, combine, normalize = row_towers(row, stage, seed_settings)
-            identity = encoder_identity(towers, combine, normalize)
-            if stage is None:  # the base rows: nothing trained, cached by content only
-                scores, eval_s, cached = ws.scores_by_content(identity, evaluate)
-            else:
-                scores, eval_s, cached = ws.test_scores(seed, stage, evaluate, identity)
+                towers, combine, normalize = row_towers(row, stage, seed_settings)
+                identity = encoder_identity(towers, combine, normalize)
+                if stage is None:  # the base rows: nothing trained, cached by content only
+                    scores, eval_s, cached = ws.scores_by_content(identity, evaluate)
+                else:
+                    scores, eval_s, cached = ws.test_scores(seed, stage, evaluate, identity)
+            except NotFinished as why:
+                log.info("--report-only: %s; %s seed %d left out", why, row, seed)
+                missing.append(f"{row} seed {seed}")
+                continue
             entry = {
                 "scores": {k: round(v, 4) for k, v in scores.items()},
                 "train_s": round(stage.total_seconds(), 2) if stage else 0.0,
@@ -742,6 +762,8 @@ def run(args: argparse.Namespace) -> dict:
             per_row.setdefault(row, {})[seed] = entry
         for row in rows:
             spec = spec_of[row]
+            if row not in per_row:
+                continue
             results.append(
                 {
                     "key": row,
@@ -773,6 +795,7 @@ def run(args: argparse.Namespace) -> dict:
         "environment": common.environment(),
         "work_dir": str(work) if args.reuse_dir else None,
         "rows": results,
+        "missing": missing,
     }
     report["comparisons"] = comparisons(results)
     atomic_write_json(out / "quality.json", report)
@@ -813,6 +836,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows run with every seed (default: simcse jtcse; 'all' for 1-6)",
     )
     p.add_argument("--out", default=str(common.RESULTS), help="results folder (default: bench/results)")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train and evaluate nothing: the table of what the work dir holds (rows and seeds missing are listed)",
+    )
     p.add_argument(
         "--reuse-dir",
         help="persistent work dir for models: finished stages with the same settings are "

@@ -308,3 +308,19 @@ def test_recipe_search_reports_each_cell_on_dev_and_resumes(tiny_settings, tmp_p
     again = recipe_search.main([*common, "--report-only"])  # every finished cell read back, nothing retrained
     assert {c["name"] for c in again["cells"]} == set(cells) and "mean_jtcse" in again["not_started"]
     assert (out / "recipe_search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quality_report_only_tables_what_is_finished_and_trains_nothing(tiny_settings, tmp_path):
+    params = _params_file(tiny_settings, tmp_path / "params.yaml")
+    argv = ["--params", str(params), "--out", str(tmp_path / "out"), "--reuse-dir", str(tmp_path / "work")]
+    argv += ["--set", "runtime.threads=1", "--set", "data.max_sentences=64"]
+    for section in ("pretrain", "train", "distill"):
+        argv += ["--set", f"{section}.steps=2", "--set", f"{section}.eval_every=2", "--set", f"{section}.batch_size=8"]
+    quality.main([*argv, "--rows", "2", "--seeds", "1"])  # seed 1's tower A only
+    report = quality.main(
+        [*argv, "--rows", "2", "5", "--seeds", "1", "2", "--repeat-rows", "simcse", "jtcse", "--report-only"]
+    )
+    assert [r["key"] for r in report["rows"]] == ["simcse"] and list(report["rows"][0]["per_seed"]) == [1]
+    assert report["missing"] == ["simcse seed 2", "jtcse seed 1", "jtcse seed 2"]
+    assert not (tmp_path / "work" / "seed2").exists()  # nothing was trained for the missing seed
+    assert "left out): simcse seed 2, jtcse seed 1, jtcse seed 2" in (tmp_path / "out" / "quality.md").read_text()
