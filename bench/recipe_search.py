@@ -165,8 +165,10 @@ def run_cell(ws: Path, settings, cell: Cell, train: bool = True) -> dict[str, An
         log.info("%s: %.0f s", cell.name, time.perf_counter() - started)
         finished = True
     evals = _rows(folder / "metrics" / "eval.csv")
+    if not evals:  # interrupted before its step-0 evaluation was written
+        return None
     diagnostics = folder / "metrics" / "diagnostics.csv"
-    first = _rows(diagnostics)[0] if diagnostics.is_file() else {}
+    first = next(iter(_rows(diagnostics)), {}) if diagnostics.is_file() else {}
     best = max(evals, key=lambda r: float(r["dev_mean"]))
     return {
         "name": cell.name,
