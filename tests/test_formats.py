@@ -28,11 +28,12 @@ def test_loading_and_modeling_import_neither_settings_nor_training_code():
 
 
 def test_every_user_shares_the_one_definition():
-    from jtcse import api, formats, packaging, registry
+    from jtcse import api, formats
+    from jtcse.release import integrity, packaging, registry
     from jtcse.training import objectives, stages
 
     assert api.PACKAGE_MANIFEST is packaging.PACKAGE_MANIFEST is formats.PACKAGE_MANIFEST == "jtcse_package.json"
-    assert api.CHECKSUMS is packaging.CHECKSUMS is formats.CHECKSUMS == "SHA256SUMS"
+    assert api.CHECKSUMS is integrity.CHECKSUMS is formats.CHECKSUMS == "SHA256SUMS"
     assert api.TWIN_MANIFEST is objectives.TWIN_MANIFEST is formats.TWIN_MANIFEST == "twin.json"
     assert api.sha256_file is registry.sha256_file is stages.sha256_file is formats.sha256_file
     assert not hasattr(packaging, "BASE_NAMES")
