@@ -42,7 +42,7 @@ from pathlib import Path
 from jtcse.api import verify_checksums
 from jtcse.config import Settings
 from jtcse.errors import InputNotFoundError, UserError
-from jtcse.formats import PACKAGE_MANIFEST, hub_model_id
+from jtcse.formats import PACKAGE_MANIFEST, TWIN_MANIFEST, hub_model_id
 from jtcse.io import (
     FolderLock,
     atomic_directory,
@@ -61,7 +61,7 @@ from jtcse.release.integrity import (
     write_release,
     write_tarball,
 )
-from jtcse.release.model_card import model_card, read_data_facts, training_time
+from jtcse.release.model_card import model_card, read_data_facts, training_time, twin_description
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +220,16 @@ def build_package(
         baselines[f"base {base_name}, cls pooling"] = read_metrics(base_metrics)
     if base_mean_metrics is not None:
         baselines[f"base {base_name}, mean pooling"] = read_metrics(base_mean_metrics)
+    twin_manifest = Path(twin) / TWIN_MANIFEST  # checked by copy_twin below; read here for the row's label
+    twin_label = (
+        f"JTCSE twin ({twin_description(json.loads(twin_manifest.read_text(encoding='utf-8')))})"
+        if twin_manifest.is_file()
+        else "JTCSE twin"
+    )
     transfer_scores = {
         label: read_metrics(path)
         for label, path in (
-            ("JTCSE twin (sum of both towers)", twin_transfer),
+            (twin_label, twin_transfer),
             ("JTCSE-D (distilled, this model)", distilled_transfer),
         )
         if path is not None
