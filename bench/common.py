@@ -146,16 +146,6 @@ def load_bench_settings(params: str | os.PathLike, overrides: dict[str, Any] | N
     return resolve_paths(load_settings(params, overrides or {}), params.resolve().parent)
 
 
-def derive_settings(settings, overrides: dict[str, Any]):
-    """A validated copy of ``settings`` with dotted-key overrides applied."""
-    from jtcse.config import set_dotted, settings_from_dict
-
-    raw = settings.model_dump(mode="json", by_alias=True)
-    for key, value in overrides.items():
-        set_dotted(raw, key, value)
-    return settings_from_dict(raw, "benchmark overrides")
-
-
 def settings_dict(settings) -> dict:
     return settings.model_dump(mode="json", by_alias=True)
 

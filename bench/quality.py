@@ -215,9 +215,9 @@ class Workspace:
         self.cache: dict[tuple[int, str], Stage] = {}
 
     def settings_for(self, seed: int, extra: dict[str, Any] | None = None):
-        return common.derive_settings(
-            self.base_settings, {**seeded_overrides(self.base_settings, seed), **(extra or {})}
-        )
+        from jtcse.config import apply_overrides
+
+        return apply_overrides(self.base_settings, {**seeded_overrides(self.base_settings, seed), **(extra or {})})
 
     def _run(self, seed: int, name: str, kind: str, section: str, settings, requires: list[Stage], train) -> Stage:
         """``kind`` names what ``train`` does beyond its settings and inputs (tower A and tower B read the same
@@ -450,7 +450,7 @@ def make_encoder(
     from jtcse.api import load_twin
     from jtcse.encoding import TowerEncoder, TwinEncoder
     from jtcse.formats import resolve_model_path
-    from jtcse.training.stages import tower_pooling
+    from jtcse.training.build import tower_pooling
 
     device, max_length, pooling = settings.runtime.device, settings.evaluate.max_length, settings.model.pooling
 
@@ -517,7 +517,7 @@ def encoder_identity(towers: list[tuple[str | Path, str]], combine: str = "sum",
 def row_towers(row: str, stage: Stage | None, settings) -> tuple[list[tuple[str | Path, str]], str, bool]:
     """The (weights folder, pooling) of each tower a row's encoder runs, and how they combine."""
     from jtcse.formats import TWIN_MANIFEST, resolve_model_path, twin_poolings
-    from jtcse.training.stages import tower_pooling
+    from jtcse.training.build import tower_pooling
 
     train = settings.train
     if row in ("base_cls", "base_mean"):

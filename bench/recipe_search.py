@@ -105,6 +105,7 @@ CELLS: tuple[Cell, ...] = (
 def _tower_path(ws: Path, settings, tower: Tower, train: bool = True) -> tuple[str, dict] | None:
     """The tower's folder, training it (stage 1 as tower B's settings) when it is not finished; None when it is
     not finished and ``train`` is off."""
+    from jtcse.config import apply_overrides
     from jtcse.formats import resolve_model_path
     from jtcse.training.stages import train_tower
 
@@ -115,9 +116,7 @@ def _tower_path(ws: Path, settings, tower: Tower, train: bool = True) -> tuple[s
     if not summary.is_file() and not train:
         return None
     if not summary.is_file():
-        tower_settings = common.derive_settings(
-            settings, {f"pretrain.tower_b.{k}": v for k, v in tower.overrides.items()}
-        )
+        tower_settings = apply_overrides(settings, {f"pretrain.tower_b.{k}": v for k, v in tower.overrides.items()})
         log.info("stage 1: %s", tower.name)
         train_tower(
             tower_settings,
@@ -137,6 +136,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def run_cell(ws: Path, settings, cell: Cell, train: bool = True) -> dict[str, Any] | None:
     """Train what the cell lacks and read its results; with ``train`` off, report what it has so far (an
     interrupted cell is marked unfinished) or None when it never started."""
+    from jtcse.config import apply_overrides
     from jtcse.training.stages import train_twin
 
     towers = [_tower_path(ws, settings, t, train) for t in (cell.tower_a, cell.tower_b)]
@@ -155,7 +155,7 @@ def run_cell(ws: Path, settings, cell: Cell, train: bool = True) -> dict[str, An
         log.info("twin stage: %s", cell.name)
         started = time.perf_counter()
         train_twin(
-            common.derive_settings(settings, overrides),
+            apply_overrides(settings, overrides),
             tower_a=path_a,
             tower_b=path_b,
             output=folder / "model",

@@ -202,16 +202,17 @@ class _TwoTowersNCE:
 def bench_step(settings, *, batch_size: int, max_length: int, repeats: int, warmup: int) -> dict[str, Any]:
     import torch
 
+    from jtcse.config import apply_overrides
     from jtcse.data.readers import read_corpus
     from jtcse.encoding import pick_device
     from jtcse.losses import JTCSELoss
     from jtcse.modeling.towers import load_tower
     from jtcse.modeling.twin import TowerOutput
+    from jtcse.training.build import build_twin_objective
     from jtcse.training.objectives import SimCSEObjective
-    from jtcse.training.stages import build_twin_objective
     from jtcse.training.trainer import seed_everything
 
-    settings = common.derive_settings(settings, {"model.max_length": max_length, "train.batch_size": batch_size})
+    settings = apply_overrides(settings, {"model.max_length": max_length, "train.batch_size": batch_size})
     device = pick_device(settings.runtime.device)
     autocast = device.type == "cuda" and settings.runtime.bf16
     seed_everything(settings.train.seed, settings.runtime.deterministic)
@@ -236,7 +237,7 @@ def bench_step(settings, *, batch_size: int, max_length: int, repeats: int, warm
     )
     jtcse = build_twin_objective(settings, base, base).to(device).train()
     plain = (
-        build_twin_objective(common.derive_settings(settings, {"train.cross_attention.num_layers": 0}), base, base)
+        build_twin_objective(apply_overrides(settings, {"train.cross_attention.num_layers": 0}), base, base)
         .to(device)
         .train()
     )

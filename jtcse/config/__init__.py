@@ -217,6 +217,15 @@ def load_settings(path: str | os.PathLike = "params.yaml", overrides: dict[str, 
     return settings_from_dict(raw, str(path))
 
 
+def apply_overrides(settings: Settings, overrides: dict[str, Any], source: str = "overrides") -> Settings:
+    """A validated copy of ``settings`` with dotted-key ``overrides`` applied (``{"train.lr": 1e-5}``); the one
+    way benchmarks, tuning trials and command-line options derive settings. Errors name ``source`` and the key."""
+    raw = settings.model_dump(mode="json", by_alias=True)
+    for dotted, value in overrides.items():
+        set_dotted(raw, dotted, value)
+    return settings_from_dict(raw, source)
+
+
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     *parents, leaf = dotted.split(".")

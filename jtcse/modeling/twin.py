@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from jtcse.errors import ConfigError
 from jtcse.modeling.towers import pool, pooler_of
 
 
@@ -23,13 +24,28 @@ def bridge_layer_counts(num_hidden_layers: int) -> list[int]:
     return [0, *(d for d in range(1, num_hidden_layers + 1) if num_hidden_layers % d == 0)]
 
 
+def check_bridge_layers(
+    num_ca_layers: int | list[int],
+    num_hidden_layers: int,
+    key: str = "train.cross_attention.num_layers",
+    model: str = "the tower",
+) -> None:
+    """Refuse bridged-layer counts (one, or every value a search may try) that the rule above does not allow,
+    naming the setting ``key`` and the ``model`` whose depth they must divide."""
+    values = num_ca_layers if isinstance(num_ca_layers, list) else [num_ca_layers]
+    allowed = bridge_layer_counts(num_hidden_layers)
+    bad = [v for v in values if int(v) not in allowed]
+    if bad:
+        shown = f"{bad} do" if isinstance(num_ca_layers, list) else f"{bad[0]} does"
+        raise ConfigError(
+            f"{key}: {shown} not divide the {num_hidden_layers} layers of {model}; "
+            f"use one of {allowed[1:]}, or 0 for no bridge"
+        )
+
+
 def bridged_layer_indices(num_hidden_layers: int, num_ca_layers: int) -> list[int]:
     """Equally spaced bridged layers ending at the last one (12 layers, 6 bridged -> 1, 3, 5, 7, 9, 11)."""
-    if num_ca_layers not in bridge_layer_counts(num_hidden_layers):
-        raise ValueError(
-            f"train.cross_attention.num_layers={num_ca_layers} must divide the tower's layer count "
-            f"{num_hidden_layers} (allowed: {bridge_layer_counts(num_hidden_layers)[1:]}, or 0)"
-        )
+    check_bridge_layers(num_ca_layers, num_hidden_layers)
     if num_ca_layers == 0:
         return []
     stride = num_hidden_layers // num_ca_layers

@@ -1,4 +1,7 @@
-"""The three training stages as plain functions; the CLI, DVC stages, Prefect flows and Optuna call these."""
+"""The three training stages as plain functions; the CLI, DVC stages, Prefect flows and Optuna call these.
+
+Each reads its corpus and dev set, builds its objective and trainer from the settings
+(:mod:`jtcse.training.build`) and runs it."""
 
 from __future__ import annotations
 
@@ -11,17 +14,19 @@ import torch
 from jtcse.config import Settings
 from jtcse.data.readers import check_corpus_fits, read_corpus
 from jtcse.encoding import pick_device
-from jtcse.errors import ConfigError
 from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator, dev_evaluator
 from jtcse.formats import resolve_model_path, sha256_file
-from jtcse.losses import DistillationLoss, JTCSELoss
-from jtcse.modeling.towers import load_tower
-from jtcse.modeling.twin import BridgedTwin, bridge_layer_counts
 from jtcse.training import distributed
-from jtcse.training.augment import augmenter
+from jtcse.training.build import (
+    build_distill_objective,
+    build_tower_objective,
+    build_trainer,
+    build_twin_objective,
+    distill_student_init,
+    tower_optim,
+)
 from jtcse.training.diagnostics import plot_diagnostics
-from jtcse.training.objectives import DistillObjective, JTCSEObjective, SimCSEObjective
-from jtcse.training.trainer import Trainer, TrainResult
+from jtcse.training.trainer import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +66,6 @@ def fingerprint(settings: Settings, section: str, inputs: list[str]) -> dict:
     }
 
 
-def _tower(settings: Settings, path: str, seed: int, dropout: float | None = None):
-    """A tower to train from ``path``; ``dropout`` (None: model.dropout) is the stage's own."""
-    torch.manual_seed(seed)  # any freshly initialised weights (a missing pooler) follow the stage's seed
-    m = settings.model
-    return load_tower(
-        path,
-        dropout=m.dropout if dropout is None else dropout,
-        attn_implementation=m.attn_implementation,
-        trust_remote_code=m.trust_remote_code,
-    )
-
-
-def tower_pooling(settings: Settings, which: str) -> str:
-    """Tower ``which``'s pooling: its own stage-1 setting, else model.pooling (used by every later stage)."""
-    return settings.pretrain.tower(which).pooling or settings.model.pooling
-
-
 def train_tower(
     settings: Settings,
     *,
@@ -91,78 +79,24 @@ def train_tower(
 ) -> TrainResult:
     """Stage 1: unsupervised SimCSE on one tower from the base checkpoint; ``which`` picks the tower's own
     settings (``pretrain.tower_a`` / ``tower_b``: seed, lr, dropout, pooling, augmentation)."""
-    own = settings.pretrain.tower(which)
-    p = settings.pretrain if own.lr is None else settings.pretrain.model_copy(update={"lr": own.lr})
-    seed = own.seed
     device, sentences, dev = _prepare(settings, "pretrain")
-    tower, tokenizer = _tower(settings, init or settings.model.base, seed, own.dropout)
-    objective = SimCSEObjective(
-        tower,
-        tokenizer,
-        temperature=p.temperature,
-        pooling=tower_pooling(settings, which),
-        max_length=settings.model.max_length,
-        eval_max_length=settings.evaluate.max_length,
-        second_view=augmenter(own.augment, own.augment_rate),
-    ).to(device)
-    trainer = Trainer(
+    start = init or settings.model.base
+    objective = build_tower_objective(settings, which, start).to(device)
+    trainer = build_trainer(
+        settings,
+        "pretrain",
         objective,
         sentences,
-        p,
-        dev_evaluator=dev,
-        output_dir=output,
+        dev,
+        optim=tower_optim(settings, which),
+        seed=settings.pretrain.tower(which).seed,
+        output=output,
         checkpoint_dir=checkpoint_dir,
         metrics_dir=metrics_dir,
-        runtime=settings.runtime,
-        seed=seed,
         desc=f"tower {which}",
-        fingerprint=fingerprint(settings, "pretrain", [init or settings.model.base]) | {"tower": which},
+        fingerprint=fingerprint(settings, "pretrain", [start]) | {"tower": which},
     )
     return trainer.fit(resume=resume, stop_after=stop_after)
-
-
-def build_twin_objective(settings: Settings, tower_a: str, tower_b: str) -> JTCSEObjective:
-    t = settings.train
-    model_a, tokenizer = _tower(settings, tower_a, t.seed, t.dropout)
-    model_b, _ = _tower(settings, tower_b, t.seed + 1, t.dropout)
-    ca = t.cross_attention
-    depth = model_a.config.num_hidden_layers
-    if ca.num_layers not in bridge_layer_counts(depth):
-        raise ConfigError(
-            f"train.cross_attention.num_layers: {ca.num_layers} does not divide the {depth} layers of "
-            f"{tower_a}; use one of {bridge_layer_counts(depth)[1:]}, or 0 for no bridge"
-        )
-    twin = BridgedTwin(
-        model_a,
-        model_b,
-        num_ca_layers=ca.num_layers,
-        mode=ca.mode,
-        mix_gate=ca.mix_gate,
-        pooling=(tower_pooling(settings, "a"), tower_pooling(settings, "b")),
-    )
-    loss = JTCSELoss(
-        w_nce=t.w_nce,
-        w_icnce=t.w_icnce,
-        w_cross=t.w_cross,
-        w_tm=t.w_tm,
-        temperature=t.temperature,
-        icnce_direction=t.icnce_direction,
-        modulus_on=t.modulus_on,
-        tm_clamp=t.tm_clamp,
-    )
-    if t.modulus_on == "pooler" and (model_a.pooler is None or model_b.pooler is None):
-        raise ConfigError(
-            f"train.modulus_on is 'pooler' but {tower_a} or {tower_b} has no pooler: set train.modulus_on: embedding"
-        )
-    return JTCSEObjective(
-        twin,
-        tokenizer,
-        loss,
-        max_length=settings.model.max_length,
-        eval_max_length=settings.evaluate.max_length,
-        combine=t.twin_combine,
-        normalize=t.twin_normalize,
-    )
 
 
 def train_twin(
@@ -182,15 +116,15 @@ def train_twin(
     ``handle_signals``: see :class:`Trainer`)."""
     device, sentences, dev = _prepare(settings, "train")
     objective = build_twin_objective(settings, tower_a, tower_b).to(device)
-    trainer = Trainer(
+    trainer = build_trainer(
+        settings,
+        "train",
         objective,
         sentences,
-        settings.train,
-        dev_evaluator=dev,
-        output_dir=output,
+        dev,
+        output=output,
         checkpoint_dir=checkpoint_dir,
         metrics_dir=metrics_dir,
-        runtime=settings.runtime,
         desc="jtcse",
         fingerprint=fingerprint(settings, "train", [tower_a, tower_b]),
         handle_signals=handle_signals,
@@ -218,41 +152,18 @@ def distill_twin(
     stop_after: int | None = None,
 ) -> TrainResult:
     """Stage 3 (JTCSE-D): distil the twin into one tower."""
-    from jtcse.api import load_twin
-
-    d = settings.distill
     device, sentences, dev = _prepare(settings, "distill")
-    teacher = load_twin(twin, device=str(device))
-    init = {"tower_a": str(Path(twin) / "tower_a"), "tower_b": str(Path(twin) / "tower_b")}.get(
-        d.student_init, d.student_init
-    )
-    student, tokenizer = _tower(settings, init, d.seed)
-    loss = DistillationLoss(
-        w_kl=d.w_kl,
-        w_nce=d.w_nce,
-        temperature=d.temperature,
-        teacher_temperature=d.teacher_temperature,
-        student_temperature=d.student_temperature,
-    )
-    objective = DistillObjective(
-        student,
-        teacher,
-        tokenizer,
-        loss,
-        pooling=settings.model.pooling,
-        max_length=settings.model.max_length,
-        eval_max_length=settings.evaluate.max_length,
-    ).to(device)
-    trainer = Trainer(
+    objective = build_distill_objective(settings, twin, device).to(device)
+    trainer = build_trainer(
+        settings,
+        "distill",
         objective,
         sentences,
-        d,
-        dev_evaluator=dev,
-        output_dir=output,
+        dev,
+        output=output,
         checkpoint_dir=checkpoint_dir,
         metrics_dir=metrics_dir,
-        runtime=settings.runtime,
         desc="distill",
-        fingerprint=fingerprint(settings, "distill", [str(twin), init]),
+        fingerprint=fingerprint(settings, "distill", [str(twin), distill_student_init(settings, twin)]),
     )
     return trainer.fit(resume=resume, stop_after=stop_after)

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from jtcse.config import Settings, set_dotted, settings_from_dict
+from jtcse.config import Settings, apply_overrides
 from jtcse.config.search import SearchChoices, SearchRange
 from jtcse.errors import ConfigError
 from jtcse.formats import resolve_model_path
@@ -41,9 +41,7 @@ def with_overrides(
 ) -> Settings:
     """A validated copy of ``settings`` with the given ``tune`` keys replaced (command-line overrides)."""
     changes = {"n_trials": n_trials, "storage": storage, "study_name": study_name, "workers": workers}
-    raw = settings.model_dump(mode="json", by_alias=True)
-    raw["tune"].update({k: v for k, v in changes.items() if v is not None})
-    return settings_from_dict(raw, "tune options")
+    return apply_overrides(settings, {f"tune.{k}": v for k, v in changes.items() if v is not None}, "tune options")
 
 
 def write_settings(settings: Settings, path: str | os.PathLike) -> Path:
@@ -69,15 +67,15 @@ def is_int_setting(dotted: str) -> bool:
 def trial_settings(settings: Settings, overrides: dict[str, Any], *, threads: int | None = None) -> Settings:
     """The settings one trial trains with: ``overrides`` (dotted keys) plus the trial's step budget."""
     tune = settings.tune
-    raw = settings.model_dump(mode="json", by_alias=True)
-    for dotted, value in overrides.items():
-        set_dotted(raw, dotted, value)
-    raw["train"].update(
-        steps=tune.trial_steps, eval_every=tune.eval_every, checkpoint_every=tune.trial_steps, keep_checkpoints=1
-    )
-    if threads is not None and raw["runtime"]["threads"] is None:
-        raw["runtime"]["threads"] = threads
-    return settings_from_dict(raw, "trial settings")
+    budget = {
+        "train.steps": tune.trial_steps,
+        "train.eval_every": tune.eval_every,
+        "train.checkpoint_every": tune.trial_steps,
+        "train.keep_checkpoints": 1,
+    }
+    if threads is not None and settings.runtime.threads is None:
+        budget["runtime.threads"] = threads
+    return apply_overrides(settings, {**overrides, **budget}, "trial settings")
 
 
 def _layer_count(tower: str) -> int:
@@ -110,14 +108,9 @@ def check_towers(settings: Settings, tower_a: str, tower_b: str) -> None:
         values, where = list(spec.choices), "tune.space.cross_attention.num_layers"
     else:
         values, where = [spec], "tune.space.cross_attention.num_layers"
-    from jtcse.modeling.twin import bridge_layer_counts
+    from jtcse.modeling.twin import check_bridge_layers
 
-    bad = [v for v in values if int(v) not in bridge_layer_counts(depth)]
-    if bad:
-        raise ConfigError(
-            f"{where}: {bad} do not divide the {depth} layers of {tower_a}; "
-            f"use divisors of {depth} (or 0 for no bridge)"
-        )
+    check_bridge_layers([int(v) for v in values], depth, where, tower_a)
 
 
 def check_data(settings: Settings) -> None:

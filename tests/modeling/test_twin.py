@@ -28,7 +28,9 @@ def test_layer_spacing_and_divisor_error():
     assert bridged_layer_indices(12, 6) == [1, 3, 5, 7, 9, 11]
     assert bridged_layer_indices(6, 3) == [1, 3, 5]
     assert bridged_layer_indices(6, 0) == []
-    with pytest.raises(ValueError, match=r"num_layers=4 must divide the tower's layer count 6"):
+    with pytest.raises(
+        ValueError, match=r"num_layers: 4 does not divide the 6 layers of the tower; use one of \[1, 2, 3, 6\]"
+    ):
         bridged_layer_indices(6, 4)
 
 

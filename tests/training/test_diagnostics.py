@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
+from jtcse.training.build import build_twin_objective
 from jtcse.training.diagnostics import COLUMNS, anisotropy, e_cls, gradient_norms
-from jtcse.training.stages import build_twin_objective, train_twin
+from jtcse.training.stages import train_twin
 
 
 def test_e_cls_is_cls_norm_over_mean_norm_of_the_real_other_tokens():

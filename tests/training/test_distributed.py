@@ -99,8 +99,8 @@ def test_two_processes_train_the_same_twin_as_one(tiny_settings, tmp_path):
 def _objectives(raw_settings: dict):
     """A SimCSE tower (its pooler unused: DDP must tolerate that) and a bridged JTCSE twin, dropout off."""
     from jtcse.modeling.towers import load_tower
+    from jtcse.training.build import build_twin_objective
     from jtcse.training.objectives import SimCSEObjective
-    from jtcse.training.stages import build_twin_objective
 
     settings = settings_from_dict(raw_settings)
     base = str(settings.model.base)

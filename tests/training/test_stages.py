@@ -61,7 +61,8 @@ def test_each_tower_trains_with_its_own_pooling_lr_and_augmentation(tiny_setting
 def test_the_twin_keeps_each_towers_pooling_its_own_dropout_and_normalised_combination(
     tiny_settings, tiny_bert, tmp_path
 ):
-    from jtcse.training.stages import build_twin_objective, train_twin
+    from jtcse.training.build import build_twin_objective
+    from jtcse.training.stages import train_twin
 
     settings = _with(
         tiny_settings,

@@ -4,7 +4,8 @@ import shutil
 import torch
 from safetensors.torch import load_file
 
-from jtcse.training.stages import build_twin_objective, train_tower, train_twin
+from jtcse.training.build import build_twin_objective
+from jtcse.training.stages import train_tower, train_twin
 
 
 def fixed_batch_loss(objective, sentences, seed=123):
