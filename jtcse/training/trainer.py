@@ -12,7 +12,6 @@ when the loss diverges (see :mod:`jtcse.training.guards`).
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import random
@@ -40,6 +39,7 @@ from jtcse.training.checkpoints import (
     start_afresh,
 )
 from jtcse.training.guards import CheckpointLock, StopSignals, TrainingDiverged, TrainingInterrupted
+from jtcse.training.logs import CsvLog
 from jtcse.training.objectives import Objective
 
 log = logging.getLogger(__name__)
@@ -83,28 +83,27 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: OptimSettings) ->
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class CsvLog:
-    """Append-only CSV that DVC plots can draw; on resume, rows after the checkpoint's step are dropped."""
+@dataclass
+class _Run:
+    """The state of one :meth:`Trainer.fit` call between its steps."""
 
-    def __init__(self, path: Path, columns: list[str]):
-        self.path, self.columns = path, columns
+    start: int
+    best: tuple[float, int]  # (best dev metric, its step)
+    initial: float
+    last_metric: float
+    logs: dict[str, CsvLog]
+    on_eval: Callable[[int, float], None] | None
+    diagnostics_batch: list[str]
+    probe: list[str]
+    history: list[dict] = field(default_factory=list)
+    pending: list[tuple[int, float, dict[str, torch.Tensor]]] = field(default_factory=list)  # losses not yet read
+    bar: tqdm | None = None
 
-    def reset(self, keep_until_step: int | None, source: Path | None = None) -> None:
-        """Start the file afresh, or keep the rows up to a checkpoint's step (read from ``source`` if given)."""
-        rows = []
-        source = source if source is not None and source.is_file() else self.path
-        if keep_until_step is not None and source.exists():
-            with source.open(newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_until_step]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.columns)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def append(self, row: dict) -> None:
-        with naming_a_full_disk(self.path), self.path.open("a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore").writerow(row)
+    def show(self) -> None:
+        if self.bar is not None and self.history:
+            self.bar.set_postfix(
+                loss=f"{self.history[-1]['loss']:.4f}", dev=f"{self.last_metric:.2f}", best=f"{self.best[0]:.2f}"
+            )
 
 
 class Trainer:
@@ -230,10 +229,65 @@ class Trainer:
         params = [p for p in self.objective.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
         scheduler = make_scheduler(optimizer, s)
-        start, best, initial = 0, (-math.inf, 0), math.nan
+        run = self._start(resume, optimizer, scheduler, on_eval)
+        model = distributed.wrap(self.objective, self.device)
+
+        self.objective.train()
+        began = time.perf_counter()
+        if run.start == 0:
+            run.initial = self._record_eval(run, 0)
+            log.info("%s: step 0 dev %s = %.2f", self.desc, self.dev_evaluator.primary_metric, run.initial)
+
+        end = s.steps if stop_after is None else min(s.steps, run.start + stop_after)
+        run.bar = tqdm(
+            range(run.start, end),
+            initial=run.start,
+            total=s.steps,
+            desc=self.desc,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not distributed.is_main(),
+        )
+        for step_index in run.bar:
+            step = step_index + 1
+            sentences = self.stream.batch(step_index)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                losses = model(sentences)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if s.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            run.pending.append((step, scheduler.get_last_lr()[0], {k: v.detach() for k, v in losses.items()}))
+            evaluate = step % s.eval_every == 0 or step == s.steps
+            checkpoint_now = step % s.checkpoint_every == 0 or step == s.steps
+            if evaluate or checkpoint_now or step % SYNC_EVERY == 0:
+                self._flush(run)
+            if evaluate:
+                run.last_metric = self._record_eval(run, step)
+                run.show()
+            if checkpoint_now:
+                self._save_checkpoint(step, optimizer, scheduler, run.best, run.initial, run.logs)
+            stop = distributed.broadcast_object(signals.received) if distributed.world_size() > 1 else signals.received
+            if stop is not None and step < end:
+                if not checkpoint_now:
+                    self._flush(run)
+                    self._save_checkpoint(step, optimizer, scheduler, run.best, run.initial, run.logs)
+                run.bar.close()
+                raise TrainingInterrupted(self.desc, step, checkpoint_path(self.checkpoint_dir, step), stop)
+        self._flush(run)  # a stop_after that ends between syncs
+        run.bar.close()
+        return self._finish(run, end, time.perf_counter() - began)
+
+    def _start(self, resume: bool, optimizer, scheduler, on_eval) -> _Run:
+        """Restore the latest usable checkpoint (or start afresh) and open the CSV logs where it left them."""
         main = distributed.is_main()
+        start, best, initial = 0, (-math.inf, 0), math.nan
         checkpoint = (
-            resumable_checkpoint(self.checkpoint_dir, self.fingerprint, s.steps, self.desc) if main and resume else None
+            resumable_checkpoint(self.checkpoint_dir, self.fingerprint, self.settings.steps, self.desc)
+            if main and resume
+            else None
         )
         checkpoint = distributed.broadcast_object(checkpoint)
         if checkpoint is not None:
@@ -244,7 +298,6 @@ class Trainer:
         elif main:
             start_afresh(self.checkpoint_dir, self.fingerprint)
         distributed.barrier()
-        model = distributed.wrap(self.objective, self.device)
 
         logs = {}
         diagnose = self._diagnostics_enabled()
@@ -260,107 +313,70 @@ class Trainer:
                     start if checkpoint is not None else None,
                     checkpoint / csv_log.path.name if checkpoint is not None else None,
                 )
+        return _Run(
+            start=start,
+            best=best,
+            initial=initial,
+            last_metric=best[0],
+            logs=logs,
+            on_eval=on_eval,
+            # Diagnostics look at one fixed batch and probe set, so their curves compare steps, not batches.
+            diagnostics_batch=self.stream.batch(0) if diagnose else [],
+            probe=self.stream.sentences[: getattr(self.settings, "diagnostics_probe", 0)] if diagnose else [],
+        )
 
-        # Diagnostics look at one fixed batch and probe set, so their curves compare steps, not batches.
-        diagnostics_batch = self.stream.batch(0) if diagnose else []
-        probe = self.stream.sentences[: getattr(s, "diagnostics_probe", 0)] if diagnose else []
+    def _record_eval(self, run: _Run, step: int) -> float:
+        """Evaluate on dev, keep the weights if they are the best so far, log, and call ``on_eval``."""
+        metrics = self._evaluate()
+        metric = metrics[self.dev_evaluator.primary_metric]
+        if not math.isfinite(metric):  # never "saved to" a folder no evaluation ever filled
+            raise FloatingPointError(
+                f"{self.desc}: dev {self.dev_evaluator.primary_metric} is {metric} at step {step}: the model gives "
+                "every pair the same similarity (collapsed embeddings)"
+            )
+        if metric > run.best[0]:
+            run.best = (metric, step)
+            self._save_best()
+        if "eval" in run.logs:
+            run.logs["eval"].append({"step": step, **{k: round(v, 4) for k, v in metrics.items()}})
+        if "diagnostics" in run.logs:
+            row = self.objective.diagnostics(run.diagnostics_batch, run.probe)
+            run.logs["diagnostics"].append({"step": step, **{k: round(v, 6) for k, v in row.items()}})
+        if run.on_eval is not None:
+            run.on_eval(step, metric)
+        return metric
 
-        def record_eval(step: int, metrics: dict[str, float]) -> float:
-            nonlocal best
-            metric = metrics[self.dev_evaluator.primary_metric]
-            if not math.isfinite(metric):  # never "saved to" a folder no evaluation ever filled
-                raise FloatingPointError(
-                    f"{self.desc}: dev {self.dev_evaluator.primary_metric} is {metric} at step {step}: the model gives "
-                    "every pair the same similarity (collapsed embeddings)"
+    def _flush(self, run: _Run) -> None:
+        """Read the pending steps' losses back from the device (one sync), check them, and log them."""
+        if not run.pending:
+            return
+        names = list(run.pending[0][2])
+        values = torch.stack([torch.stack([losses[k].float() for k in names]) for *_, losses in run.pending]).tolist()
+        for (step, lr, _), row_values in zip(run.pending, values):
+            row = {"step": step, "lr": lr, **dict(zip(names, row_values))}
+            if not math.isfinite(row["loss"]):
+                raise TrainingDiverged(
+                    f"{self.desc}: loss became {row['loss']} at step {step}; "
+                    "lower the learning rate or check the temperature"
                 )
-            if metric > best[0]:
-                best = (metric, step)
-                self._save_best()
-            if "eval" in logs:
-                logs["eval"].append({"step": step, **{k: round(v, 4) for k, v in metrics.items()}})
-            if "diagnostics" in logs:
-                row = self.objective.diagnostics(diagnostics_batch, probe)
-                logs["diagnostics"].append({"step": step, **{k: round(v, 6) for k, v in row.items()}})
-            if on_eval is not None:
-                on_eval(step, metric)
-            return metric
+            run.history.append(row)
+            if "train" in run.logs:
+                run.logs["train"].append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+        run.pending.clear()
+        run.show()
 
-        self.objective.train()
-        began = time.perf_counter()
-        if start == 0:
-            initial = record_eval(0, self._evaluate())
-            log.info("%s: step 0 dev %s = %.2f", self.desc, self.dev_evaluator.primary_metric, initial)
-
-        end = s.steps if stop_after is None else min(s.steps, start + stop_after)
-        bar = tqdm(
-            range(start, end),
-            initial=start,
-            total=s.steps,
-            desc=self.desc,
-            unit="step",
-            dynamic_ncols=True,
-            disable=not main,
-        )
-        history: list[dict] = []
-        last_metric = best[0]
-        pending: list[tuple[int, float, dict[str, torch.Tensor]]] = []  # steps whose losses are still on the device
-
-        def show() -> None:
-            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", dev=f"{last_metric:.2f}", best=f"{best[0]:.2f}")
-
-        def flush() -> None:
-            if not pending:
-                return
-            names = list(pending[0][2])
-            values = torch.stack([torch.stack([losses[k].float() for k in names]) for *_, losses in pending]).tolist()
-            for (step, lr, _), row_values in zip(pending, values):
-                row = {"step": step, "lr": lr, **dict(zip(names, row_values))}
-                if not math.isfinite(row["loss"]):
-                    raise TrainingDiverged(
-                        f"{self.desc}: loss became {row['loss']} at step {step}; "
-                        "lower the learning rate or check the temperature"
-                    )
-                history.append(row)
-                if "train" in logs:
-                    logs["train"].append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
-            pending.clear()
-            show()
-
-        for step_index in bar:
-            step = step_index + 1
-            sentences = self.stream.batch(step_index)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                losses = model(sentences)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            if s.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            pending.append((step, scheduler.get_last_lr()[0], {k: v.detach() for k, v in losses.items()}))
-            evaluate = step % s.eval_every == 0 or step == s.steps
-            checkpoint_now = step % s.checkpoint_every == 0 or step == s.steps
-            if evaluate or checkpoint_now or step % SYNC_EVERY == 0:
-                flush()
-            if evaluate:
-                last_metric = record_eval(step, self._evaluate())
-                show()
-            if checkpoint_now:
-                self._save_checkpoint(step, optimizer, scheduler, best, initial, logs)
-            stop = distributed.broadcast_object(signals.received) if distributed.world_size() > 1 else signals.received
-            if stop is not None and step < end:
-                if not checkpoint_now:
-                    flush()
-                    self._save_checkpoint(step, optimizer, scheduler, best, initial, logs)
-                bar.close()
-                raise TrainingInterrupted(self.desc, step, checkpoint_path(self.checkpoint_dir, step), stop)
-        flush()  # a stop_after that ends between syncs
-        bar.close()
-        seconds = time.perf_counter() - began
+    def _finish(self, run: _Run, end: int, seconds: float) -> TrainResult:
+        s = self.settings
+        best, initial = run.best, run.initial
         result = TrainResult(
-            best_metric=best[0], best_step=best[1], initial_metric=initial, steps=end, seconds=seconds, history=history
+            best_metric=best[0],
+            best_step=best[1],
+            initial_metric=initial,
+            steps=end,
+            seconds=seconds,
+            history=run.history,
         )
-        if self.metrics_dir and main and end == s.steps:
+        if self.metrics_dir and distributed.is_main() and end == s.steps:
             with naming_a_full_disk(self.metrics_dir / "summary.json"):
                 atomic_write_json(
                     self.metrics_dir / "summary.json",
