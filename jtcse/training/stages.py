@@ -14,7 +14,7 @@ import torch
 from jtcse.config import Settings
 from jtcse.data.readers import check_corpus_fits, read_corpus
 from jtcse.encoding import pick_device
-from jtcse.evaluation.sts import DEV_TASKS, STSEvaluator, dev_evaluator
+from jtcse.evaluation.sts import DEV_TASKS, dev_evaluator
 from jtcse.formats import resolve_model_path, sha256_file
 from jtcse.training import distributed
 from jtcse.training.build import (
@@ -26,21 +26,10 @@ from jtcse.training.build import (
     tower_optim,
 )
 from jtcse.training.diagnostics import plot_diagnostics
+from jtcse.training.objectives import Objective
 from jtcse.training.trainer import TrainResult
 
 log = logging.getLogger(__name__)
-
-
-def _prepare(settings: Settings, section: str) -> tuple[torch.device, list[str], STSEvaluator]:
-    if settings.runtime.threads:
-        torch.set_num_threads(settings.runtime.threads)
-    device = distributed.setup(settings.runtime.device) or pick_device(settings.runtime.device)
-    sentences = read_corpus(settings.data.corpus, settings.data.max_sentences)
-    check_corpus_fits(
-        sentences, getattr(settings, section).batch_size, corpus=settings.data.corpus, key=f"{section}.batch_size"
-    )
-    dev = dev_evaluator(settings.data.sts_dir, settings.evaluate.selection, batch_size=settings.evaluate.batch_size)
-    return device, sentences, dev
 
 
 def fingerprint(settings: Settings, section: str, inputs: list[str]) -> dict:
@@ -66,6 +55,49 @@ def fingerprint(settings: Settings, section: str, inputs: list[str]) -> dict:
     }
 
 
+def _fit_stage(
+    settings: Settings,
+    section: str,
+    make_objective: Callable[[torch.device], Objective],
+    *,
+    inputs: list[str],
+    output: str | Path,
+    checkpoint_dir: str | Path,
+    metrics_dir: str | Path | None,
+    desc: str,
+    resume: bool,
+    stop_after: int | None,
+    on_eval: Callable[[int, float], None] | None = None,
+    fingerprint_extra: dict | None = None,
+    **trainer_options,
+) -> TrainResult:
+    """What every stage does: read the corpus and the dev set, build the objective on the device, and fit it
+    (resumable; ``inputs`` are the weights it starts from, part of the checkpoints' fingerprint with
+    ``fingerprint_extra``); ``trainer_options`` go to :func:`build_trainer`."""
+    if settings.runtime.threads:
+        torch.set_num_threads(settings.runtime.threads)
+    device = distributed.setup(settings.runtime.device) or pick_device(settings.runtime.device)
+    sentences = read_corpus(settings.data.corpus, settings.data.max_sentences)
+    check_corpus_fits(
+        sentences, getattr(settings, section).batch_size, corpus=settings.data.corpus, key=f"{section}.batch_size"
+    )
+    dev = dev_evaluator(settings.data.sts_dir, settings.evaluate.selection, batch_size=settings.evaluate.batch_size)
+    trainer = build_trainer(
+        settings,
+        section,
+        make_objective(device).to(device),
+        sentences,
+        dev,
+        output=output,
+        checkpoint_dir=checkpoint_dir,
+        metrics_dir=metrics_dir,
+        desc=desc,
+        fingerprint=fingerprint(settings, section, inputs) | (fingerprint_extra or {}),
+        **trainer_options,
+    )
+    return trainer.fit(resume=resume, stop_after=stop_after, on_eval=on_eval)
+
+
 def train_tower(
     settings: Settings,
     *,
@@ -79,24 +111,22 @@ def train_tower(
 ) -> TrainResult:
     """Stage 1: unsupervised SimCSE on one tower from the base checkpoint; ``which`` picks the tower's own
     settings (``pretrain.tower_a`` / ``tower_b``: seed, lr, dropout, pooling, augmentation)."""
-    device, sentences, dev = _prepare(settings, "pretrain")
     start = init or settings.model.base
-    objective = build_tower_objective(settings, which, start).to(device)
-    trainer = build_trainer(
+    return _fit_stage(
         settings,
         "pretrain",
-        objective,
-        sentences,
-        dev,
-        optim=tower_optim(settings, which),
-        seed=settings.pretrain.tower(which).seed,
+        lambda device: build_tower_objective(settings, which, start),
+        inputs=[start],
         output=output,
         checkpoint_dir=checkpoint_dir,
         metrics_dir=metrics_dir,
         desc=f"tower {which}",
-        fingerprint=fingerprint(settings, "pretrain", [start]) | {"tower": which},
+        resume=resume,
+        stop_after=stop_after,
+        optim=tower_optim(settings, which),
+        seed=settings.pretrain.tower(which).seed,
+        fingerprint_extra={"tower": which},
     )
-    return trainer.fit(resume=resume, stop_after=stop_after)
 
 
 def train_twin(
@@ -114,22 +144,20 @@ def train_twin(
 ) -> TrainResult:
     """Stage 2: joint JTCSE training of the two stage-1 towers (diagnostics.csv/.png beside the logs;
     ``handle_signals``: see :class:`Trainer`)."""
-    device, sentences, dev = _prepare(settings, "train")
-    objective = build_twin_objective(settings, tower_a, tower_b).to(device)
-    trainer = build_trainer(
+    result = _fit_stage(
         settings,
         "train",
-        objective,
-        sentences,
-        dev,
+        lambda device: build_twin_objective(settings, tower_a, tower_b),
+        inputs=[tower_a, tower_b],
         output=output,
         checkpoint_dir=checkpoint_dir,
         metrics_dir=metrics_dir,
         desc="jtcse",
-        fingerprint=fingerprint(settings, "train", [tower_a, tower_b]),
+        resume=resume,
+        stop_after=stop_after,
+        on_eval=on_eval,
         handle_signals=handle_signals,
     )
-    result = trainer.fit(resume=resume, stop_after=stop_after, on_eval=on_eval)
     if metrics_dir and distributed.is_main():
         ca = settings.train.cross_attention
         bridge = f"{ca.mode} x {ca.num_layers}, w_cross {settings.train.w_cross}" if ca.num_layers else "no bridge"
@@ -152,18 +180,15 @@ def distill_twin(
     stop_after: int | None = None,
 ) -> TrainResult:
     """Stage 3 (JTCSE-D): distil the twin into one tower."""
-    device, sentences, dev = _prepare(settings, "distill")
-    objective = build_distill_objective(settings, twin, device).to(device)
-    trainer = build_trainer(
+    return _fit_stage(
         settings,
         "distill",
-        objective,
-        sentences,
-        dev,
+        lambda device: build_distill_objective(settings, twin, device),
+        inputs=[str(twin), distill_student_init(settings, twin)],
         output=output,
         checkpoint_dir=checkpoint_dir,
         metrics_dir=metrics_dir,
         desc="distill",
-        fingerprint=fingerprint(settings, "distill", [str(twin), distill_student_init(settings, twin)]),
+        resume=resume,
+        stop_after=stop_after,
     )
-    return trainer.fit(resume=resume, stop_after=stop_after)
