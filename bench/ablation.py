@@ -27,7 +27,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
-from bench.quality import Workspace, parse_design, seeded_overrides, summarise  # noqa: E402
+from bench.workspace import Workspace, seeded_overrides  # noqa: E402
 
 log = logging.getLogger("bench.ablation")
 
@@ -68,7 +68,7 @@ def parse_cell(item: str) -> tuple[str, dict[str, Any]]:
         if item not in CELLS:
             raise SystemExit(f"--cells: unknown cell {item!r}; known: {', '.join(CELLS)} (or name:key=value,...)")
         return item, CELLS[item]
-    return parse_design(item)
+    return common.parse_design(item)
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:
@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> dict:
                     "per_seed": records,
                     "dev": dev,
                     "best_steps": [r["stage_summary"].get("best_step") for r in records.values()],
-                    "test": summarise(per_seed),
+                    "test": common.summarise(per_seed),
                 }
             )
             report = write_report()

@@ -118,6 +118,19 @@ def parse_set(items: Iterable[str] | None) -> dict[str, Any]:
     return out
 
 
+def parse_design(item: str) -> tuple[str, dict[str, Any]]:
+    """``name:key=value,key=value`` (quality's --design, ablation's --cells): a named set of overrides; keys that
+    do not start with a settings section are read under train."""
+    from jtcse.config import Settings
+
+    name, sep, spec = item.partition(":")
+    if not sep or not name.strip():
+        raise SystemExit(f"--design expects name:key=value,..., got {item!r}")
+    sections = {f.alias or n for n, f in Settings.model_fields.items()}
+    overrides = parse_set([p for p in spec.split(",") if p.strip()])
+    return name.strip(), {(k if k.split(".")[0] in sections else f"train.{k}"): v for k, v in overrides.items()}
+
+
 def resolve_paths(settings, root: Path):
     """Relative data paths (and a relative model.base folder) are read against the params file's folder,
     as DVC does, so a benchmark gives the same answer from any working directory."""
@@ -219,3 +232,19 @@ def fmt(value: float | None, digits: int = 2) -> str:
     if value is None or value != value:  # None or NaN
         return "—"
     return f"{value:.{digits}f}"
+
+
+def summarise(per_seed: dict[int, dict]) -> dict[str, Any]:
+    """Mean and sample std over seeds of per-seed records (``scores`` by task, ``train_s``, ``eval_s``)."""
+    import numpy as np
+
+    tasks = list(next(iter(per_seed.values()))["scores"])
+    mean = {t: float(np.mean([r["scores"][t] for r in per_seed.values()])) for t in tasks}
+    n = len(per_seed)
+    std = {t: (float(np.std([r["scores"][t] for r in per_seed.values()], ddof=1)) if n > 1 else None) for t in tasks}
+    timing = {}
+    for k in ("train_s", "eval_s"):
+        values = [r[k] for r in per_seed.values()]
+        timing[k] = float(np.mean(values))
+        timing[f"{k}_std"] = float(np.std(values, ddof=1)) if n > 1 else None
+    return {"mean": mean, "std": std, "n_seeds": n, **timing}

