@@ -101,7 +101,10 @@ def cross_attention_output(
     layer_input: torch.Tensor,
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d) + mask) V_other, then this layer's attention output block with its own residual."""
+    """softmax(Q K^T / sqrt(d) + mask) V_other, then this layer's attention output block with its own residual.
+
+    The product runs through ``scaled_dot_product_attention`` (fused kernels, no B x H x L x L probability tensor
+    kept for backward where the kernel avoids it), with the layer's own attention dropout while training."""
     sa = layer.attention.self
     batch, length, _ = query.shape
     heads, head_dim = sa.num_attention_heads, sa.attention_head_size
@@ -109,10 +112,14 @@ def cross_attention_output(
     def split(t: torch.Tensor) -> torch.Tensor:
         return t.view(batch, length, heads, head_dim).transpose(1, 2)
 
-    scores = split(query) @ split(key).transpose(-1, -2) / head_dim**0.5 + mask.to(query.dtype)
-    probs = torch.softmax(scores.float(), dim=-1).to(other_value.dtype)
-    probs = sa.dropout(probs)
-    context = (probs @ split(other_value)).transpose(1, 2).reshape(batch, length, heads * head_dim)
+    context = torch.nn.functional.scaled_dot_product_attention(
+        split(query),
+        split(key),
+        split(other_value),
+        attn_mask=mask.to(query.dtype),
+        dropout_p=sa.dropout.p if sa.training else 0.0,
+    )
+    context = context.transpose(1, 2).reshape(batch, length, heads * head_dim)
     return layer.attention.output(context, layer_input)
 
 
