@@ -156,7 +156,7 @@ class CrossAttentionSpace(_Section):
         "against the towers when the study starts; 1, 2, 3, 6 for the 6-layer MiniLM).",
     )
     mode: SpaceEntry | None = Field(
-        None, description="train.cross_attention.mode (stream, side or mix); null = keep the train value."
+        None, description="train.cross_attention.mode (stream, side, attention or mix); null = keep the train value."
     )
     mix_gate: SpaceEntry | None = Field(
         None, description="train.cross_attention.mix_gate (used by mode mix only); null = keep the train value."

@@ -179,15 +179,17 @@ class CrossAttentionSettings(_Section):
         ge=0,
         description="Number of equally spaced bridged layers, the last one always bridged (must divide the layer "
         "count; 0 disables the bridge, which gives the TNCSE recipe). Reference: 6 of 12. In 'stream' and 'mix' "
-        "modes the bridged layers compound; in 'side' mode only the last one counts.",
+        "modes the bridged layers compound; in 'side' and 'attention' modes only the last one counts.",
     )
-    mode: Literal["stream", "side", "mix"] = Field(
+    mode: Literal["stream", "side", "attention", "mix"] = Field(
         "stream",
         description="'stream': each tower runs a cross stream through its full layers from the first bridged layer "
         "on, taking its own attention probabilities and the other tower's values at every bridged layer; c is the "
         "stream's pooled final state. 'side': c is the last bridged layer's cross output after that layer's "
-        "feed-forward. 'mix': gate * cross output is also added into each tower's stream at every bridged layer "
-        "(c read before the feed-forward). stream and side leave the towers' own streams untouched.",
+        "feed-forward. 'attention' (METHOD.md's reconstruction, the cheapest): c is that cross output after the "
+        "layer's attention output block only, no feed-forward. 'mix': gate * cross output is also added into each "
+        "tower's stream at every bridged layer (c read before the feed-forward). All but mix leave the towers' own "
+        "streams untouched.",
     )
     mix_gate: float = Field(
         0.1, ge=0, le=1, description="Weight of the cross output added to the stream in 'mix' mode."

@@ -133,7 +133,7 @@ class TowerOutput:
 
 
 #: The bridge designs (``train.cross_attention.mode``); see :class:`BridgedTwin`.
-MODES = ("stream", "side", "mix")
+MODES = ("stream", "side", "attention", "mix")
 
 
 class BridgedTwin(nn.Module):
@@ -150,10 +150,13 @@ class BridgedTwin(nn.Module):
     - ``side``: c_T is the last bridged layer's cross output after that layer's full block (P_T V_other through
       the attention output block *and* the feed-forward), residual from the main stream; main streams untouched.
       Only the last bridged layer counts, so ``num_layers`` changes nothing in this mode.
+    - ``attention``: METHOD.md's reconstruction and the cheapest bridge: c_T is the last bridged layer's P_T V_other
+      through that layer's attention output block only (projection, residual from the main stream, LayerNorm),
+      no feed-forward; main streams untouched. Only the last bridged layer counts, as in ``side``.
     - ``mix``: at every bridged layer ``mix_gate * (attention output block of P_T V_other)`` is added into the
       tower's main stream, and c_T is the last one of those (read before the feed-forward).
 
-    ``compute_cross = False`` skips the bridge where it does not touch the main streams (stream, side): the
+    ``compute_cross = False`` skips the bridge where it does not touch the main streams (all but mix): the
     forward is then exactly the two plain towers, which is what a zero weight on the cross term should cost.
     """
 
@@ -183,8 +186,9 @@ class BridgedTwin(nn.Module):
         self.compute_cross = True
 
     def _cross_layers(self) -> set[int]:
-        # In 'side' mode only the last bridged layer's cross output is used: computing the others is waste.
-        if self.mode == "side":
+        # In 'side' and 'attention' modes only the last bridged layer's cross output is used: computing the others
+        # is waste.
+        if self.mode in ("side", "attention"):
             return {self.bridged[-1]} if self.bridged else set()
         return set(self.bridged)
 
@@ -227,7 +231,7 @@ class BridgedTwin(nn.Module):
             cross_b = cross_attention_output(layer_b, qkv_b["query"], qkv_b["key"], qkv_a["value"], x_b, mask)
             if self.mode == "side":
                 cross_a, cross_b = layer_a.feed_forward_chunk(cross_a), layer_b.feed_forward_chunk(cross_b)
-            else:  # mix
+            elif self.mode == "mix":
                 h_a = h_a + self.mix_gate * cross_a
                 h_b = h_b + self.mix_gate * cross_b
         if self.mode == "stream":

@@ -144,6 +144,26 @@ def test_stream_cross_output_equals_hand_computation(tiny_bert):
     assert torch.allclose(out_b.embedding, hid_b[-1][:, 0], atol=1e-6)
 
 
+def test_attention_cross_output_is_the_attention_block_by_hand(tiny_bert):
+    """'attention' mode: c is the last bridged layer's P_A V_B through the attention output block, no feed-forward."""
+    a, b, tok = towers(tiny_bert)
+    enc = batch(tok)
+    mask = enc["attention_mask"]
+    with torch.no_grad():
+        out_a, out_b = BridgedTwin(a, b, num_ca_layers=2, mode="attention", pooling="mean")(
+            enc["input_ids"], mask, enc["token_type_ids"]
+        )
+        last = a.config.num_hidden_layers - 1
+        hid_a = a(**enc, output_hidden_states=True).hidden_states
+        hid_b = b(**enc, output_hidden_states=True).hidden_states
+        la, lb = a.encoder.layer[last], b.encoder.layer[last]
+        expected_a = hand_cross(la, lb, hid_a[last], hid_b[last], mask)
+        expected_b = hand_cross(lb, la, hid_b[last], hid_a[last], mask)
+    assert torch.allclose(out_a.cross, masked_mean(expected_a, mask), atol=1e-5)
+    assert torch.allclose(out_b.cross, masked_mean(expected_b, mask), atol=1e-5)
+    assert torch.allclose(out_a.embedding, masked_mean(hid_a[-1], mask), atol=1e-6)  # main stream untouched
+
+
 def test_stream_with_one_bridged_layer_is_side_and_more_layers_compound(tiny_bert):
     a, b, tok = towers(tiny_bert)
     enc = batch(tok)
@@ -158,7 +178,7 @@ def test_stream_with_one_bridged_layer_is_side_and_more_layers_compound(tiny_ber
     assert not torch.allclose(stream2.cross, stream1.cross, atol=1e-3)  # stream: num_layers matters
 
 
-@pytest.mark.parametrize("mode", ["stream", "side"])
+@pytest.mark.parametrize("mode", ["stream", "side", "attention"])
 def test_disabled_cross_is_exactly_the_plain_towers(tiny_bert, mode):
     a, b, tok = towers(tiny_bert)
     enc = batch(tok)
@@ -173,7 +193,7 @@ def test_disabled_cross_is_exactly_the_plain_towers(tiny_bert, mode):
 
 def test_unknown_mode_names_the_setting(tiny_bert):
     a, b, _ = towers(tiny_bert)
-    with pytest.raises(ValueError, match=r"train.cross_attention.mode must be one of stream, side, mix"):
+    with pytest.raises(ValueError, match=r"train.cross_attention.mode must be one of stream, side, attention, mix"):
         BridgedTwin(a, b, num_ca_layers=2, mode="sideways")
 
 
@@ -206,7 +226,7 @@ def test_mix_mode_changes_streams_and_zero_gate_does_not(tiny_bert):
     assert torch.allclose(gated_off.embedding, plain, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["stream", "side", "mix"])
+@pytest.mark.parametrize("mode", ["stream", "side", "attention", "mix"])
 def test_bridge_gradients_reach_both_towers(tiny_bert, mode):
     a, b, tok = towers(tiny_bert)
     enc = batch(tok)
