@@ -92,6 +92,29 @@ CELLS: tuple[Cell, ...] = (
         BASE_MEAN,
         {**SAME, **STANDARD},
     ),
+    # The bridge designs at the chosen recipe (mean_gentle is stream x 3): issue 23 asks for a cheaper bridge with
+    # dev quality no worse.
+    Cell(
+        "mean_gentle_side",
+        "as mean_gentle, bridge side (last layer, attention block + feed-forward)",
+        BASE_MEAN,
+        BASE_MEAN,
+        {**SAME, **GENTLE, "cross_attention.mode": "side"},
+    ),
+    Cell(
+        "mean_gentle_attention",
+        "as mean_gentle, bridge attention (last layer, attention block only)",
+        BASE_MEAN,
+        BASE_MEAN,
+        {**SAME, **GENTLE, "cross_attention.mode": "attention"},
+    ),
+    Cell(
+        "mean_gentle_tncse",
+        "as mean_gentle, no bridge term (w_cross 0: TNCSE)",
+        BASE_MEAN,
+        BASE_MEAN,
+        {**SAME, **GENTLE, "w_cross": 0.0},
+    ),
     Cell(
         "mean_deletion_gentle",
         "base (mean) + SimCSE with word deletion 0.1 (mean), normalised sum; lr 2e-6, dropout 0.01",
