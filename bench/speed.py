@@ -58,6 +58,15 @@ MODULES = {
     "orchestration": speed_orchestration,
 }
 PARTS = tuple(MODULES)
+#: The sizes each part's result depends on (its cache key holds only these, so changing one part's sizes keeps the
+#: others' results).
+SIZE_KEYS = {
+    "step": ("step_", "gemm_"),
+    "scaling": ("scaling_", "encode_batch", "encode_scale_sizes"),
+    "encode": ("encode_",),
+    "loss": ("loss_",),
+    "orchestration": ("flow_", "dvc_", "dev_pairs"),
+}
 FULL: dict[str, Any] = {
     "step_batch": None,  # None: train.batch_size (32)
     "step_max_length": None,  # None: model.max_length (32)
@@ -267,15 +276,11 @@ def run(args: argparse.Namespace) -> dict:
         "overrides": overrides,
         "work_dir": str(work),
     }
-    depends = {
-        "sizes": sizes,
-        "settings": report["settings"],
-        "package": args.package,
-        "threads": torch.get_num_threads(),
-    }
+    depends = {"settings": report["settings"], "package": args.package, "threads": torch.get_num_threads()}
     for part in parts:
         log.info("--- %s ---", part)
-        spec = {**depends, "part": part}
+        own = {k: v for k, v in sizes.items() if k.startswith(SIZE_KEYS[part])}
+        spec = {**depends, "part": part, "sizes": own}
         if part == "orchestration":
             spec["project_dir"] = str(Path(args.project_dir).resolve())
         report[part] = ctx.cache(f"part_{part}", spec, lambda part=part: MODULES[part].measure(ctx))

@@ -251,14 +251,25 @@ def losses_alone_ms(settings, rows: int, hidden: int, bridged: bool, repeats: in
 def measure(ctx) -> dict[str, Any]:
     import torch
 
-    from jtcse.data.readers import read_corpus
     from jtcse.training.trainer import seed_everything
 
     sizes = ctx.sizes
     batch, length = sizes["step_batch"], sizes["step_max_length"]
     settings = step_settings(ctx.settings, batch, length)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        seed_everything(settings.train.seed, settings.runtime.deterministic)  # as the Trainer does (process-wide)
+        return _measure(settings, sizes, batch, length)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)  # the later parts run as they would alone
+
+
+def _measure(settings, sizes: dict, batch: int, length: int) -> dict[str, Any]:
+    import torch
+
+    from jtcse.data.readers import read_corpus
+
     device = torch.device("cpu")
-    seed_everything(settings.train.seed, settings.runtime.deterministic)  # as the Trainer does (process-wide)
     sentences = read_corpus(settings.data.corpus, batch)[:batch]
     steps = {name: build(settings, sentences, device) for name, build in BUILDERS.items()}
     ms = time_steps(steps, repeats=sizes["step_repeats"], warmup=sizes["step_warmup"])
