@@ -87,18 +87,21 @@ def test_quality_writes_every_row(tiny_settings, tmp_path):
 
 
 def test_speed_loss_part_agrees_and_reports_a_ratio(tmp_path):
-    check = speed.loss_agreement(batch=6, hidden=5)
+    from bench import speed_loss
+
+    check = speed_loss.loss_agreement(batch=6, hidden=5)
     assert check["max_abs_diff_value"] < 1e-10 and check["max_abs_diff_grad"] < 1e-10
     assert check["clamped_rows"] > 0  # the clamp branch was exercised
 
-    report = speed.main(["--parts", "loss", "--quick", "--out", str(tmp_path)])
+    argv = ["--parts", "loss", "--quick", "--out", str(tmp_path), "--reuse-dir", str(tmp_path / "work")]
+    report = speed.main(argv)
     loss = report["loss"]
     assert loss["agreement"]["max_abs_diff_value"] < 1e-10
     assert [r["batch"] for r in loss["rows"]] == list(speed.QUICK["loss_batches"])
     for row in loss["rows"]:
         assert row["speedup"] > 0 and math.isfinite(row["speedup"])
         assert row["vectorised_ms"] > 0 and row["naive_ms"] > 0
-    assert (tmp_path / "speed.json").is_file() and "modulus loss" in (tmp_path / "speed.md").read_text()
+    assert (tmp_path / "speed.json").is_file() and "Tensor-modulus loss" in (tmp_path / "speed.md").read_text()
 
 
 def test_ablation_writes_every_cell_with_dev_test_and_diagnostics(tiny_settings, tmp_path):
