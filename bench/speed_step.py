@@ -8,8 +8,8 @@ tokenise, forward, backward, gradient clipping, AdamW step. Built only through :
   st_simcse        sentence-transformers' own unsupervised SimCSE step on the same base folder: ``SentenceTransformer``
                    (max_seq_length = model.max_length, the pooling of our tower A, train mode: dropout on), the
                    (s, s) pair batch tokenised by ``model.preprocess`` per column as its data collator does,
-                   ``MultipleNegativesRankingLoss(scale = 1 / pretrain.temperature)``, ``torch.optim.AdamW``, the
-                   same clipping: the step a sentence-transformers user would run
+                   ``MultipleNegativesRankingLoss(scale = 1 / pretrain.temperature)``, fused ``torch.optim.AdamW`` (the
+                   transformers Trainer's default), the same clipping: the step a sentence-transformers user would run
   two_towers_nce   both towers of a bridge-less twin, each with its own InfoNCE only (the 'two SimCSE towers' floor)
   twin_no_bridge   ``build_twin_objective`` with ``train.cross_attention.num_layers: 0``: the towers and every loss
   jtcse            ``build_twin_objective(settings, base, base)``: the default JTCSE step (bridge, every loss,
@@ -80,10 +80,21 @@ class Step:
 
 
 def _adamw(module, section) -> Any:
+    """The optimiser jtcse's Trainer builds (jtcse.training.optimization.make_optimizer)."""
+    import torch
+
+    from jtcse.training.optimization import make_optimizer
+
+    return make_optimizer([p for p in module.parameters() if p.requires_grad], section, torch.device("cpu"))
+
+
+def _st_adamw(module, section) -> Any:
+    """sentence-transformers' fit runs the transformers Trainer, whose default optimiser for torch >= 2.8 is
+    ``adamw_torch_fused``: torch's fused AdamW."""
     import torch
 
     params = [p for p in module.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay)
+    return torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay, fused=True)
 
 
 def step_settings(settings, batch_size: int, max_length: int):
@@ -138,7 +149,7 @@ def st_simcse_step(settings, sentences: list[str], device) -> Step:
         "pooling": [m.pooling_mode for m in model.children() if isinstance(m, Pooling)],
         "modules": [type(m).__name__ for m in model.children()],
     }
-    return Step(lambda: loss_fn([features(), features()], None), _adamw(model, optim), optim.max_grad_norm, info)
+    return Step(lambda: loss_fn([features(), features()], None), _st_adamw(model, optim), optim.max_grad_norm, info)
 
 
 class _TwoTowersNCE:
