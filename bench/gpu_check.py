@@ -1,6 +1,6 @@
 """GPU check for an NVIDIA H200 (or any CUDA GPU), called by bench/gpu_check.sh; see that script's header.
 
-Three measurements (and the modulus-loss comparison of bench/speed.py on the GPU), each printed and written to bench/results/gpu.md (+ gpu.json), and to $OUT when it is set:
+Three measurements (and the modulus-loss comparison of bench/speed_loss.py on the GPU), each printed and written to bench/results/gpu.md (+ gpu.json), and to $OUT when it is set:
 
   1. training step time and peak memory of a bert-base-sized tower (BertConfig() defaults: 12 layers x 768, random
      init, no download; random token ids of shape (2 x batch, 64)) at batch 64 and 256, bf16 autocast: one tower
@@ -58,7 +58,7 @@ SIZES: dict[str, tuple] = {
     "dev_pairs": (None, 60),  # STS-B dev pairs (None: all 1500)
     "max_sentences": (None, 400),  # corpus sentences (None: all)
     "twin_layers": (None, 2),  # the twin's bridged layers (part 3); None: the recipe's
-    "loss_batches": ((64, 256), (4, 8)),  # bench/speed.py's modulus-loss comparison
+    "loss_batches": ((64, 256), (4, 8)),  # bench/speed_loss.py's modulus-loss comparison
     "loss_hidden": (768, 16),
     "loss_repeats": (15, 2),
 }
@@ -706,12 +706,12 @@ def main(argv: list[str] | None = None) -> dict:
             recipe,
             bf16,
         )
-        from bench import speed  # its loss part needs torch and jtcse.losses only
+        from bench import speed_loss  # needs torch and jtcse.losses only
 
-        report["loss"] = speed.bench_loss(
+        report["loss"] = speed_loss.bench_loss(
             sizes["loss_batches"], sizes["loss_hidden"], sizes["loss_repeats"], device=device.type
         )
-        report["loss"]["agreement"] = speed.loss_agreement(device=device.type)
+        report["loss"]["agreement"] = speed_loss.loss_agreement(device=device.type)
         report["encode"] = bench_encode_random(device, config, sizes["enc_n"], sizes["enc_batch"], sizes["length"])
         if settings is not None:
             report["encode"] += bench_encode_real(
