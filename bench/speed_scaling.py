@@ -4,7 +4,7 @@ Steps. Our SimCSE step and the JTCSE step (bench/speed_step.py's builders, i.e. 
 batch x max length of the grid. Every row is filled to the max length (consecutive corpus sentences joined until
 a row has at least that many words), so a config's length is the length that is computed. Each (variant, config)
 runs in its own Python process: its time is the median of the repeats after warm-up, and its memory is that
-process's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) next to its resident set once the model
+process's peak resident set (VmHWM of ``/proc/self/status``) next to its resident set once the model
 and optimizer were built (``/proc/self/statm``), so the difference is what the steps add: activations, gradients
 and AdamW's state. Each finished config is kept in the work folder, so an interrupted grid resumes where it stopped.
 
@@ -64,6 +64,14 @@ def _rss_mib() -> float:
 
 
 def _peak_rss_mib() -> float:
+    """This process's peak resident set. On Linux VmHWM of /proc/self/status: getrusage's ru_maxrss survives
+    execve, so a child of a large parent would report the parent's peak (7.3 GB for every config, first measured)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
@@ -229,7 +237,7 @@ def measure(ctx) -> dict[str, Any]:
             )  # fmt: skip
         steps.append(row)
     return {
-        "memory_method": "peak RSS of a fresh process per config (getrusage ru_maxrss) and its RSS once built "
+        "memory_method": "peak RSS of a fresh process per config (VmHWM of /proc/self/status) and its RSS once built "
         "(/proc/self/statm); step RSS = the difference",
         "memory_budget_mib": budget,
         "rows_filled_to_length": True,
