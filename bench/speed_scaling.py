@@ -250,8 +250,6 @@ def measure(ctx) -> dict[str, Any]:
 
 def render(r: dict) -> list[str]:
     by = {(x["variant"], x["batch"], x["length"]): x for x in r["steps"]}
-    batches = sorted({x["batch"] for x in r["steps"]})
-    lengths = sorted({x["length"] for x in r["steps"]})
     lines = [
         f"Step time (ms, median of {r['steps'][0]['repeats']} after warm-up) and memory per config, every row "
         f"filled to the max length, {r['threads']} threads, one fresh process per config. Memory: {r['memory_method']}.",
@@ -260,21 +258,24 @@ def render(r: dict) -> list[str]:
         "| JTCSE peak MiB (step +) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for length in lengths:
-        for batch in batches:
-            a, b = by.get(("simcse", batch, length)), by.get(("jtcse", batch, length))
-            if not a or not b:
-                continue
-            lines.append(
-                f"| {batch} | {length} | {a['tokens_per_tower']} | {a['step_ms']:.0f} | {b['step_ms']:.0f} | "
-                f"{b['step_ms'] / a['step_ms']:.2f} | {a['peak_rss_mib']:.0f} (+{a['step_rss_mib']:.0f}) | "
-                f"{b['peak_rss_mib']:.0f} (+{b['step_rss_mib']:.0f}) |"
-            )
-    for x in r.get("skipped", []):
-        lines.append(
-            f"| {x['batch']} | {x['length']} | {2 * x['batch'] * x['length']} | {x['variant']}: not run, predicted "
-            f"peak {x['predicted_peak_mib'] / 1024:.1f} GiB > budget {r['memory_budget_mib'] / 1024:.1f} GiB | | | | |"
-        )
+    skipped = {(x["variant"], x["batch"], x["length"]): x for x in r.get("skipped", [])}
+    budget = r["memory_budget_mib"] / 1024
+
+    def cells(variant: str, batch: int, length: int) -> tuple[str, str]:
+        """(step ms, peak MiB) of one variant at one config, or why it was not run."""
+        x = by.get((variant, batch, length))
+        if x is not None:
+            return f"{x['step_ms']:.0f}", f"{x['peak_rss_mib']:.0f} (+{x['step_rss_mib']:.0f})"
+        skip = skipped.get((variant, batch, length))
+        why = f"not run: predicted {skip['predicted_peak_mib'] / 1024:.1f} GiB > {budget:.1f} GiB" if skip else "—"
+        return why, ""
+
+    configs = sorted({k[1:] for k in [*by, *skipped]}, key=lambda c: (c[1], c[0]))
+    for batch, length in configs:
+        (a_ms, a_mem), (b_ms, b_mem) = cells("simcse", batch, length), cells("jtcse", batch, length)
+        a, b = by.get(("simcse", batch, length)), by.get(("jtcse", batch, length))
+        ratio = f"{b['step_ms'] / a['step_ms']:.2f}" if a and b else "—"
+        lines.append(f"| {batch} | {length} | {2 * batch * length} | {a_ms} | {b_ms} | {ratio} | {a_mem} | {b_mem} |")
     enc = r["encode"]
     if enc:
         lines += [

@@ -4,8 +4,8 @@ variant; `jtcse.load(..., backend="onnx")` and `jtcse encode --backend onnx` run
 Tolerances (tiny random 32-wide BERT of tests/conftest.py, 4 layers):
 - float32 export: every vector within 1e-4 (absolute) of the torch model's, and cosine within 1e-4 of 1 (measured
   about 5e-7 and 1e-7);
-- int8 export: cosine with the torch vectors >= 0.99 (measured about 0.9999 here; on MiniLM-L6 0.989 at the worst
-  of 2000 STS sentences, and a seven-task STS average 0.21 below float32: bench/results/onnx_encode.md).
+- int8 export: cosine with the torch vectors >= 0.99 (measured about 0.9999 here; on MiniLM-L6 0.983 at the worst
+  of 2000 STS sentences, and a seven-task STS average 0.12 below float32: bench/results/speed.md, section 3).
 """
 
 from __future__ import annotations
