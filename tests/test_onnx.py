@@ -245,8 +245,23 @@ def test_package_onnx_sts_puts_each_variants_sts_average_in_the_card(inputs, sma
     result = build({**inputs, "settings": settings}, tmp_path / "models")
     sts = json.loads((result.path / "jtcse_package.json").read_text())["models"]["distilled"]["onnx"]["sts"]
     assert list(sts) == ["torch", "onnx float32", "onnx int8"]
-    assert sts["onnx float32"]["avg"] == pytest.approx(sts["torch"]["avg"], abs=0.01)
-    assert abs(sts["onnx int8"]["avg"] - sts["torch"]["avg"]) < 5 and sts["onnx int8"]["sentences_per_second"] > 0
+    # Each average is that variant's own evaluation, redone here on the packaged files.
+    from jtcse.api import load
+    from jtcse.evaluation.sts import STSEvaluator
+
+    evaluator = STSEvaluator(small_sts_dir)
+    for variant, kwargs in (
+        ("torch", {}),
+        ("onnx float32", {"backend": "onnx"}),
+        ("onnx int8", {"backend": "onnx", "file_name": INT8}),
+    ):
+        again = evaluator(load(result.path / "distilled", device="cpu", **kwargs))["avg"]
+        assert sts[variant]["avg"] == pytest.approx(again, abs=0.006), variant
+        assert sts[variant]["sentences_per_second"] > 0
+    # The tiny random model scores near ties, so rank statistics amplify 1e-6 vector differences: float32 is within
+    # 0.4 of torch on one CPU's kernels (ATEN_CPU_CAPABILITY=default), 0.00 on another's; int8 further.
+    assert sts["onnx float32"]["avg"] == pytest.approx(sts["torch"]["avg"], abs=1.5)
+    assert abs(sts["onnx int8"]["avg"] - sts["torch"]["avg"]) < 5
     card = (result.path / "README.md").read_text()
     assert "| file | weights | STS avg (7 tasks) | sentences/s on the build machine |" in card
     assert f"| `distilled/onnx/model.onnx` | float32 | {sts['onnx float32']['avg']:.2f} |" in card
