@@ -73,7 +73,7 @@ def run_study(
     prepare_study(settings)
     settings_path = write_settings(settings, output_dir / SETTINGS_FILE)
     started = time.perf_counter()
-    with signals_as_interrupt() as received:
+    with signals_as_interrupt() as gate:
         try:
             if subprocesses or tune.workers > 1:
                 codes = run_worker_processes(
@@ -88,7 +88,7 @@ def run_study(
                 run_worker(settings, tower_a=tower_a, tower_b=tower_b, progress=progress)
                 codes = [0]
         except KeyboardInterrupt:  # the workers are stopped (run_worker_processes waited for them)
-            signum = received[0] if received else signal.SIGINT
+            signum = gate.received[0] if gate.received else signal.SIGINT
             report = write_report(settings, output_dir, wall_seconds=time.perf_counter() - started)
             raise TuningInterrupted(
                 f"interrupted by {signal.Signals(signum).name}; workers stopped; the report in {output_dir} covers "

@@ -21,33 +21,83 @@ from jtcse.tuning.storage import load_study, make_pruner, make_sampler, trial_co
 
 log = logging.getLogger("jtcse.tuning")
 
-_received_signals: list[int] | None = None  # set while signals_as_interrupt is active
+
+class SignalGate:
+    """SIGTERM and SIGINT as ``KeyboardInterrupt``, raised only where an interrupt leaves nothing torn.
+
+    An interrupt raised inside optuna's ``ask`` (the trial row is written, the objective not yet entered) or
+    ``tell`` (the state not yet written) would leave a trial RUNNING for good. A worker therefore keeps the gate
+    closed: a signal is only recorded, and raised on entering :meth:`interruptible` (around the objective, where
+    optuna marks the trial failed) or at :meth:`raise_if_received` (between trials).
+    """
+
+    def __init__(self, open_: bool):
+        self.received: list[int] = []
+        self.open = open_
+
+    def __call__(self, signum: int, _frame) -> None:
+        self.received.append(signum)
+        if self.open:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def raise_if_received(self) -> None:
+        if self.received:
+            raise KeyboardInterrupt(signal.Signals(self.received[0]).name)
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        """A signal raises inside this block, including one received before it."""
+        was_open, self.open = self.open, True
+        try:
+            self.raise_if_received()
+            yield
+        finally:
+            self.open = was_open
+
+
+_active_gate: SignalGate | None = None  # set while signals_as_interrupt is active
 
 
 @contextlib.contextmanager
-def signals_as_interrupt():
+def signals_as_interrupt(*, deferred: bool = False):
     """SIGTERM (a scheduler's stop, ``kill``) stops like Ctrl-C: an exception, so the cleanup below runs.
 
-    Only in the main thread, where Python delivers signals; the signal received is kept for the exit status.
+    Yields the :class:`SignalGate`; ``deferred`` keeps it closed (see there). Only in the main thread, where
+    Python delivers signals; an inner block shares the outer gate, in its own mode while it lasts.
     """
-    global _received_signals
-    if _received_signals is not None or threading.current_thread() is not threading.main_thread():
-        yield _received_signals if _received_signals is not None else []  # an outer block already handles them
+    global _active_gate
+    if threading.current_thread() is not threading.main_thread():
+        yield SignalGate(open_=not deferred)  # signals reach the main thread only
         return
-    received: list[int] = []
-
-    def interrupt(signum, _frame):
-        received.append(signum)
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
-    _received_signals = received
+    if _active_gate is not None:
+        was_open, _active_gate.open = _active_gate.open, not deferred
+        try:
+            yield _active_gate
+        finally:
+            _active_gate.open = was_open
+        return
+    gate = SignalGate(open_=not deferred)
+    previous = {signum: signal.signal(signum, gate) for signum in (signal.SIGTERM, signal.SIGINT)}
+    _active_gate = gate
     try:
-        yield received
+        yield gate
     finally:
-        _received_signals = None
+        _active_gate = None
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def run_trial(study, objective, gate: SignalGate, callbacks=()) -> None:
+    """One trial of ``study``; a signal received meanwhile fails this trial (or the next call), never tears it."""
+    gate.raise_if_received()
+
+    def interruptible_objective(trial):
+        with gate.interruptible():
+            return objective(trial)
+
+    study.optimize(
+        interruptible_objective, n_trials=1, catch=(Exception,), callbacks=list(callbacks), gc_after_trial=True
+    )
 
 
 def _available_cpus() -> int:
@@ -90,7 +140,7 @@ def run_worker(
     )
     poll = min(tune.heartbeat_interval, 5)
     stack = contextlib.ExitStack()
-    stack.enter_context(signals_as_interrupt())  # a SIGTERM'd worker marks its trial failed, then exits
+    gate = stack.enter_context(signals_as_interrupt(deferred=True))  # a SIGTERM'd worker fails its trial, then exits
     counts = trial_counts(study)
     bar = tqdm(
         total=tune.n_trials,
@@ -109,6 +159,7 @@ def run_worker(
 
     try:
         while True:
+            gate.raise_if_received()
             optuna.storages.fail_stale_trials(study)
             counts = trial_counts(study)
             bar.n = min(counts.finished, tune.n_trials)
@@ -136,10 +187,12 @@ def run_worker(
                         tune.grace_period,
                     )
                     next_note = time.monotonic() + 60
-                time.sleep(poll)
+                with gate.interruptible():
+                    time.sleep(poll)
                 continue
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[count_failure], gc_after_trial=True)
+            run_trial(study, objective, gate, callbacks=[count_failure])
             ran += 1
+        gate.raise_if_received()
     finally:
         bar.close()
         stack.close()
