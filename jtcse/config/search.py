@@ -194,7 +194,7 @@ class SearchSpace(_Section):
         description="train.w_tm, weight of the tensor-modulus constraint.",
     )
     lr: SpaceEntry | None = Field(
-        default_factory=lambda: SearchRange(low=3e-6, high=1e-4, log=True),
+        default_factory=lambda: SearchRange(low=1e-6, high=3e-5, log=True),
         description="train.lr, AdamW learning rate of the twin.",
     )
     temperature: SpaceEntry | None = Field(
