@@ -275,11 +275,14 @@ def measure(ctx) -> dict[str, Any]:
     batch, length = sizes["step_batch"], sizes["step_max_length"]
     settings = step_settings(ctx.settings, batch, length)
     deterministic = torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     try:
         seed_everything(settings.train.seed, settings.runtime.deterministic)  # as the Trainer does (process-wide)
         return _measure(settings, sizes, batch, length)
     finally:
-        torch.use_deterministic_algorithms(deterministic)  # the later parts run as they would alone
+        # the later parts run as they would alone
+        torch.use_deterministic_algorithms(deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def _measure(settings, sizes: dict, batch: int, length: int) -> dict[str, Any]:
