@@ -21,7 +21,9 @@ def _evaluation_encoder(args):
         if not isinstance(encoder, TowerEncoder):
             raise UserError(f"--model-b: {args.model} is not a single tower")
         other = TowerEncoder.from_pretrained(args.model_b, args.pooling, args.max_length, args.device)
-        encoder = TwinEncoder(encoder, other, args.combine)
+        encoder = TwinEncoder(encoder, other, args.combine, normalize=args.normalize)
+    elif args.normalize:
+        raise UserError("--normalize: only for a twin made of --model and --model-b")
     return encoder
 
 
@@ -97,6 +99,11 @@ def evaluate_command_parser(subparsers) -> None:
     )
     p.add_argument(
         "--combine", choices=["sum", "concat"], default="sum", help="how a twin's vectors combine (default: sum)"
+    )
+    p.add_argument(
+        "--normalize",
+        action="store_true",
+        help="with --model-b: L2-normalise each tower's vector before combining, as train.twin_normalize does",
     )
     p.add_argument(
         "--data-dir",

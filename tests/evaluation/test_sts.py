@@ -1,3 +1,4 @@
+import argparse
 import json
 
 import numpy as np
@@ -121,3 +122,23 @@ def test_dev_selection_metrics(small_sts_dir):
     assert paper.primary_metric == "stsb_dev" and paper(encoder) == pytest.approx(scores)
     with pytest.raises(ValueError, match="evaluate.selection must be one of stsb_dev, dev_mean"):
         dev_evaluator(small_sts_dir, "sts12")
+
+
+def test_cli_evaluate_normalize_makes_the_ad_hoc_twin_sum_unit_vectors(tiny_bert, small_sts_dir, tmp_path, capsys):
+    from jtcse.cli import main
+    from jtcse.commands.evaluate import _evaluation_encoder, evaluate_command_parser
+
+    parser = argparse.ArgumentParser()
+    evaluate_command_parser(parser.add_subparsers())
+    common = ["evaluate", "--model", str(tiny_bert), "--pooling", "mean", "--device", "cpu", "--output", "x.json"]
+    twin = _evaluation_encoder(parser.parse_args([*common, "--model-b", str(tiny_bert), "--normalize"]))
+    tower = _evaluation_encoder(parser.parse_args(common))
+    sentences = ["a cat sits on the mat", "stocks fell sharply today"]
+    unit = tower.encode(sentences)
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    np.testing.assert_allclose(twin.encode(sentences), 2 * unit, atol=1e-5)
+
+    bad = [*common[:-2], "--data-dir", str(small_sts_dir), "--output", str(tmp_path / "m.json"), "--normalize"]
+    assert main(bad) == 2
+    assert "--normalize: only for a twin made of --model and --model-b" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
